@@ -1,0 +1,256 @@
+"""What a user calls: train a model from a config, load it, predict, evaluate.
+
+The CLI, the recipes and notebooks all come through here, so every entry point behaves alike.
+
+Example:
+    >>> import hftl
+    >>> result = hftl.train(None, ["model.id=timm:resnet18", "data.image_size=32", "train.epochs=1"])  # doctest: +SKIP
+    >>> hftl.predict(result.output_dir, ["digit.png"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hftl.config import Config, load_config, to_yaml
+from hftl.data import ImageDataset, LabelledData, load_labelled_data
+from hftl.errors import ConfigError, DataError
+from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, save_output
+from hftl.strategies import get_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where, its final metrics and its per-epoch history."""
+
+    output_dir: Path
+    metrics: dict
+    history: list = field(default_factory=list)
+
+
+def as_config(config: Config | str | Path | dict | None, overrides: list[str] | None = None) -> Config:
+    """Accept a Config, a YAML path, a dict or None (defaults), plus dotted overrides."""
+    from hftl.config import _apply, parse_overrides, validate
+
+    if isinstance(config, Config):
+        cfg = config
+        if overrides:
+            _apply(cfg, parse_overrides(overrides))
+            validate(cfg)
+        return cfg
+    if isinstance(config, dict):
+        cfg = Config()
+        _apply(cfg, config)
+        _apply(cfg, parse_overrides(overrides or []))
+        validate(cfg)
+        return cfg
+    return load_config(config, overrides)
+
+
+def _check_output_dir(cfg: Config) -> None:
+    out = Path(cfg.output_dir)
+    if not cfg.train.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise ConfigError(
+            f"output_dir '{out}' already holds a run's checkpoints. Resume it with train.resume=latest, or choose "
+            "another output_dir (nothing was overwritten)."
+        )
+
+
+def build_datasets(cfg: Config, model, data: LabelledData):
+    """Torch datasets for the task (images: transforms from the backbone's pretrained config)."""
+    if cfg.task == "image_classification":
+        train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
+                             random=cfg.data.augment)
+        validation = ImageDataset(data.validation, model.transform(train=False), cfg.train.seed, random=False)
+        return train, validation, None
+    from hftl.tasks import build_text_datasets
+
+    return build_text_datasets(cfg, model, data)
+
+
+def train(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None) -> TrainResult:
+    """Train a model by transfer learning as the config says; returns the output folder and metrics.
+
+    Example:
+        >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
+    """
+    cfg = as_config(config, overrides)
+    if cfg.task == "causal_lm":
+        from hftl.tasks import train_causal_lm
+
+        return train_causal_lm(cfg)
+    from hftl.trainer import Trainer
+
+    _check_output_dir(cfg)
+    torch.manual_seed(cfg.train.seed)
+    data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
+    logger.info("Data: %s", data.summary())
+    model, ref = build_model(cfg, data.label_names)
+    strategy = get_strategy(cfg.strategy)
+    model = strategy.prepare(model)
+    train_ds, eval_ds, collate = build_datasets(cfg, model, data)
+
+    trained = model
+    if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
+        trained, train_ds, eval_ds, collate = _cached_probe(cfg, model, data, train_ds, eval_ds)
+    trainer = Trainer(cfg.train, trained, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
+                      metrics=("accuracy", "f1"), collate_fn=collate, run_config=cfg.to_dict())
+    trainer.num_workers = cfg.data.num_workers
+    metrics = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        write_outputs(cfg, model, ref, data, strategy, trainer, metrics)
+    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+
+
+def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds):
+    """Swap the backbone for cached features: the head trains on tensors, E epochs cost one backbone pass."""
+    from accelerate import PartialState
+
+    from hftl.features import FeatureDataset, HeadOnly, cached_features
+
+    if cfg.data.augment:
+        logger.info("linear_probe caches features of the un-augmented images (augmentation would defeat the cache)")
+    # The cached features are those of the eval transform: a random crop per epoch cannot be cached.
+    plain_train = ImageDataset(data.train, model.transform(train=False), cfg.train.seed, random=False) \
+        if cfg.task == "image_classification" else train_ds
+    state = PartialState()
+    with state.main_process_first():  # rank 0 fills the cache; the others then read it
+        tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress)
+        va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress)
+    return HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated (CUDA), in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
+                  extra_info: dict | None = None) -> None:
+    """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card."""
+    from hftl.cards import render_card
+
+    out = Path(cfg.output_dir)
+    meta = {
+        "task": cfg.task,
+        "label_names": data.label_names,
+        "base_model": cfg.model.id,
+        "base_revision": cfg.model.revision,
+        "base_source": ref.source,
+        "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
+        "model_kwargs": model_kwargs(cfg),
+        "strategy": cfg.strategy.name,
+        "library": model.library,
+    }
+    save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
+    (out / "hftl_config.yaml").write_text(to_yaml(cfg))
+    record = {"final": metrics, "history": trainer.history, "train_seconds": round(trainer.train_seconds, 2),
+              "skipped_examples": data.skipped}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    info = {
+        **meta,
+        "model_name": out.name,
+        "summary": f"{model.library} model transferred from `{ref.describe()}` to {data.source} with "
+                   f"strategy `{cfg.strategy.name}`, trained with hftl.",
+        "base_model_line": f"`{ref.describe()}`" + ("" if meta["base_pretrained"] else " (architecture only, random init)"),
+        "is_adapter": is_peft(model),
+        "strategy_info": strategy.describe(model),
+        "data": data.source,
+        "num_train": len(data.train),
+        "num_validation": len(data.validation),
+        "num_labels": len(data.label_names),
+        "epochs": cfg.train.epochs,
+        "global_batch_size": cfg.train.global_batch_size,
+        "lr": cfg.train.lr,
+        "scheduler": cfg.train.scheduler,
+        "mixed_precision": cfg.train.mixed_precision,
+        "train_seconds": trainer.train_seconds,
+        "peak_memory": f"{peak_memory_mb():.0f} MiB",
+        "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},
+        "repo_id": cfg.hub.repo_id,
+        **(extra_info or {}),
+    }
+    render_card(info).save(out / "README.md")
+    if cfg.hub.push:
+        from hftl.hub import push
+
+        push(out, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
+
+
+# ------------------------------------------------------------------------------------- inference
+
+def _load_images(paths: list[str | Path], transform) -> torch.Tensor:
+    from PIL import Image
+
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                images.append(transform(img.convert("RGB")))
+        except FileNotFoundError as e:
+            raise DataError(f"Image '{p}' does not exist.") from e
+        except Exception as e:
+            raise DataError(f"'{p}' could not be read as an image: {e}") from e
+    return torch.stack(images)
+
+
+@torch.inference_mode()
+def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) for each input: image paths for vision models, strings for text.
+
+    Example:
+        >>> predict("outputs/run", ["img1.png"], top_k=2)  # doctest: +SKIP
+        [[('7', 0.91), ('1', 0.05)]]
+    """
+    model = load(model_or_folder) if isinstance(model_or_folder, (str, Path)) else model_or_folder
+    model.eval()
+    if model.modality == "image":
+        batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
+    else:
+        batch = model.encode_texts(list(inputs))
+    probs = model(batch).float().softmax(-1)
+    k = min(top_k, probs.shape[-1])
+    values, indices = probs.topk(k, dim=-1)
+    return [[(model.label_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
+            for vs, ix in zip(values, indices)]
+
+
+@torch.inference_mode()
+def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
+    """Metrics of a trained model on data (its own validation split unless ``data.*`` overrides say).
+
+    Example:
+        >>> evaluate("outputs/run", ["data.id=path/to/images"])  # doctest: +SKIP
+    """
+    from hftl.metrics import compute_metrics
+    from hftl.trainer import classification_loss
+
+    folder = Path(folder)
+    cfg = as_config(folder / "hftl_config.yaml", overrides)
+    meta = json.loads((folder / META_FILE).read_text())
+    model = load(folder)
+    data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
+    if list(data.label_names) != list(meta["label_names"]):
+        raise DataError(f"The data's classes {data.label_names} differ from the model's {meta['label_names']}.")
+    _, eval_ds, collate = build_datasets(cfg, model, data)
+    loader = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.train.per_device_batch_size, collate_fn=collate)
+    preds, refs, loss_sum = [], [], 0.0
+    for batch in loader:
+        logits = model(batch)
+        loss_sum += classification_loss(logits, batch).item() * len(batch["labels"])
+        preds += logits.argmax(-1).tolist()
+        refs += batch["labels"].tolist()
+    return {"loss": loss_sum / max(1, len(refs)), **compute_metrics(("accuracy", "f1"), preds, refs),
+            "examples": len(refs)}

@@ -1,0 +1,52 @@
+"""Backbone adapters, one per source library, all speaking :class:`TransferModel`.
+
+Example:
+    >>> from hftl.backbones import create_model
+    >>> model = create_model("timm:resnet18", ["a", "b"], image_size=32)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hftl.backbones.base import TransferModel
+from hftl.errors import ConfigError
+from hftl.hub import ModelRef, resolve_model
+
+__all__ = ["TransferModel", "create_model", "create_from_ref"]
+
+
+def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrained: bool = True,
+                    image_size: int | None = None, **kwargs) -> TransferModel:
+    """Build the task's model from a resolved reference, with its head sized to ``label_names``."""
+    if task == "image_classification":
+        if ref.library != "timm":
+            raise ConfigError(
+                f"image_classification reads timm models; '{ref.describe()}' is a {ref.library} model. "
+                "Use a timm id (timm/resnet18.a1_in1k) or timm:<architecture>."
+            )
+        from hftl.backbones.timm_vision import TimmModel
+
+        return TimmModel.create(ref, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
+    raise ConfigError(f"No backbone adapter for task '{task}' yet.")
+
+
+def create_model(model_id: str, label_names: list[str], *, task: str = "image_classification",
+                 revision: str | None = None, pretrained: bool = True, allow_pickle: bool = False,
+                 image_size: int | None = None, **kwargs) -> TransferModel:
+    """Resolve ``model_id`` (Hub id, folder or ``timm:<arch>``) and build the task's model."""
+    ref = resolve_model(model_id, revision=revision, allow_pickle=allow_pickle)
+    return create_from_ref(ref, task, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
+
+
+def load_output(folder: str | Path) -> TransferModel:
+    """Load a model from a folder hftl wrote (native library layout)."""
+    from hftl.hub import detect_library
+
+    folder = Path(folder)
+    library = detect_library(folder)
+    if library == "timm":
+        from hftl.backbones.timm_vision import TimmModel
+
+        return TimmModel.from_output(folder)
+    raise ConfigError(f"Loading {library} outputs is not supported yet ({folder}).")

@@ -1,0 +1,137 @@
+"""timm image models (ResNet, VGG, ViT, ... any timm architecture) behind hftl's interface."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hftl.backbones.base import TransferModel
+from hftl.hub import ModelRef
+
+
+class TimmModel(TransferModel):
+    """A timm classifier whose head is sized to the data's labels.
+
+    Example:
+        >>> m = TimmModel.create(resolve_model("timm:resnet18"), ["cat", "dog"])  # doctest: +SKIP
+        >>> m(dict(pixel_values=torch.randn(2, 3, 32, 32))).shape  # doctest: +SKIP
+        torch.Size([2, 2])
+    """
+
+    library = "timm"
+    modality = "image"
+
+    @classmethod
+    def create(cls, ref: ModelRef, label_names: list[str], pretrained: bool = True,
+               image_size: int | None = None, **kwargs) -> TimmModel:
+        import timm
+
+        num_classes = len(label_names)
+        if ref.source == "arch":
+            net = timm.create_model(ref.name, pretrained=False, num_classes=num_classes, **kwargs)
+        else:
+            # local-dir: reads config.json (architecture, preprocessing) and model.safetensors; timm drops
+            # the source classifier when num_classes differs, so the new head starts fresh.
+            net = timm.create_model(f"local-dir:{ref.path}", pretrained=pretrained, num_classes=num_classes,
+                                    **kwargs)
+        model = cls(net, label_names)
+        model.image_size = image_size
+        return model
+
+    @classmethod
+    def from_output(cls, folder: Path) -> TimmModel:
+        """Load a folder hftl (or timm's save_for_hf) wrote."""
+        import timm
+
+        net = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        config = json.loads((folder / "config.json").read_text())
+        names = config.get("label_names") or [str(i) for i in range(net.num_classes)]
+        model = cls(net, list(names))
+        input_size = net.pretrained_cfg.get("input_size")
+        model.image_size = input_size[-1] if input_size else None
+        return model
+
+    def __init__(self, net: nn.Module, label_names: list[str] | None = None):
+        super().__init__(net, label_names)
+        self.image_size: int | None = None
+
+    def input_keys(self) -> tuple[str, ...]:
+        return ("pixel_values",)
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        x = self.net.forward_features(batch["pixel_values"])
+        return self.net.forward_head(x, pre_logits=True)
+
+    @property
+    def head_name(self) -> str:
+        return self.net.pretrained_cfg.get("classifier", "fc")
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.get_submodule(self.head_name)
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features if isinstance(self.head, nn.Linear) else self.net.num_features
+
+    def layer_groups(self) -> list[list[str]]:
+        from timm.models import group_parameters
+
+        head = set(self.head_parameter_names())
+        groups = group_parameters(self.net, self.net.group_matcher(coarse=True))
+        ordered = [[n for n in groups[k] if n not in head] for k in sorted(groups)]
+        return [g for g in ordered if g]
+
+    def default_lora_targets(self) -> list[str]:
+        names = []
+        for name, module in self.net.named_modules():
+            if name == self.head_name or name.startswith(self.head_name + "."):
+                continue
+            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+                names.append(name)
+        return names
+
+    # -- preprocessing -------------------------------------------------------------------------
+    def data_config(self) -> dict:
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=self.net)
+        if self.image_size:
+            cfg["input_size"] = (3, self.image_size, self.image_size)
+            cfg["crop_pct"] = 1.0
+        return cfg
+
+    def transform(self, train: bool, augment: bool = True):
+        """timm's train (augmenting) or eval transform for this backbone's pretrained config."""
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config(), is_training=train and augment)
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        from timm.models import save_for_hf
+
+        cfg = self.data_config()
+        save_for_hf(
+            self.net,
+            str(folder),
+            model_config={"label_names": self.label_names},
+            safe_serialization=True,
+            data_config={"input_size": cfg["input_size"], "crop_pct": cfg["crop_pct"]},
+        )
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.net.pretrained_cfg.get("architecture", type(self.net).__name__).encode())
+        head = set(self.head_parameter_names())
+        for name, tensor in self.net.state_dict().items():
+            if name in head:
+                continue
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(repr(self.transform(train=False)).encode())
+        return h.hexdigest()[:24]

@@ -1,0 +1,124 @@
+"""The ``hftl`` command: train, predict, eval, study, demo, push.
+
+Errors a user can cause print as one line naming the problem and the fix (exit code 2); bugs keep
+their traceback.
+
+Example:
+    $ hftl train recipes/configs/image_classification/resnet18_finetune.yaml train.epochs=1
+    $ hftl predict outputs/resnet18_finetune digit.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from hftl.errors import HftlError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hftl", description="Transfer learning on the Hugging Face stack.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="Train from a YAML config with key=value overrides.", add_help=False)
+    t.add_argument("config", nargs="?", help="YAML config (recipes/configs/...); omit for defaults")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.id=timm:vgg11")
+    t.add_argument("-h", "--help", action="store_true", help="list every config key with its help")
+
+    pr = sub.add_parser("predict", help="Top-k labels for images or texts.")
+    pr.add_argument("model", help="output folder of a run")
+    pr.add_argument("inputs", nargs="+", help="image files (vision) or texts (text models)")
+    pr.add_argument("--top-k", type=int, default=3)
+
+    ev = sub.add_parser("eval", help="Metrics of a trained model on data.")
+    ev.add_argument("model", help="output folder of a run")
+    ev.add_argument("overrides", nargs="*", help="e.g. data=path/to/folder or data.id=...")
+
+    g = sub.add_parser("generate", help="Sample text from a causal LM run.")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--temperature", type=float, default=0.0)
+
+    s = sub.add_parser("study", help="Cross-validated transfer-vs-scratch study.")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*")
+
+    d = sub.add_parser("demo", help="The embedded demo: transfer vs scratch on images and text, offline.")
+    d.add_argument("--output-dir", default="outputs/demo")
+    d.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
+
+    pu = sub.add_parser("push", help="Push an output folder to the Hugging Face Hub.")
+    pu.add_argument("model", help="output folder")
+    pu.add_argument("--repo-id", required=True)
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--revision", default=None, help="branch to push to")
+    pu.add_argument("--create-pr", action="store_true")
+    return p
+
+
+def _normalise_eval_overrides(overrides: list[str]) -> list[str]:
+    # `data=path` is the short form of `data.id=path`.
+    return [f"data.id={o.split('=', 1)[1]}" if o.startswith("data=") else o for o in overrides]
+
+
+def run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides, args.config = [args.config, *args.overrides], None  # no config file, only overrides
+    if args.command == "train":
+        from hftl.config import help_text, load_config
+
+        if args.help:
+            cfg = load_config(args.config, args.overrides) if args.config else None
+            print("hftl train CONFIG [key=value ...]\n\nConfig keys (current values):" + help_text(cfg))
+            return 0
+        from hftl.api import train
+
+        result = train(args.config, args.overrides)
+        print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
+    elif args.command == "predict":
+        from hftl.api import predict
+
+        for item, top in zip(args.inputs, predict(args.model, args.inputs, top_k=args.top_k)):
+            print(f"{item}: " + ", ".join(f"{label} ({score:.3f})" for label, score in top))
+    elif args.command == "eval":
+        from hftl.api import evaluate
+
+        print(json.dumps(evaluate(args.model, _normalise_eval_overrides(args.overrides)), indent=2))
+    elif args.command == "generate":
+        from hftl.tasks import generate
+
+        print(generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+    elif args.command == "study":
+        from hftl.study import run_study
+
+        report = run_study(args.config, args.overrides)
+        print(report.summary())
+    elif args.command == "demo":
+        from hftl.demo import run_demo
+
+        run_demo(args.output_dir, quick=args.quick)
+    elif args.command == "push":
+        from hftl.hub import push
+
+        print(push(args.model, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hftl`` command (and of the recipes)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "timm", "accelerate", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except HftlError as e:
+        print(f"hftl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Typed run configuration: dataclasses, loaded from YAML with dotted ``key=value`` overrides.
+
+Every field carries its help text (``hftl train CONFIG --help`` prints it). Unknown keys and values
+of the wrong type are errors that name the key and list what is valid: a typo never silently
+becomes a default.
+
+Example:
+    >>> from hftl.config import load_config
+    >>> cfg = load_config(None, ["model.id=timm:resnet18", "train.epochs=2"])
+    >>> cfg.train.epochs
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hftl.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with help text in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    id: str = _f(
+        "timm:resnet18",
+        "Model to start from: a Hub id (timm/resnet18.a1_in1k, hf-hub:timm/..., roberta-base), a local "
+        "folder in timm/transformers layout, or an architecture alone for random init (timm:resnet18, "
+        "hf:bert-base-uncased config).",
+    )
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit sha) to pin the download to.")
+    pretrained: bool = _f(True, "Load pretrained weights; false trains the same architecture from scratch.")
+    kwargs: dict = _f({}, "Extra keyword arguments for the model constructor (e.g. drop_path_rate).")
+    trust_remote_code: bool = _f(False, "Allow code from the model repository to run. Off unless you trust it.")
+    allow_pickle: bool = _f(False, "Allow loading weights from pickle files (.bin/.pth). Off: safetensors only.")
+
+
+@dataclass
+class DataConfig:
+    id: str = _f(
+        "builtin:digits",
+        "Data to train on: builtin:digits, a Hub dataset id, a local image folder (one subfolder per "
+        "class), or a CSV file of paths and labels.",
+    )
+    revision: str | None = _f(None, "Hub dataset revision.")
+    image_column: str = _f("image", "Column holding the image (or its path, for CSV files).")
+    text_column: str = _f("text", "Column holding the text (text tasks).")
+    text_pair_column: str | None = _f(None, "Second text column for pair tasks (text tasks).")
+    label_column: str = _f("label", "Column holding the class label.")
+    train_split: str = _f("train", "Split to train on.")
+    validation_split: str | None = _f(
+        None, "Split to evaluate on; when absent a seeded, stratified split is made from train."
+    )
+    validation_fraction: float = _f(0.2, "Share of train held out when no validation split exists.")
+    classes: list = _f([], "Keep only these classes (by name), in this order; empty keeps all.")
+    max_train_samples: int | None = _f(None, "Use only this many training examples (seeded, stratified).")
+    image_size: int | None = _f(None, "Override the backbone's input size (pixels, square).")
+    augment: bool = _f(True, "Random train-time augmentation (timm's train transform).")
+    max_length: int = _f(128, "Text: maximum tokens per example (longer texts are truncated).")
+    block_size: int = _f(128, "Causal LM: tokens per packed training block.")
+    num_workers: int = _f(0, "DataLoader worker processes.")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = _f(
+        "finetune", "How to transfer: linear_probe, finetune, gradual_unfreeze, partial, lora, scratch."
+    )
+    layer_decay: float | None = _f(
+        None, "finetune: multiply the learning rate by this factor per layer group below the head."
+    )
+    unfreeze_every: int = _f(1, "gradual_unfreeze: unfreeze one more layer group every N epochs.")
+    frozen_groups: int = _f(1, "partial: how many layer groups from the input stay frozen.")
+    cache_features: bool = _f(True, "linear_probe: compute backbone features once and cache them on disk.")
+    lora_r: int = _f(8, "lora: adapter rank.")
+    lora_alpha: int = _f(16, "lora: scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "lora: dropout on the adapter input.")
+    lora_target_modules: list = _f([], "lora: module names to adapt; empty picks defaults for the backbone.")
+    merge_lora: bool = _f(False, "lora: also save the adapter merged into the base weights.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(3, "Passes over the training data.")
+    global_batch_size: int = _f(32, "Examples per optimizer step, over all processes and accumulation.")
+    per_device_batch_size: int = _f(32, "Examples per forward pass on one process.")
+    lr: float = _f(1e-3, "Peak learning rate (head; backbone groups scale from it).")
+    backbone_lr_scale: float = _f(1.0, "Backbone learning rate as a multiple of lr.")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to norms and biases).")
+    scheduler: str = _f("cosine", "Learning-rate schedule after warmup: cosine, linear or constant.")
+    warmup_ratio: float = _f(0.1, "Share of optimizer steps spent warming up linearly from 0.")
+    max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; null disables.")
+    mixed_precision: str = _f("no", "no, bf16 or fp16 (fp16 needs a GPU).")
+    channels_last: bool = _f(False, "Use channels-last memory format for CNNs (faster with bf16 on CPU).")
+    compile: bool = _f(False, "torch.compile the model (opt-in: compile time often outweighs the gain).")
+    seed: int = _f(42, "Seed for initialisation, data order and augmentation.")
+    checkpoint_every: int = _f(0, "Save a resumable checkpoint every N optimizer steps (0: each epoch end).")
+    keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
+    resume: str | None = _f(None, "Resume from 'latest' or a checkpoint folder of this output dir.")
+    tracker: str = _f("none", "Experiment tracker through Accelerate: none, tensorboard or trackio.")
+    metric: str = _f("accuracy", "Metric that picks the best epoch: accuracy or f1 (macro).")
+    cpu: bool = _f(False, "Run on the CPU even when an accelerator is present.")
+    progress: bool = _f(True, "Show progress bars.")
+
+
+@dataclass
+class HubConfig:
+    push: bool = _f(False, "Push the output folder to the Hub at the end of training.")
+    repo_id: str | None = _f(None, "Hub repository to push to (user/name).")
+    private: bool = _f(False, "Create the Hub repository as private.")
+    revision: str | None = _f(None, "Branch to push to.")
+
+
+@dataclass
+class Config:
+    task: str = _f("image_classification", "image_classification, text_classification or causal_lm.")
+    output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "What to train on."})
+    strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata={"help": "How to transfer."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
+    hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TASKS = ("image_classification", "text_classification", "causal_lm")
+STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce: int -> float) a value against a field annotation."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # annotations are strings under __future__
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            ok, coerced = _type_ok(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return True, float(value)
+    if annotation is int and isinstance(value, bool):
+        return False, value
+    base = origin or annotation
+    return isinstance(value, base), value
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = ", ".join(prefix + k for k in fields)
+            raise ConfigError(f"Unknown config key '{dotted}'. Valid keys here: {valid}.")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key '{dotted}' is a section; give it a mapping, not {value!r}.")
+            _apply(current, value, prefix=f"{dotted}.")
+            continue
+        ok, coerced = _type_ok(value, fields[key].type)
+        if not ok:
+            raise ConfigError(
+                f"Config key '{dotted}' expects {fields[key].type}, got {value!r} ({type(value).__name__})."
+            )
+        setattr(obj, key, coerced)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["train.epochs=3", "model.id=timm/vgg11.tv_in1k"]`` into a nested dict.
+
+    Values are parsed as YAML scalars, so ``3`` is an int, ``true`` a bool and ``null`` None.
+
+    Example:
+        >>> parse_overrides(["train.lr=0.1", "model.id=timm:vgg11"])
+        {'train': {'lr': 0.1}, 'model': {'id': 'timm:vgg11'}}
+    """
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' is not of the form key=value (e.g. train.epochs=3).")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a Config from a nested dict (YAML's shape)."""
+    cfg = Config()
+    _apply(cfg, data or {})
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply dotted overrides, validate, and return a Config.
+
+    Example:
+        >>> cfg = load_config(None, ["strategy.name=lora"])
+        >>> cfg.strategy.name
+        'lora'
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist. See recipes/configs/ for examples.")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file '{path}' must hold a mapping at the top level.")
+    cfg = Config()
+    _apply(cfg, data)
+    _apply(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span fields; each error names the key and the fix."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task '{cfg.task}' is not known. Valid tasks: {', '.join(TASKS)}.")
+    if cfg.strategy.name not in STRATEGIES:
+        raise ConfigError(
+            f"strategy.name '{cfg.strategy.name}' is not known. Valid strategies: {', '.join(STRATEGIES)}."
+        )
+    t = cfg.train
+    if t.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, not '{t.mixed_precision}'.")
+    if t.scheduler not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"train.scheduler must be cosine, linear or constant, not '{t.scheduler}'.")
+    if t.metric not in ("accuracy", "f1", "perplexity"):
+        raise ConfigError(f"train.metric must be accuracy, f1 or perplexity, not '{t.metric}'.")
+    if t.tracker not in ("none", "tensorboard", "trackio"):
+        raise ConfigError(f"train.tracker must be none, tensorboard or trackio, not '{t.tracker}'.")
+    for name in ("epochs", "global_batch_size", "per_device_batch_size"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1.")
+    if not 0 < cfg.data.validation_fraction < 1:
+        raise ConfigError("data.validation_fraction must be between 0 and 1.")
+    if cfg.hub.push and not cfg.hub.repo_id:
+        raise ConfigError("hub.push is true but hub.repo_id is not set (e.g. hub.repo_id=user/name).")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what is written next to the results)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def help_text(cfg: Config | None = None) -> str:
+    """Every key with its type, current value and help, for ``--help``."""
+    cfg = cfg or Config()
+    lines = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"\n[{prefix}{f.name}] {f.metadata.get('help', '')}")
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name} = {value!r}  ({f.type})\n      {f.metadata.get('help', '')}")
+
+    walk(cfg, "")
+    return "\n".join(lines)

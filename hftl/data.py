@@ -1,0 +1,359 @@
+"""Load labelled data from a built-in set, a local folder, a CSV file or the Hub, as ``datasets``.
+
+Whatever the source, the result is a :class:`LabelledData`: a train and a validation
+``datasets.Dataset`` with an integer ``label`` column, and the class names. Corrupt image files in
+local folders are skipped and counted at load time (never a crash mid-epoch).
+
+Example:
+    >>> from hftl.config import DataConfig
+    >>> data = load_labelled_data(DataConfig(id="builtin:digits"), task="image_classification")
+    >>> len(data.label_names)
+    10
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hftl.config import DataConfig
+from hftl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class LabelledData:
+    """Train and validation splits with integer labels, the class names, and what identifies them."""
+
+    train: object  # datasets.Dataset
+    validation: object
+    label_names: list[str]
+    source: str
+    fingerprint: str
+    skipped: dict = field(default_factory=dict)  # reason -> count, e.g. {"corrupt image": 2}
+
+    def summary(self) -> str:
+        skipped = f", skipped {self.skipped}" if self.skipped else ""
+        return (f"{self.source}: {len(self.train)} train / {len(self.validation)} validation examples, "
+                f"{len(self.label_names)} classes{skipped}")
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+def _digits():
+    """scikit-learn's 8x8 handwritten digits: 1,797 images, 10 classes, shipped with sklearn (no download)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((img * (255 / 16)).astype(np.uint8), mode="L") for img in digits.images]
+    names = [str(i) for i in range(10)]
+    return images, [int(t) for t in digits.target], names
+
+
+BUILTIN = {"digits": _digits}
+
+
+def _verify_image(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:  # verify() misses truncated data; a full decode does not
+            img.load()
+        return True
+    except Exception:
+        return False
+
+
+def _image_folder(root: Path):
+    if not root.is_dir():
+        raise DataError(f"Image folder '{root}' does not exist. Check data.id.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"Image folder '{root}' has no class subfolders. Expected one subfolder per class: "
+            f"{root}/<class_name>/<image files>."
+        )
+    paths, labels, corrupt = [], [], 0
+    for index, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not _verify_image(path):
+                logger.warning("Skipping corrupt image %s", path)
+                corrupt += 1
+                continue
+            paths.append(str(path))
+            labels.append(index)
+    if not paths:
+        raise DataError(
+            f"Image folder '{root}' holds no readable images ({corrupt} corrupt) in its class subfolders "
+            f"({', '.join(classes)}). Supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}."
+        )
+    return paths, labels, classes, corrupt
+
+
+def _csv_images(path: Path, cfg: DataConfig):
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    for column in (cfg.image_column, cfg.label_column):
+        if column not in table.columns:
+            raise DataError(
+                f"Column '{column}' is not in '{path}'. Its columns are: {', '.join(map(str, table.columns))}. "
+                f"Set data.image_column / data.label_column."
+            )
+    paths, raw_labels, corrupt = [], [], 0
+    for file, label in zip(table[cfg.image_column], table[cfg.label_column]):
+        full = (path.parent / str(file)).resolve()
+        if not full.is_file() or not _verify_image(full):
+            logger.warning("Skipping missing or corrupt image %s", full)
+            corrupt += 1
+            continue
+        paths.append(str(full))
+        raw_labels.append(label)
+    if not paths:
+        raise DataError(f"'{path}' lists no readable images ({corrupt} missing or corrupt).")
+    names = sorted({str(v) for v in raw_labels})
+    index = {n: i for i, n in enumerate(names)}
+    return paths, [index[str(v)] for v in raw_labels], names, corrupt
+
+
+def _file_fingerprint(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _encode_labels(ds, column: str):
+    """Map a label column to integers; returns (dataset with int 'label', names)."""
+    from datasets import ClassLabel
+
+    feature = ds.features[column]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+        values = ds[column]
+    else:
+        values = ds[column]
+        missing = sum(v is None or (isinstance(v, float) and np.isnan(v)) for v in values)
+        if missing:
+            raise DataError(f"Label column '{column}' has {missing} missing values. Drop or fill them first.")
+        names = sorted({str(v) for v in values})
+        index = {n: i for i, n in enumerate(names)}
+        values = [index[str(v)] for v in values]
+    if column != "label" and "label" in ds.column_names:
+        ds = ds.remove_columns("label")
+    ds = ds.remove_columns(column).add_column("label", list(values))
+    return ds, names
+
+
+def _hub_dataset(cfg: DataConfig):
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.id, revision=cfg.revision)
+    except FileNotFoundError as e:
+        raise DataError(f"Dataset '{cfg.id}' was not found (as a local path or on the Hub): {e}") from e
+    except (ConnectionError, OSError) as e:
+        raise DataError(
+            f"Dataset '{cfg.id}' is not cached and the Hub cannot be reached. Pass a local folder or CSV as "
+            f"data.id, or set HF_ENDPOINT to a reachable mirror. ({type(e).__name__}: {e})"
+        ) from e
+    except Exception as e:  # datasets raises its own DatasetNotFoundError and friends
+        raise DataError(f"Dataset '{cfg.id}' could not be loaded: {type(e).__name__}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------- splits
+
+def stratified_split(labels: list[int], fraction: float, seed: int):
+    """Seeded, stratified split of indices; falls back to a plain seeded split for tiny classes."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    train, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    return sorted(train.tolist()), sorted(val.tolist())
+
+
+def _subsample(ds, n: int | None, seed: int):
+    if n is None or n >= len(ds):
+        return ds
+    keep, _ = stratified_split(ds["label"], 1 - n / len(ds), seed)
+    return ds.select(keep)
+
+
+def _keep_classes(ds, names: list[str], keep: list) -> tuple:
+    keep = [str(k) for k in keep]
+    unknown = [k for k in keep if k not in names]
+    if unknown:
+        raise DataError(f"data.classes names unknown classes {unknown}; the data has {names}.")
+    old_to_new = {names.index(k): i for i, k in enumerate(keep)}
+    ds = ds.filter(lambda ex: ex["label"] in old_to_new)
+    ds = ds.map(lambda ex: {"label": old_to_new[ex["label"]]})
+    return ds, keep
+
+
+def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledData:
+    """Load ``cfg.id`` for a classification task and split it (see module docs for the sources)."""
+    import datasets
+
+    skipped: dict = {}
+    validation = None
+    source = cfg.id
+    if cfg.id.startswith("builtin:"):
+        name = cfg.id.split(":", 1)[1]
+        if name not in BUILTIN:
+            raise DataError(f"Unknown built-in data set '{name}'. Built-in sets: {', '.join(BUILTIN)}.")
+        images, labels, names = BUILTIN[name]()
+        full = datasets.Dataset.from_dict(
+            {"image": images, "label": labels},
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        )
+        fingerprint = f"builtin:{name}:v1"
+    elif Path(cfg.id).suffix.lower() == ".csv" or Path(cfg.id).is_dir():
+        path = Path(cfg.id)
+        if path.suffix.lower() == ".csv" and not path.is_file():
+            raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
+        if task != "image_classification":
+            return _load_text_table(cfg, path, seed)
+        paths, labels, names, corrupt = _csv_images(path, cfg) if path.is_file() else _image_folder(path)
+        if corrupt:
+            skipped["corrupt or missing image"] = corrupt
+        full = datasets.Dataset.from_dict(
+            {"image": paths, "label": labels},
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        )
+        fingerprint = _file_fingerprint(paths)
+    elif Path(cfg.id).suffix.lower() in (".jsonl", ".json", ".txt"):
+        return _load_text_table(cfg, Path(cfg.id), seed)
+    else:
+        dsdict = _hub_dataset(cfg)
+        if cfg.train_split not in dsdict:
+            raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
+        full = dsdict[cfg.train_split]
+        val_name = cfg.validation_split or ("validation" if "validation" in dsdict else None)
+        if cfg.validation_split and cfg.validation_split not in dsdict:
+            raise DataError(f"Split '{cfg.validation_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
+        _check_columns(full, cfg, task)
+        full, names = _encode_labels(full, cfg.label_column)
+        if val_name:
+            validation, _ = _encode_labels(dsdict[val_name], cfg.label_column) if cfg.label_column in \
+                dsdict[val_name].column_names else (None, None)
+        fingerprint = f"hub:{cfg.id}@{cfg.revision}:{full._fingerprint}"
+        if task == "image_classification" and cfg.image_column != "image":
+            full = full.rename_column(cfg.image_column, "image")
+            if validation is not None:
+                validation = validation.rename_column(cfg.image_column, "image")
+    return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped)
+
+
+def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint, skipped) -> LabelledData:
+    if getattr(cfg, "classes", None):
+        full, kept = _keep_classes(full, names, cfg.classes)
+        if validation is not None:
+            validation, _ = _keep_classes(validation, names, cfg.classes)
+        names = kept
+    if validation is None:
+        train_idx, val_idx = stratified_split(full["label"], cfg.validation_fraction, seed)
+        train, validation = full.select(train_idx), full.select(val_idx)
+    else:
+        train = full
+    train = _subsample(train, cfg.max_train_samples, seed)
+    if len(train) == 0:
+        raise DataError(f"No training examples left in '{source}'.")
+    key = hashlib.sha256(
+        f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{getattr(cfg, 'classes', None)}|{seed}"
+        .encode()).hexdigest()[:24]
+    return LabelledData(train, validation, [str(n) for n in names], source, key, skipped)
+
+
+def _check_columns(ds, cfg: DataConfig, task: str) -> None:
+    needed = [cfg.label_column]
+    if task == "image_classification":
+        needed.append(cfg.image_column)
+    elif task == "text_classification":
+        needed += [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for column in needed:
+        if column not in ds.column_names:
+            raise DataError(
+                f"Column '{column}' is not in data '{cfg.id}'. Its columns are: {', '.join(ds.column_names)}. "
+                "Set data.image_column / data.text_column / data.label_column."
+            )
+
+
+def _load_text_table(cfg: DataConfig, path: Path, seed: int) -> LabelledData:
+    """CSV or JSON-lines file of texts and labels (text classification)."""
+    import datasets
+
+    if not path.is_file():
+        raise DataError(f"Data file '{path}' does not exist. Check data.id.")
+    kind = "csv" if path.suffix.lower() == ".csv" else "json"
+    full = datasets.load_dataset(kind, data_files=str(path), split="train")
+    _check_columns(full, cfg, "text_classification")
+    full, names = _encode_labels(full, cfg.label_column)
+    fingerprint = _file_fingerprint([str(path)])
+    return _finish(full, None, names, cfg, seed, str(path), fingerprint, {})
+
+
+# ------------------------------------------------------------------------------ torch-side datasets
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run a block under its own torch and Python RNG seed, leaving the global states untouched."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes images and applies a transform whose randomness depends only on (seed, epoch, index).
+
+    That makes augmentation identical whether the run is resumed, the data loader prefetches, or
+    workers are used: the global RNG is never consumed by data loading.
+    """
+
+    def __init__(self, hf_dataset, transform, seed: int = 0, random: bool = True):
+        self.ds = hf_dataset
+        self.transform = transform
+        self.seed = seed
+        self.random = random
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            example = self.ds[int(index)]
+            image = example["image"].convert("RGB")
+        except Exception as e:
+            raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
+        if self.random:
+            with seeded_rng(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF):
+                pixels = self.transform(image)
+        else:
+            pixels = self.transform(image)
+        return {"pixel_values": pixels, "labels": int(example["label"])}

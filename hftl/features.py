@@ -1,0 +1,91 @@
+"""Cached backbone features for linear probes: compute once, reuse across epochs and runs.
+
+The cache key covers everything that changes the features: the backbone's weights and eval
+preprocessing (``TransferModel.fingerprint``) and the exact examples (the data fingerprint and
+split). Change any of them and the key changes, so a stale cache is never served. Files are
+safetensors, written to a temporary name and renamed into place.
+
+Example:
+    >>> feats, labels = cached_features(model, dataset, data_key="abc")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$HFTL_CACHE`` or ``~/.cache/hftl``: where cached features live."""
+    return Path(os.environ.get("HFTL_CACHE", Path.home() / ".cache" / "hftl")) / "features"
+
+
+def feature_key(model_fingerprint: str, data_key: str, split: str) -> str:
+    return hashlib.sha256(f"{model_fingerprint}|{data_key}|{split}".encode()).hexdigest()[:32]
+
+
+@torch.inference_mode()
+def compute_features(model, dataset, batch_size: int = 64, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen backbone over ``dataset`` once; returns (features, labels) on the CPU."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=getattr(dataset, "collate", None))
+    feats, labels = [], []
+    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        feats.append(model.forward_features(batch).float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(model, dataset, data_key: str, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Features for ``dataset`` from the cache, or computed and stored; returns (features, labels, hit)."""
+    from safetensors.torch import load_file, save_file
+
+    key = feature_key(model.fingerprint(), data_key, split)
+    path = cache_dir() / f"{key}.safetensors"
+    if path.is_file():
+        stored = load_file(str(path))
+        if stored["features"].shape[0] == len(dataset):
+            logger.info("Feature cache hit for %s (%s)", split, path)
+            return stored["features"], stored["labels"], True
+    feats, labels = compute_features(model, dataset, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return feats, labels, False
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached features as a dataset of ``{"features", "labels"}`` dicts."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+
+class HeadOnly(nn.Module):
+    """The classifier head, fed cached features: what a cached linear probe trains."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(batch["features"])

@@ -1,0 +1,41 @@
+"""Metrics as ``evaluate`` modules that ship with hftl and load by path, with no Hub access.
+
+Example:
+    >>> from hftl.metrics import compute_metrics
+    >>> compute_metrics(["accuracy"], predictions=[0, 1], references=[0, 0])
+    {'accuracy': 0.5}
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+CLASSIFICATION_METRICS = ("accuracy", "f1")
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str):
+    """Load one shipped metric (``accuracy`` or ``f1``) as an ``evaluate`` module."""
+    import evaluate
+
+    path = _HERE / name
+    if not (path / f"{name}.py").is_file():
+        known = ", ".join(sorted(p.name for p in _HERE.iterdir() if (p / f"{p.name}.py").is_file()))
+        raise ValueError(f"Metric '{name}' is not shipped with hftl. Known metrics: {known}.")
+    return evaluate.load(str(path))
+
+
+def compute_metrics(names, predictions, references) -> dict:
+    """Compute each named classification metric; returns ``{name: value}``."""
+    out = {}
+    for name in names:
+        out.update(load_metric(name).compute(predictions=list(predictions), references=list(references)))
+    return {k: float(v) for k, v in out.items()}
+
+
+def perplexity(mean_loss: float) -> float:
+    """Perplexity from a mean token cross-entropy (natural log)."""
+    return float(math.exp(mean_loss)) if mean_loss < 50 else float("inf")

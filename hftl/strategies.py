@@ -1,0 +1,207 @@
+"""How a pretrained model is transferred: which parameters train, at which learning rate, and when.
+
+A strategy is a small object the trainer calls at three points: ``prepare`` (freeze or wrap the
+model once), ``param_groups`` (the optimizer's groups), and ``on_epoch_start`` (schedules such as
+gradual unfreezing). Schedules are functions of the epoch alone, so they survive checkpoint/resume.
+
+Example:
+    >>> from hftl.config import StrategyConfig
+    >>> strategy = get_strategy(StrategyConfig(name="partial", frozen_groups=2))
+    >>> strategy.name
+    'partial'
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hftl.backbones.base import TransferModel
+from hftl.config import StrategyConfig
+from hftl.errors import ConfigError
+
+
+def _split_decay(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, label: str) -> list[dict]:
+    """Norm weights and biases (1-d) get no weight decay, as in timm and transformers."""
+    decay = [p for n, p in params if p.ndim > 1]
+    no_decay = [p for n, p in params if p.ndim <= 1]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": label})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{label}/no_decay"})
+    return groups
+
+
+class Strategy:
+    """Full fine-tuning (the base every other strategy narrows); optional layer-wise LR decay."""
+
+    name = "finetune"
+
+    def __init__(self, cfg: StrategyConfig):
+        self.cfg = cfg
+        self.lr_table: list[dict] = []
+
+    def prepare(self, model: TransferModel) -> TransferModel:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def group_lrs(self, num_groups: int, lr: float, backbone_scale: float) -> list[float]:
+        """Learning rate per backbone group, input first; layer_decay shrinks it with depth."""
+        decay = self.cfg.layer_decay or 1.0
+        return [lr * backbone_scale * decay ** (num_groups - i) for i in range(num_groups)]
+
+    def param_groups(self, model: TransferModel, lr: float, weight_decay: float,
+                     backbone_scale: float = 1.0) -> list[dict]:
+        named = dict(model.net.named_parameters())
+        layer_groups = model.layer_groups()
+        lrs = self.group_lrs(len(layer_groups), lr, backbone_scale)
+        groups, self.lr_table = [], []
+        for i, (names, group_lr) in enumerate(zip(layer_groups, lrs)):
+            params = [(n, named[n]) for n in names if n in named]
+            groups += _split_decay(params, group_lr, weight_decay, f"group{i}")
+            self.lr_table.append({"group": f"group{i} ({names[0].split('.')[0]})", "lr": group_lr,
+                                  "params": sum(p.numel() for _, p in params)})
+        head = [(n, named[n]) for n in model.head_parameter_names()]
+        groups += _split_decay(head, lr, weight_decay, "head")
+        self.lr_table.append({"group": "head", "lr": lr, "params": sum(p.numel() for _, p in head)})
+        return groups
+
+    def on_epoch_start(self, model: TransferModel, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based), also after a resume."""
+
+    def frozen_groups(self, model: TransferModel, epoch: int | None = None) -> list[int]:
+        return []
+
+    def describe(self, model: TransferModel) -> dict:
+        return {"strategy": self.name, "layer_decay": self.cfg.layer_decay,
+                "frozen_groups": self.frozen_groups(model), "num_groups": len(model.layer_groups()),
+                "lr_groups": self.lr_table}
+
+
+class Scratch(Strategy):
+    """Train every weight from a random initialisation (the baseline transfer must beat)."""
+
+    name = "scratch"
+
+
+def _set_trainable(model: TransferModel, frozen: list[int]) -> None:
+    groups = model.layer_groups()
+    frozen_names = {n for i in frozen for n in groups[i]}
+    for name, p in model.net.named_parameters():
+        p.requires_grad_(name not in frozen_names)
+
+
+class Partial(Strategy):
+    """The first ``frozen_groups`` layer groups (from the input) stay frozen; the rest fine-tunes."""
+
+    name = "partial"
+
+    def prepare(self, model: TransferModel) -> TransferModel:
+        n = len(model.layer_groups())
+        if not 0 <= self.cfg.frozen_groups <= n:
+            raise ConfigError(f"strategy.frozen_groups must be between 0 and {n} for this backbone.")
+        _set_trainable(model, self.frozen_groups(model))
+        return model
+
+    def frozen_groups(self, model: TransferModel, epoch: int | None = None) -> list[int]:
+        return list(range(self.cfg.frozen_groups))
+
+    def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):
+        groups = super().param_groups(model, lr, weight_decay, backbone_scale)
+        return [g for g in groups if all(p.requires_grad for p in g["params"])]
+
+
+class GradualUnfreeze(Strategy):
+    """Head first; then one more layer group from the top every ``unfreeze_every`` epochs (ULMFiT).
+
+    All groups are in the optimizer from the start: a frozen parameter has no gradient, so AdamW
+    leaves it (and its state) untouched until it thaws. The schedule depends on the epoch only.
+    """
+
+    name = "gradual_unfreeze"
+
+    def prepare(self, model):
+        self.on_epoch_start(model, 0)
+        return model
+
+    def frozen_groups(self, model, epoch: int | None = None) -> list[int]:
+        n = len(model.layer_groups())
+        thawed = min(n, (epoch or 0) // max(1, self.cfg.unfreeze_every))
+        return list(range(n - thawed))
+
+    def on_epoch_start(self, model, epoch):
+        self._epoch = epoch
+        _set_trainable(model, self.frozen_groups(model, epoch))
+
+    def describe(self, model):
+        info = super().describe(model)
+        info["schedule"] = f"one more group every {self.cfg.unfreeze_every} epoch(s), top first"
+        return info
+
+
+class LinearProbe(Strategy):
+    """Backbone frozen; only the head trains (on cached features when strategy.cache_features)."""
+
+    name = "linear_probe"
+
+    def prepare(self, model):
+        for p in model.net.parameters():
+            p.requires_grad_(False)
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def frozen_groups(self, model, epoch=None):
+        return list(range(len(model.layer_groups())))
+
+    def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):
+        head = list(model.head.named_parameters())
+        self.lr_table = [{"group": "head", "lr": lr, "params": sum(p.numel() for _, p in head)}]
+        return _split_decay(head, lr, weight_decay, "head")
+
+
+class Lora(Strategy):
+    """peft LoRA adapters on the backbone; the new head is trained and saved in full (modules_to_save)."""
+
+    name = "lora"
+
+    def prepare(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(self.cfg.lora_target_modules) or model.default_lora_targets()
+        if not targets:
+            raise ConfigError("strategy.lora_target_modules is empty and this backbone has no default targets.")
+        self.targets = targets
+        config = LoraConfig(
+            r=self.cfg.lora_r,
+            lora_alpha=self.cfg.lora_alpha,
+            lora_dropout=self.cfg.lora_dropout,
+            target_modules=targets,
+            # Without this the new head is neither trained nor saved (peft issues #310, #577, #1070).
+            modules_to_save=[model.head_name],
+        )
+        model.net = get_peft_model(model.net, config)
+        return model
+
+    def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):
+        params = [(n, p) for n, p in model.net.named_parameters() if p.requires_grad]
+        self.lr_table = [{"group": "lora+head", "lr": lr, "params": sum(p.numel() for _, p in params)}]
+        return _split_decay(params, lr, weight_decay, "lora")
+
+    def describe(self, model):
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return {"strategy": self.name, "lora_r": self.cfg.lora_r, "lora_alpha": self.cfg.lora_alpha,
+                "lora_dropout": self.cfg.lora_dropout, "target_modules": len(getattr(self, "targets", [])),
+                "trainable_params": trainable, "total_params": total, "lr_groups": self.lr_table}
+
+
+STRATEGIES = {cls.name: cls for cls in (Strategy, Scratch, Partial, GradualUnfreeze, LinearProbe, Lora)}
+
+
+def get_strategy(cfg: StrategyConfig) -> Strategy:
+    """The strategy object for ``cfg.name``."""
+    if cfg.name not in STRATEGIES:
+        raise ConfigError(f"strategy.name '{cfg.name}' is not known. Valid: {', '.join(STRATEGIES)}.")
+    return STRATEGIES[cfg.name](cfg)

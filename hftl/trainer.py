@@ -1,0 +1,334 @@
+"""The one training loop, on Accelerate: every recipe and every strategy trains through it.
+
+It runs unchanged on a CPU, a GPU or many processes (``accelerate launch``/``torchrun``) and does:
+gradient accumulation derived from the global batch size, clipping, warmup + cosine/linear
+schedule counted in optimizer steps, evaluation each epoch, atomic checkpoints every N steps,
+exact resume, a guard that stops on a NaN/inf loss before the weights are touched, trackers, a
+progress bar and a JSONL log.
+
+Example:
+    >>> trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir="outputs/run")  # doctest: +SKIP
+    >>> metrics = trainer.fit()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hftl.config import TrainConfig
+from hftl.errors import CheckpointError, ConfigError, NonFiniteLossError
+from hftl.metrics import compute_metrics, perplexity
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+
+
+def classification_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Cross-entropy; mean squared error when the head has one output (regression)."""
+    labels = batch["labels"]
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def make_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
+    """Linear warmup from 0, then cosine/linear decay to 0 or constant; counted in optimizer steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    """The checkpoint to resume from: 'latest' (highest complete step) or a given folder."""
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_absolute() and not path.exists():
+            path = output_dir / "checkpoints" / resume
+        if not (path / STATE_FILE).is_file():
+            raise CheckpointError(f"'{resume}' is not a complete hftl checkpoint (no {STATE_FILE} in it).")
+        return path
+    root = output_dir / "checkpoints"
+    # Only renamed-into-place folders count: a crash mid-write leaves a .tmp-* folder, never checkpoint-N.
+    complete = [p for p in root.glob("checkpoint-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
+    if not complete:
+        raise CheckpointError(
+            f"train.resume=latest but '{root}' holds no complete checkpoint. Start without train.resume, or "
+            "point it at a checkpoint folder."
+        )
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class Trainer:
+    """Trains ``model`` (a module mapping a batch dict to logits) with one Accelerate loop.
+
+    Args:
+        cfg: the ``train`` section of the config.
+        model: ``model(batch) -> logits``.
+        train_dataset, eval_dataset: map-style datasets yielding dicts with ``labels``.
+        output_dir: where checkpoints, ``log.jsonl`` and tracker logs go.
+        strategy: an object with ``param_groups`` and ``on_epoch_start`` (see hftl.strategies).
+        loss_fn: ``loss_fn(logits, batch) -> loss``; cross-entropy by default.
+        metrics: names of shipped metrics computed on argmax predictions; ``perplexity`` for LMs.
+        collate_fn: batches examples (default: torch's).
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_dataset, eval_dataset, *,
+                 output_dir: str | Path, strategy=None, loss_fn: Callable = classification_loss,
+                 metrics: tuple[str, ...] = ("accuracy", "f1"), collate_fn: Callable | None = None,
+                 run_config: dict | None = None):
+        self.cfg = cfg
+        self.model = model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.output_dir = Path(output_dir)
+        self.strategy = strategy
+        self.loss_fn = loss_fn
+        self.metrics = metrics
+        self.collate_fn = collate_fn
+        self.run_config = run_config or {}
+        self.history: list[dict] = []
+        self.global_step = 0
+
+    # ------------------------------------------------------------------------------ set-up
+    def _accelerator(self):
+        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate.utils import ProjectConfiguration
+
+        cfg = self.cfg
+        cpu = cfg.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        if cfg.mixed_precision == "fp16" and (cpu or os.environ.get("ACCELERATE_USE_CPU")):
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU (it is ~60x slower on CPU). Use bf16 on CPU.")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_step = cfg.per_device_batch_size * world
+        if cfg.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size ({cfg.global_batch_size}) must be a multiple of per_device_batch_size x "
+                f"processes ({cfg.per_device_batch_size} x {world} = {per_step})."
+            )
+        self.grad_accum = cfg.global_batch_size // per_step
+        tracker = None if cfg.tracker == "none" else cfg.tracker
+        return Accelerator(
+            cpu=cfg.cpu,
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=self.grad_accum,
+            log_with=tracker,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            # A seedable sampler makes each epoch's order a function of (seed, epoch): exact resume.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+
+    def _loader(self, dataset, shuffle: bool):
+        generator = torch.Generator().manual_seed(self.cfg.seed)  # keeps the global RNG out of data loading
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.cfg.per_device_batch_size, shuffle=shuffle, collate_fn=self.collate_fn,
+            num_workers=getattr(self, "num_workers", 0), generator=generator, drop_last=False,
+        )
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train for ``cfg.epochs`` epochs; returns the last evaluation's metrics."""
+        from accelerate.utils import set_seed
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        acc = self._accelerator()
+        self.accelerator = acc
+        set_seed(cfg.seed)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        groups = self.strategy.param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale) \
+            if self.strategy else [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        train_dl = self._loader(self.train_dataset, shuffle=True)
+        eval_dl = self._loader(self.eval_dataset, shuffle=False)
+        model, optimizer, train_dl, eval_dl = acc.prepare(self.model, optimizer, train_dl, eval_dl)
+        if cfg.compile:
+            model = torch.compile(model)
+        steps_per_epoch = math.ceil(len(train_dl) / self.grad_accum)
+        total_steps = steps_per_epoch * cfg.epochs
+        # Stepped by hand once per optimizer step (not prepared): counts are then the same on any world size.
+        scheduler = make_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
+        acc.register_for_checkpointing(scheduler)
+
+        start_epoch, skip_batches = 0, 0
+        if cfg.resume:
+            start_epoch, skip_batches = self._resume(acc, find_checkpoint(self.output_dir, cfg.resume))
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.tracker != "none":
+            acc.init_trackers("hftl", config=_flat(self.run_config))
+        logger.info("Training %d epochs x %d optimizer steps (accumulation %d, %d process(es))",
+                    cfg.epochs, steps_per_epoch, self.grad_accum, acc.num_processes)
+
+        progress = tqdm(total=total_steps, initial=self.global_step, desc="train", unit="step",
+                        disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+        started = time.perf_counter()
+        metrics: dict = {}
+        for epoch in range(start_epoch, cfg.epochs):
+            if self.strategy:
+                self.strategy.on_epoch_start(acc.unwrap_model(model), epoch)
+            if hasattr(self.train_dataset, "set_epoch"):
+                self.train_dataset.set_epoch(epoch)
+            train_dl.set_epoch(epoch)
+            batches = acc.skip_first_batches(train_dl, skip_batches) if skip_batches else train_dl
+            model.train()
+            running, seen = 0.0, 0
+            for batch_index, batch in enumerate(batches, start=skip_batches):
+                if cfg.channels_last:
+                    batch = _channels_last(batch)
+                with acc.accumulate(model):
+                    logits = model(batch)
+                    loss = self.loss_fn(logits, batch)
+                    self._check_finite(acc, loss, "loss", epoch)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
+                            if cfg.max_grad_norm else None
+                        if norm is not None:
+                            self._check_finite(acc, norm, "gradient norm", epoch)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += loss.detach().float().item()
+                seen += 1
+                if acc.sync_gradients:
+                    scheduler.step()
+                    self.global_step += 1
+                    progress.update(1)
+                    progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
+                    self._log(acc, {"step": self.global_step, "epoch": epoch, "loss": running / seen,
+                                    "lr": scheduler.get_last_lr()[-1]})
+                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                        self._save_checkpoint(acc, epoch, batch_index + 1)
+            skip_batches = 0
+            metrics = self.evaluate(model, eval_dl)
+            metrics["train_loss"] = running / max(1, seen)
+            self.history.append({"epoch": epoch, **metrics})
+            self._log(acc, {"step": self.global_step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+            if not cfg.checkpoint_every or epoch == cfg.epochs - 1:
+                self._save_checkpoint(acc, epoch + 1, 0)
+        progress.close()
+        self.train_seconds = time.perf_counter() - started
+        self.model = acc.unwrap_model(model)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return metrics
+
+    def evaluate(self, model, eval_dl) -> dict:
+        """Loss and metrics over the whole evaluation set, gathered from every process."""
+        acc = self.accelerator
+        model.eval()
+        losses, predictions, references = [], [], []
+        with torch.inference_mode():
+            for batch in eval_dl:
+                if self.cfg.channels_last:
+                    batch = _channels_last(batch)
+                logits = model(batch)
+                loss = self.loss_fn(logits, batch)
+                count = torch.tensor([batch["labels"].numel()], device=logits.device)
+                losses.append(acc.gather_for_metrics((loss.detach().float().reshape(1) * count, count)))
+                if "accuracy" in self.metrics or "f1" in self.metrics:
+                    preds, refs = acc.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+                    predictions += preds.cpu().tolist()
+                    references += refs.cpu().tolist()
+        total = sum(l_[0].sum().item() for l_ in losses)
+        n = sum(l_[1].sum().item() for l_ in losses)
+        out = {"loss": total / max(1, n)}
+        names = [m for m in self.metrics if m != "perplexity"]
+        if names:
+            out.update(compute_metrics(names, predictions, references))
+        if "perplexity" in self.metrics:
+            out["perplexity"] = perplexity(out["loss"])
+        model.train()
+        return out
+
+    # ------------------------------------------------------------------------------ faults
+    def _check_finite(self, acc, value: torch.Tensor, what: str, epoch: int) -> None:
+        bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            last = self._last_checkpoint()
+            kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+            raise NonFiniteLossError(
+                f"The {what} became NaN/inf at optimizer step {self.global_step} (epoch {epoch}); the run stopped "
+                f"before the weights were updated. {kept} Lower train.lr, keep train.max_grad_norm set, "
+                "or check the data for bad values."
+            )
+
+    def _last_checkpoint(self) -> Path | None:
+        try:
+            return find_checkpoint(self.output_dir, "latest")
+        except CheckpointError:
+            return None
+
+    def _save_checkpoint(self, acc, epoch: int, batches_done: int) -> None:
+        """Write to a temporary folder, then rename into place: a crash never leaves a whole-looking half."""
+        root = self.output_dir / "checkpoints"
+        final = root / f"checkpoint-{self.global_step}"
+        tmp = root / f".tmp-checkpoint-{self.global_step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if acc.is_main_process:
+            state = {"global_step": self.global_step, "epoch": epoch, "batches_done": batches_done,
+                     "history": self.history}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            done = sorted((p for p in root.glob("checkpoint-*") if (p / STATE_FILE).is_file()),
+                          key=lambda p: int(p.name.split("-")[-1]))
+            for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _resume(self, acc, path: Path) -> tuple[int, int]:
+        state = json.loads((path / STATE_FILE).read_text())
+        acc.load_state(str(path))
+        self.global_step = state["global_step"]
+        self.history = state.get("history", [])
+        logger.info("Resumed from %s (step %d, epoch %d)", path, self.global_step, state["epoch"])
+        return state["epoch"], state["batches_done"]
+
+    def _log(self, acc, row: dict) -> None:
+        if self.cfg.tracker != "none":
+            acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if acc.is_main_process:
+            row = {**row, "time": round(time.time(), 3)}
+            with open(self.output_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _channels_last(batch: dict) -> dict:
+    return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.ndim == 4 else v
+            for k, v in batch.items()}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
