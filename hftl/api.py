@@ -77,8 +77,12 @@ def build_datasets(cfg: Config, model, data: LabelledData):
     return build_text_datasets(cfg, model, data)
 
 
-def train(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None) -> TrainResult:
+def train(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None, *,
+          data: LabelledData | None = None, extra_card_info: dict | None = None) -> TrainResult:
     """Train a model by transfer learning as the config says; returns the output folder and metrics.
+
+    ``data`` replaces loading ``cfg.data`` (a study passes its folds this way); ``extra_card_info``
+    adds to the model card (a study's table, a pretraining chain).
 
     Example:
         >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
@@ -92,7 +96,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
 
     _check_output_dir(cfg)
     torch.manual_seed(cfg.train.seed)
-    data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
+    data = data or load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
     logger.info("Data: %s", data.summary())
     model, ref = build_model(cfg, data.label_names)
     strategy = get_strategy(cfg.strategy)
@@ -107,7 +111,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
-        write_outputs(cfg, model, ref, data, strategy, trainer, metrics)
+        write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_card_info)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
 
 

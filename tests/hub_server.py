@@ -270,12 +270,15 @@ def start_fake_hub(port: int | None = None, **kwargs: Any) -> "FakeHub":
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra: dict | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.extra = extra or {}  # additional keys of the JSON error body
 
 
 @dataclass
@@ -986,7 +989,7 @@ def _error_response(e: HubError) -> _Response:
     headers = {"X-Error-Message": e.message.splitlines()[0][:500], **e.headers}
     if e.code:
         headers["X-Error-Code"] = e.code
-    return _json({"error": e.message}, e.status, headers)
+    return _json({"error": e.message, **e.extra}, e.status, headers)
 
 
 def _route(hub: FakeHub, req: _Request) -> tuple[str, Callable[[], _Response], str | None]:
@@ -1135,7 +1138,7 @@ class _Handlers:
         url = f"{self.hub.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
         with self.hub._lock:
             if f"{repo_type}/{repo_id}" in self.hub.repos:
-                raise HubError(409, f"You already created this {repo_type} repo", headers={"X-Repo-Url": url})
+                raise HubError(409, f"You already created this {repo_type} repo", extra={"url": url})
             repo = self.hub.create_repo(repo_id, private=private, repo_type=repo_type)
         return _json({"url": url, "name": repo_id, "id": repo.id})
 

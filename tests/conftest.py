@@ -1,0 +1,50 @@
+"""Test-wide settings: offline, every cache in a temporary folder, tiny models built in code.
+
+Environment variables are set here, at import, because huggingface_hub and datasets read them
+when they are first imported.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(tempfile.mkdtemp(prefix="hftl-tests-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HOME"] = str(_ROOT / "hf_home")
+os.environ["HF_DATASETS_CACHE"] = str(_ROOT / "hf_datasets")
+os.environ["HFTL_CACHE"] = str(_ROOT / "hftl_cache")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def cache_root() -> Path:
+    return _ROOT
+
+
+def tiny_train_overrides(out, **extra) -> list[str]:
+    """Overrides for a fast image run: tiny timm ResNet at 32 px on a slice of the built-in digits."""
+    base = {
+        "model.id": "timm:test_resnet",
+        "data.id": "builtin:digits",
+        "data.image_size": 32,
+        "data.max_train_samples": 96,
+        "train.epochs": 2,
+        "train.global_batch_size": 16,
+        "train.per_device_batch_size": 16,
+        "train.lr": 0.01,
+        "train.progress": False,
+        "output_dir": str(out),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
