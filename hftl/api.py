@@ -88,10 +88,16 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
     """
     cfg = as_config(config, overrides)
-    if cfg.task == "causal_lm":
-        from hftl.tasks import train_causal_lm
+    if cfg.hub.push:  # a missing token or a bad repo id fails now, not after the training
+        from hftl.hub import check_push_ready
 
-        return train_causal_lm(cfg)
+        check_push_ready(cfg.hub.repo_id)
+    from hftl.tasks import chain_card_info, train_language_model
+
+    # Starting from an hftl output (e.g. a masked-LM adaptation run): the card records that chain.
+    extra_card_info = chain_card_info(cfg, extra_card_info)
+    if cfg.task in ("causal_lm", "masked_lm"):
+        return train_language_model(cfg, extra_card_info)
     from hftl.trainer import Trainer
 
     _check_output_dir(cfg)
@@ -99,6 +105,15 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     data = data or load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
     logger.info("Data: %s", data.summary())
     model, ref = build_model(cfg, data.label_names)
+    if cfg.strategy.name in ("lora", "linear_probe", "partial", "gradual_unfreeze") and ref.source == "arch":
+        logger.warning("strategy %s on a randomly initialised %s: nothing pretrained is being transferred",
+                       cfg.strategy.name, ref.describe())
+    if cfg.strategy.name == "lora" and ref.source == "arch":
+        raise ConfigError(
+            f"strategy.name=lora adapts pretrained weights, but model.id '{cfg.model.id}' has none (random init), "
+            "and an adapter over random weights could not be reloaded. Give a pretrained model (Hub id or "
+            "folder), or use strategy.name=scratch."
+        )
     strategy = get_strategy(cfg.strategy)
     model = strategy.prepare(model)
     train_ds, eval_ds, collate = build_datasets(cfg, model, data)
@@ -152,6 +167,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         "label_names": data.label_names,
         "base_model": cfg.model.id,
         "base_revision": cfg.model.revision,
+        # The commit the revision resolved to: reloading an adapter rebuilds exactly this base.
+        "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
         "base_source": ref.source,
         "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
         "model_kwargs": model_kwargs(cfg),
@@ -161,7 +178,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
     record = {"final": metrics, "history": trainer.history, "train_seconds": round(trainer.train_seconds, 2),
-              "skipped_examples": data.skipped}
+              "skipped_examples": data.skipped, "world_size": trainer.world_size,
+              "rank_weight_checksums": trainer.rank_checksums}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     info = {
         **meta,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from hftl.errors import HftlError
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--private", action="store_true")
     pu.add_argument("--revision", default=None, help="branch to push to")
     pu.add_argument("--create-pr", action="store_true")
+    pu.add_argument("--merged", action="store_true", help="push a LoRA run's merged model instead of the adapter")
+    pu.add_argument("--license", default=None, help="license for the card (a Hub license id, e.g. mit)")
     return p
 
 
@@ -78,7 +81,8 @@ def run(argv: list[str]) -> int:
         from hftl.api import train
 
         result = train(args.config, args.overrides)
-        print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
+        if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
+            print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
     elif args.command == "predict":
         from hftl.api import predict
 
@@ -104,7 +108,8 @@ def run(argv: list[str]) -> int:
     elif args.command == "push":
         from hftl.hub import push
 
-        print(push(args.model, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr))
+        print(push(args.model, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
+                   merged=args.merged, license=args.license))
     return 0
 
 

@@ -66,6 +66,7 @@ class DataConfig:
     validation_fraction: float = _f(0.2, "Share of train held out when no validation split exists.")
     classes: list = _f([], "Keep only these classes (by name), in this order; empty keeps all.")
     max_train_samples: int | None = _f(None, "Use only this many training examples (seeded, stratified).")
+    max_eval_samples: int | None = _f(None, "Evaluate on only this many validation examples (seeded, stratified).")
     image_size: int | None = _f(None, "Override the backbone's input size (pixels, square).")
     augment: bool = _f(True, "Random train-time augmentation (timm's train transform).")
     max_length: int = _f(128, "Text: maximum tokens per example (longer texts are truncated).")
@@ -125,7 +126,11 @@ class HubConfig:
 
 @dataclass
 class Config:
-    task: str = _f("image_classification", "image_classification, text_classification or causal_lm.")
+    task: str = _f(
+        "image_classification",
+        "image_classification, text_classification, causal_lm, or masked_lm (domain-adaptive pretraining of an "
+        "encoder on unlabelled text).",
+    )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "What to train on."})
@@ -137,7 +142,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("image_classification", "text_classification", "causal_lm")
+TASKS = ("image_classification", "text_classification", "causal_lm", "masked_lm")
 STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
 
 
@@ -156,6 +161,11 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
         return value is None, value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return True, float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return True, float(value)
+        except ValueError:
+            return False, value
     if annotation is int and isinstance(value, bool):
         return False, value
     base = origin or annotation

@@ -139,21 +139,37 @@ def _file_fingerprint(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def _encode_labels(ds, column: str):
-    """Map a label column to integers; returns (dataset with int 'label', names)."""
+def _encode_labels(ds, column: str, names: list[str] | None = None):
+    """Map a label column to integers; returns (dataset with int 'label', names).
+
+    ``names`` (the training split's classes) encodes another split with the same integers; a value
+    outside them is an error, never a silently shifted class.
+    """
     from datasets import ClassLabel
 
     feature = ds.features[column]
+    values = ds[column]
     if isinstance(feature, ClassLabel):
-        names = list(feature.names)
-        values = ds[column]
+        missing = sum(v is None or v < 0 for v in values)  # ClassLabel marks unlabelled rows with -1
+        if missing:
+            raise DataError(f"Label column '{column}' has {missing} missing values (-1). Drop or fill them first.")
+        if names is not None:  # another split: match its classes to the training ones by name
+            values = [feature.names[v] for v in values]
     else:
-        values = ds[column]
         missing = sum(v is None or (isinstance(v, float) and np.isnan(v)) for v in values)
         if missing:
             raise DataError(f"Label column '{column}' has {missing} missing values. Drop or fill them first.")
-        names = sorted({str(v) for v in values})
+    if isinstance(feature, ClassLabel) and names is None:
+        names = list(feature.names)
+    else:
+        names = names if names is not None else sorted({str(v) for v in values})
         index = {n: i for i, n in enumerate(names)}
+        unseen = sorted({str(v) for v in values} - set(index))
+        if unseen:
+            raise DataError(
+                f"Label column '{column}' holds {len(unseen)} value(s) the training split does not have: "
+                f"{', '.join(unseen[:5])}. The training classes are {', '.join(names)}. Fix or drop those rows."
+            )
         values = [index[str(v)] for v in values]
     if column != "label" and "label" in ds.column_names:
         ds = ds.remove_columns("label")
@@ -252,7 +268,7 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
         _check_columns(full, cfg, task)
         full, names = _encode_labels(full, cfg.label_column)
         if val_name:
-            validation, _ = _encode_labels(dsdict[val_name], cfg.label_column) if cfg.label_column in \
+            validation, _ = _encode_labels(dsdict[val_name], cfg.label_column, names) if cfg.label_column in \
                 dsdict[val_name].column_names else (None, None)
         fingerprint = f"hub:{cfg.id}@{cfg.revision}:{full._fingerprint}"
         if task == "image_classification" and cfg.image_column != "image":
@@ -274,10 +290,11 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
     else:
         train = full
     train = _subsample(train, cfg.max_train_samples, seed)
+    validation = _subsample(validation, cfg.max_eval_samples, seed)
     if len(train) == 0:
         raise DataError(f"No training examples left in '{source}'.")
     key = hashlib.sha256(
-        f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{getattr(cfg, 'classes', None)}|{seed}"
+        f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
         .encode()).hexdigest()[:24]
     return LabelledData(train, validation, [str(n) for n in names], source, key, skipped)
 

@@ -173,15 +173,18 @@ class Lora(Strategy):
         if not targets:
             raise ConfigError("strategy.lora_target_modules is empty and this backbone has no default targets.")
         self.targets = targets
+        # Without modules_to_save the new head is neither trained nor saved (peft issues #310, #577, #1070).
+        # An adapter may widen it and set peft's task type (text: SEQ_CLS / CAUSAL_LM) with lora_options().
+        options = {"modules_to_save": [model.head_name], **getattr(model, "lora_options", dict)()}
         config = LoraConfig(
             r=self.cfg.lora_r,
             lora_alpha=self.cfg.lora_alpha,
             lora_dropout=self.cfg.lora_dropout,
             target_modules=targets,
-            # Without this the new head is neither trained nor saved (peft issues #310, #577, #1070).
-            modules_to_save=[model.head_name],
+            **options,
         )
         model.net = get_peft_model(model.net, config)
+        model.freeze_norm_stats = True  # the adapter file holds no buffers; keep the source's statistics
         return model
 
     def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):

@@ -126,6 +126,12 @@ class Trainer:
             )
         self.grad_accum = cfg.global_batch_size // per_step
         tracker = None if cfg.tracker == "none" else cfg.tracker
+        # Accelerate keeps one process-wide state; a notebook that trains in fp32 and then in bf16 would
+        # otherwise fail. The process group (PartialState) is kept.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         return Accelerator(
             cpu=cfg.cpu,
             mixed_precision=cfg.mixed_precision,
@@ -161,6 +167,7 @@ class Trainer:
         train_dl = self._loader(self.train_dataset, shuffle=True)
         eval_dl = self._loader(self.eval_dataset, shuffle=False)
         model, optimizer, train_dl, eval_dl = acc.prepare(self.model, optimizer, train_dl, eval_dl)
+        self._prepared = model
         if cfg.compile:
             model = torch.compile(model)
         steps_per_epoch = math.ceil(len(train_dl) / self.grad_accum)
@@ -228,6 +235,14 @@ class Trainer:
         progress.close()
         self.train_seconds = time.perf_counter() - started
         self.model = acc.unwrap_model(model)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)  # what save_pretrained/safetensors expect
+        # Each rank's weights, summarised: DDP must leave them identical (recorded in metrics.json).
+        params = [p.detach().double() for p in self.model.parameters()]
+        summary = torch.tensor([[sum(p.sum() for p in params).item(), sum((p * p).sum() for p in params).item()]],
+                               dtype=torch.float64, device=acc.device)
+        self.world_size = acc.num_processes
+        self.rank_checksums = acc.gather(summary).cpu().tolist()
         acc.wait_for_everyone()
         acc.end_training()
         return metrics
@@ -282,6 +297,9 @@ class Trainer:
 
     def _save_checkpoint(self, acc, epoch: int, batches_done: int) -> None:
         """Write to a temporary folder, then rename into place: a crash never leaves a whole-looking half."""
+        # Never checkpoint weights that already went bad (a finite loss can precede inf weights).
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in acc.unwrap_model(self._prepared).parameters()])
+        self._check_finite(acc, finite.float().log(), "weights", epoch)
         root = self.output_dir / "checkpoints"
         final = root / f"checkpoint-{self.global_step}"
         tmp = root / f".tmp-checkpoint-{self.global_step}"
@@ -289,7 +307,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
+        if self.cfg.channels_last:  # safetensors stores contiguous tensors only
+            self._prepared.to(memory_format=torch.contiguous_format)
         acc.save_state(str(tmp), safe_serialization=True)
+        if self.cfg.channels_last:
+            self._prepared.to(memory_format=torch.channels_last)
         if acc.is_main_process:
             state = {"global_step": self.global_step, "epoch": epoch, "batches_done": batches_done,
                      "history": self.history}

@@ -1,6 +1,7 @@
 """Image classification by transfer learning.
 
     accelerate launch recipes/image_classification.py recipes/configs/image_classification/resnet18_finetune.yaml [key=value ...]
+    accelerate launch --cpu --num_processes 2 recipes/image_classification.py CONFIG   # DDP on gloo
 
 Identical to `hftl train CONFIG [key=value ...]`; the loop lives in hftl.trainer.
 """
@@ -8,6 +9,8 @@ Identical to `hftl train CONFIG [key=value ...]`; the loop lives in hftl.trainer
 import sys
 
 from hftl.cli import main
+from hftl.launch import relaunch_cpu_multiprocess
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    code = relaunch_cpu_multiprocess(sys.argv[1:])
+    sys.exit(code if code is not None else main(["train", *sys.argv[1:]]))

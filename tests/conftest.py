@@ -17,6 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# The fake Hub (tests/hub_server.py) needs HF_ENDPOINT fixed before huggingface_hub is imported; with no
+# server running, any stray Hub call is refused at once on 127.0.0.1 instead of reaching out.
+from hub_server import configure_hub_env  # noqa: E402
+
+configure_hub_env()
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +45,8 @@ def tiny_train_overrides(out, **extra) -> list[str]:
         "data.id": "builtin:digits",
         "data.image_size": 32,
         "data.max_train_samples": 96,
+        "data.max_eval_samples": 60,
+        "data.augment": False,
         "train.epochs": 2,
         "train.global_batch_size": 16,
         "train.per_device_batch_size": 16,
@@ -48,3 +56,16 @@ def tiny_train_overrides(out, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def pretrained_folder(tmp_path_factory) -> Path:
+    """A tiny timm model in the Hub layout (config.json + model.safetensors), standing in for a Hub download."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("pretrained") / "test_resnet_src"
+    save_for_hf(timm.create_model("test_resnet", num_classes=7), str(folder), safe_serialization=True)
+    return folder

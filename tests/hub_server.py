@@ -50,27 +50,35 @@ single 500 there is *absorbed* (the push succeeds, about 1 s later). To make a p
 How to use it -- ORDER MATTERS: ``huggingface_hub`` reads ``HF_ENDPOINT`` and the other settings
 once, when it is imported (and so does everything importing it: transformers, peft, timm, ...).
 
-1. Before anything imports ``huggingface_hub`` -- at the very top of ``tests/conftest.py`` -- call::
+1. Before anything imports ``huggingface_hub`` -- at the top of ``tests/conftest.py``, after
+   setting ``HF_HOME`` if conftest does -- call::
 
        from hub_server import configure_hub_env   # tests/ is on sys.path under pytest
        configure_hub_env()
 
-   It picks a free port once per process and sets:
-   ``HF_ENDPOINT=http://127.0.0.1:<port>``, ``HF_HUB_DISABLE_XET=1`` (uploads go through LFS),
-   ``HF_HOME=<temp dir>`` and ``HF_HUB_CACHE=$HF_HOME/hub`` (nothing touches ~/.cache),
-   ``HF_HUB_DISABLE_TELEMETRY=1``, ``HF_HUB_DISABLE_PROGRESS_BARS=1``,
-   ``HF_HUB_DISABLE_SYMLINKS_WARNING=1``, ``HF_HUB_DISABLE_UPDATE_CHECK=1``, and removes
-   ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` (they would block the requests), ``HUGGINGFACE_CO_STAGING``,
-   ``HF_HUB_ENABLE_HF_TRANSFER``, and ``HF_TOKEN``/``HUGGING_FACE_HUB_TOKEN`` (so no real token is
-   sent; pass ``export_token=True`` to set ``HF_TOKEN`` to the fake token instead -- the client reads
-   ``HF_TOKEN`` at call time, so ``monkeypatch.setenv("HF_TOKEN", hub.token)`` also works).
-   It is idempotent. If ``huggingface_hub`` was already imported with another endpoint it patches
+   It picks a free port once per process (later calls reuse it) and sets, in this order:
+
+   * ``HF_ENDPOINT=http://127.0.0.1:<port>`` and ``HF_HUB_DISABLE_XET=1`` (uploads use LFS, not Xet);
+   * ``HF_HOME``: kept if already set to a folder under the system temp dir, else a new temp folder
+     (removed at exit) with ``HF_HUB_CACHE=$HF_HOME/hub`` -- so nothing touches ~/.cache;
+   * removes ``HF_TOKEN``/``HUGGING_FACE_HUB_TOKEN`` (a real token would get 401 from the fake server;
+     pass ``export_token=True`` to set ``HF_TOKEN`` to the fake token instead -- the client reads
+     ``HF_TOKEN`` at call time, so ``monkeypatch.setenv("HF_TOKEN", hub.token)`` works too),
+     ``HUGGINGFACE_CO_STAGING`` (would override the endpoint) and ``HF_HUB_ENABLE_HF_TRANSFER``;
+   * defaults (``setdefault``) ``HF_HUB_DISABLE_TELEMETRY``, ``HF_HUB_DISABLE_PROGRESS_BARS``,
+     ``HF_HUB_DISABLE_SYMLINKS_WARNING``, ``HF_HUB_DISABLE_UPDATE_CHECK`` to ``1``.
+
+   ``HF_HUB_OFFLINE`` is left as it is, so the rest of a test suite can stay offline: while a fake
+   Hub started by ``start_fake_hub()`` (or the fixture) runs, the loaded client is switched online
+   through ``hub_client_online()`` (patches ``huggingface_hub.constants.HF_HUB_OFFLINE``, which
+   huggingface_hub and transformers read at call time, and ``datasets.config``), restored by ``stop()``.
+   If ``huggingface_hub`` was already imported with another endpoint, ``configure_hub_env`` patches
    the loaded client (``constants.ENDPOINT`` & co) as a best effort and warns.
 2. Then import ``huggingface_hub`` / transformers, and start a server on that port:
    ``hub = start_fake_hub()`` (or ``with start_fake_hub() as hub:``), or use the ``fake_hub``
-   pytest fixture from this module (``from hub_server import fake_hub`` in conftest registers it).
-   Call ``hub.stop()`` when done. Servers can be started and stopped one after the other on the same
-   port (each one starts empty), but only one at a time.
+   pytest fixture from this module (``from hub_server import fake_hub`` in conftest or in a test
+   module registers it). Call ``hub.stop()`` when done. Servers can be started and stopped one after
+   the other on the same port (each one starts empty), but only one at a time.
 
 Only the standard library is used; ``huggingface_hub`` is never imported by this module.
 """
@@ -79,6 +87,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -94,11 +103,12 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 __all__ = [
@@ -109,6 +119,7 @@ __all__ = [
     "FailureRule",
     "RequestRecord",
     "configure_hub_env",
+    "hub_client_online",
     "start_fake_hub",
     "fake_hub",
 ]
@@ -133,7 +144,6 @@ _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel"
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA = re.compile(r"^[0-9a-f]{7,39}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_RETRIED_BY_CLIENT = {408, 429, 500, 502, 503, 504}
 
 _ENV_MARKER = "HFTL_FAKE_HUB_ENDPOINT"  # set by configure_hub_env() so that it is idempotent
 
@@ -154,6 +164,13 @@ def _port_from_endpoint(endpoint: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _is_temp_path(path: str) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def configure_hub_env(
     port: int | None = None,
     *,
@@ -163,58 +180,64 @@ def configure_hub_env(
 ) -> dict[str, str]:
     """Point ``huggingface_hub`` at a local fake Hub. Call it BEFORE ``huggingface_hub`` is imported.
 
-    Idempotent: a second call (e.g. from a test module after conftest already called it) keeps the
-    port and HF_HOME chosen by the first call unless ``port`` / ``hf_home`` are given explicitly.
+    Idempotent: a later call (e.g. from a test module after conftest already called it) keeps the
+    port chosen by the first one. ``HF_HOME`` is kept when it is already set to a folder under the
+    system temp dir (e.g. by conftest), else a fresh temp folder is used (or ``hf_home``).
+    Offline settings (``HF_HUB_OFFLINE`` ...) are left alone: ``start_fake_hub()`` / the
+    ``fake_hub`` fixture switch the loaded client online while a server runs (``hub_client_online``).
     Returns the environment variables it set.
     """
-    previous = os.environ.get(_ENV_MARKER)
     if port is None:
-        port = _port_from_endpoint(previous) or _port_from_endpoint(os.environ.get("HF_ENDPOINT"))
+        port = _port_from_endpoint(os.environ.get(_ENV_MARKER)) or _port_from_endpoint(
+            os.environ.get("HF_ENDPOINT")
+        )
     if port is None:
         port = _pick_free_port()
     endpoint = f"http://127.0.0.1:{port}"
 
-    if hf_home is None:
-        if previous and os.environ.get("HF_HOME"):
-            hf_home = os.environ["HF_HOME"]
-        else:
-            hf_home = tempfile.mkdtemp(prefix="fake-hub-hf-home-")
-            atexit.register(shutil.rmtree, hf_home, ignore_errors=True)
-    hf_home = str(hf_home)
-
     env = {
         "HF_ENDPOINT": endpoint,
         "HF_HUB_DISABLE_XET": "1",
-        "HF_HOME": hf_home,
-        "HF_HUB_CACHE": os.path.join(hf_home, "hub"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_SYMLINKS_WARNING": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
         _ENV_MARKER: endpoint,
     }
-    for name in (
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-        "HUGGINGFACE_CO_STAGING",
-        "HF_HUB_ENABLE_HF_TRANSFER",
-        "HUGGINGFACE_HUB_CACHE",
-        "HUGGINGFACE_ASSETS_CACHE",
-        "HF_ASSETS_CACHE",
-        "HF_TOKEN_PATH",
-        "HF_XET_CACHE",
-        "TRANSFORMERS_CACHE",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-    ):
+    current_home = os.environ.get("HF_HOME")
+    if hf_home is None and current_home and _is_temp_path(current_home):
+        hf_home = current_home  # already isolated (e.g. by conftest): keep it and its derived caches
+    else:
+        if hf_home is None:
+            hf_home = tempfile.mkdtemp(prefix="fake-hub-hf-home-")
+            atexit.register(shutil.rmtree, hf_home, True)
+        hf_home = str(hf_home)
+        env["HF_HOME"] = hf_home
+        env["HF_HUB_CACHE"] = os.path.join(hf_home, "hub")
+        for name in (
+            "HUGGINGFACE_HUB_CACHE",
+            "HUGGINGFACE_ASSETS_CACHE",
+            "HF_ASSETS_CACHE",
+            "HF_TOKEN_PATH",
+            "HF_XET_CACHE",
+            "TRANSFORMERS_CACHE",
+        ):
+            os.environ.pop(name, None)
+    # A real token would be rejected (401) by the fake server; staging mode would override HF_ENDPOINT.
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_CO_STAGING", "HF_HUB_ENABLE_HF_TRANSFER"):
         os.environ.pop(name, None)
     if export_token:
         env["HF_TOKEN"] = token
     os.environ.update(env)
+    for name in (
+        "HF_HUB_DISABLE_TELEMETRY",
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+        "HF_HUB_DISABLE_SYMLINKS_WARNING",
+        "HF_HUB_DISABLE_UPDATE_CHECK",
+    ):
+        env[name] = os.environ.setdefault(name, "1")
 
     if "huggingface_hub.constants" in sys.modules:
         constants = sys.modules["huggingface_hub.constants"]
-        if getattr(constants, "ENDPOINT", None) != endpoint or not getattr(constants, "HF_HUB_DISABLE_XET", False):
+        if getattr(constants, "ENDPOINT", None) != endpoint or not getattr(
+            constants, "HF_HUB_DISABLE_XET", False
+        ):
             warnings.warn(
                 "huggingface_hub was imported before configure_hub_env(): patching the loaded client to use "
                 f"{endpoint}. Call configure_hub_env() at the top of conftest.py to avoid this.",
@@ -224,13 +247,42 @@ def configure_hub_env(
     return env
 
 
+@contextlib.contextmanager
+def hub_client_online() -> Iterator[None]:
+    """Temporarily switch an offline-configured client online (``HF_HUB_OFFLINE=1`` blocks every request).
+
+    Patches ``huggingface_hub.constants.HF_HUB_OFFLINE`` (read at call time by huggingface_hub and
+    transformers) and ``datasets.config.HF_HUB_OFFLINE`` if those modules are loaded, and unsets the
+    offline environment variables; everything is restored on exit.
+    """
+    env_names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved_env = {name: os.environ.pop(name, None) for name in env_names}
+    saved_attrs = []
+    for module_name, attrs in (
+        ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+        ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
+    ):
+        module = sys.modules.get(module_name)
+        for attr in attrs:
+            if module is not None and hasattr(module, attr):
+                saved_attrs.append((module, attr, getattr(module, attr)))
+                setattr(module, attr, False)
+    try:
+        yield
+    finally:
+        for module, attr, value in reversed(saved_attrs):
+            setattr(module, attr, value)
+        for name, value in saved_env.items():
+            if value is not None:
+                os.environ[name] = value
+
+
 def _patch_loaded_client(endpoint: str, hf_home: str) -> None:
     """Best effort: re-point an already imported ``huggingface_hub`` to ``endpoint``."""
     c = sys.modules["huggingface_hub.constants"]
     c.ENDPOINT = endpoint
     c.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     c.HF_HUB_DISABLE_XET = True
-    c.HF_HUB_OFFLINE = False
     c.HF_HUB_DISABLE_TELEMETRY = True
     c.HF_HOME = hf_home
     c.HF_HUB_CACHE = c.HUGGINGFACE_HUB_CACHE = os.path.join(hf_home, "hub")
@@ -249,19 +301,27 @@ def _patch_loaded_client(endpoint: str, hf_home: str) -> None:
         hf_api.api.endpoint = endpoint
 
 
-def start_fake_hub(port: int | None = None, **kwargs: Any) -> "FakeHub":
+def start_fake_hub(port: int | None = None, *, client_online: bool = True, **kwargs: Any) -> FakeHub:
     """Start and return a ``FakeHub``.
 
     The port defaults to the one configured by ``configure_hub_env()`` (read from ``HF_ENDPOINT``); if
     the environment was not configured yet, it is configured now (which only helps if
-    ``huggingface_hub`` has not been imported yet). Keyword arguments go to ``FakeHub``.
+    ``huggingface_hub`` has not been imported yet). With ``client_online`` (default) the loaded client
+    is switched online until ``hub.stop()`` (see ``hub_client_online``). Other keyword arguments go
+    to ``FakeHub``.
     """
     if port is None:
-        port = _port_from_endpoint(os.environ.get(_ENV_MARKER)) or _port_from_endpoint(os.environ.get("HF_ENDPOINT"))
+        port = _port_from_endpoint(os.environ.get(_ENV_MARKER)) or _port_from_endpoint(
+            os.environ.get("HF_ENDPOINT")
+        )
         if port is None:
             port = _port_from_endpoint(configure_hub_env()["HF_ENDPOINT"])
-    hub = FakeHub(port=port, **kwargs)
-    return hub.start()
+    hub = FakeHub(port=port, **kwargs).start()
+    if client_online:
+        online = hub_client_online()
+        online.__enter__()
+        hub._on_stop.append(lambda: online.__exit__(None, None, None))
+    return hub
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +331,12 @@ def start_fake_hub(port: int | None = None, **kwargs: Any) -> "FakeHub":
 
 class HubError(Exception):
     def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra: dict | None = None
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict | None = None,
+        extra: dict | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -460,9 +525,10 @@ class FakeHub:
         self.failures: list[FailureRule] = []
         self.requests: list[RequestRecord] = []
         self.server_errors: list[str] = []  # tracebacks of unexpected exceptions in handlers
+        self._on_stop: list[Callable[[], Any]] = []
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         if self._server is not None:
             return self
         if self._storage_arg is not None:
@@ -476,7 +542,10 @@ class FakeHub:
         self.port = self._server.server_address[1]
         self.cdn_host = self._resolve_cdn_host()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"FakeHub:{self.port}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"FakeHub:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -492,8 +561,10 @@ class FakeHub:
         if self._owns_storage and self._storage_dir is not None:
             shutil.rmtree(self._storage_dir, ignore_errors=True)
             self._owns_storage = False
+        while self._on_stop:
+            self._on_stop.pop()()
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -670,7 +741,11 @@ class FakeHub:
             parent = repo.refs[ref]
             tree = dict(repo.commits[parent].tree)
             for path, data in files.items():
-                use_lfs = lfs if lfs is not None else self._upload_mode(repo, parent, path, len(data), data[:512]) == "lfs"
+                use_lfs = (
+                    lfs
+                    if lfs is not None
+                    else self._upload_mode(repo, parent, path, len(data), data[:512]) == "lfs"
+                )
                 if use_lfs and data:
                     oid = hashlib.sha256(data).hexdigest()
                     self._store_lfs(oid, data)
@@ -703,20 +778,39 @@ class FakeHub:
 
     def _lfs_entry(self, path: str, oid: str, size: int) -> _FileEntry:
         pointer = _lfs_pointer(oid, size)
-        return _FileEntry(path=path, size=size, blob_id=_git_blob_sha1(pointer), lfs_oid=oid, pointer_size=len(pointer))
+        return _FileEntry(
+            path=path, size=size, blob_id=_git_blob_sha1(pointer), lfs_oid=oid, pointer_size=len(pointer)
+        )
 
     def _read_entry(self, entry: _FileEntry) -> bytes:
         if entry.lfs_oid is not None:
             return self._lfs_path(entry.lfs_oid).read_bytes()
         return self._blobs[entry.blob_id]
 
-    def _new_commit(self, repo: _Repo, parents: list[str], tree: dict[str, _FileEntry], title: str, message: str) -> _Commit:
+    def _new_commit(
+        self, repo: _Repo, parents: list[str], tree: dict[str, _FileEntry], title: str, message: str
+    ) -> _Commit:
         self._counter += 1
         seed = json.dumps(
-            [repo.key, parents, sorted((p, e.blob_id) for p, e in tree.items()), title, time.time_ns(), self._counter]
+            [
+                repo.key,
+                parents,
+                sorted((p, e.blob_id) for p, e in tree.items()),
+                title,
+                time.time_ns(),
+                self._counter,
+            ]
         )
         sha = hashlib.sha1(seed.encode()).hexdigest()
-        commit = _Commit(sha=sha, parents=parents, tree=tree, title=title, message=message, date=_now_iso(), author=self.username)
+        commit = _Commit(
+            sha=sha,
+            parents=parents,
+            tree=tree,
+            title=title,
+            message=message,
+            date=_now_iso(),
+            author=self.username,
+        )
         repo.commits[sha] = commit
         return commit
 
@@ -753,7 +847,9 @@ class FakeHub:
             self._resolve(repo, revision)
         except HubError:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound") from None
-        raise HubError(400, f"Invalid rev id: {revision} is not a branch, commits can only be pushed to branches")
+        raise HubError(
+            400, f"Invalid rev id: {revision} is not a branch, commits can only be pushed to branches"
+        )
 
     def _upload_mode(self, repo: _Repo, commit_sha: str, path: str, size: int, sample: bytes) -> str:
         tree = repo.commits[commit_sha].tree
@@ -785,7 +881,11 @@ class FakeHub:
             out["lfs"] = {"oid": entry.lfs_oid, "size": entry.size, "pointerSize": entry.pointer_size}
         if expand:
             out["lastCommit"] = self._last_commit_json(repo, commit_sha, lambda tree: tree.get(entry.path))
-            out["securityFileStatus"] = {"status": "safe", "avScan": {"virusFound": False}, "pickleImportScan": None}
+            out["securityFileStatus"] = {
+                "status": "safe",
+                "avScan": {"virusFound": False},
+                "pickleImportScan": None,
+            }
         return out
 
     def _dir_json(self, repo: _Repo, commit_sha: str, path: str, expand: bool) -> dict:
@@ -817,7 +917,11 @@ class FakeHub:
             if blobs:
                 sibling.update(size=entry.size, blobId=entry.blob_id)
                 if entry.lfs_oid is not None:
-                    sibling["lfs"] = {"size": entry.size, "sha256": entry.lfs_oid, "pointerSize": entry.pointer_size}
+                    sibling["lfs"] = {
+                        "size": entry.size,
+                        "sha256": entry.lfs_oid,
+                        "pointerSize": entry.pointer_size,
+                    }
             siblings.append(sibling)
         namespace = repo.repo_id.split("/")[0]
         info = {
@@ -839,7 +943,9 @@ class FakeHub:
         if repo.repo_type == "model":
             info.update(modelId=repo.repo_id, library_name=None, pipeline_tag=None, spaces=[])
         if repo.repo_type == "space":
-            info.update(sdk="static", runtime={"stage": "RUNNING", "hardware": {"current": None, "requested": None}})
+            info.update(
+                sdk="static", runtime={"stage": "RUNNING", "hardware": {"current": None, "requested": None}}
+            )
         return info
 
 
@@ -870,7 +976,9 @@ class _Request:
 
 
 def _json(data: Any, status: int = 200, headers: dict | None = None) -> _Response:
-    return _Response(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
+    return _Response(
+        status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -965,7 +1073,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, req: _Request, kind: str, status: int, repo_id: str | None, injected: bool) -> None:
         with self.hub._lock:
             self.hub.requests.append(
-                RequestRecord(req.method, req.path, kind, status, repo_id, req.auth in ("read", "write"), injected)
+                RequestRecord(
+                    req.method, req.path, kind, status, repo_id, req.auth in ("read", "write"), injected
+                )
             )
 
     def _send(self, response: _Response) -> None:
@@ -1023,7 +1133,10 @@ def _route(hub: FakeHub, req: _Request) -> tuple[str, Callable[[], _Response], s
                 ("GET", ""): ("repo_info", lambda: h.repo_info(repo_key, None)),
                 ("GET", "revision"): ("repo_info", lambda: h.repo_info(repo_key, arg)),
                 ("GET", "refs"): ("refs", lambda: h.refs(repo_key)),
-                ("GET", "tree"): ("tree", lambda: h.tree(repo_key, args[0] if args else "main", "/".join(args[1:]))),
+                ("GET", "tree"): (
+                    "tree",
+                    lambda: h.tree(repo_key, args[0] if args else "main", "/".join(args[1:])),
+                ),
                 ("POST", "paths-info"): ("paths_info", lambda: h.paths_info(repo_key, arg)),
                 ("GET", "commits"): ("commits", lambda: h.commits(repo_key, arg or "main")),
                 ("POST", "preupload"): ("preupload", lambda: h.preupload(repo_key, arg)),
@@ -1118,7 +1231,11 @@ class _Handlers:
                 "orgs": [],
                 "auth": {
                     "type": "access_token",
-                    "accessToken": {"displayName": f"fake-{role}-token", "role": role, "createdAt": _now_iso()},
+                    "accessToken": {
+                        "displayName": f"fake-{role}-token",
+                        "role": role,
+                        "createdAt": _now_iso(),
+                    },
                 },
             }
         )
@@ -1178,7 +1295,9 @@ class _Handlers:
             out: dict[str, list] = {"branches": [], "converts": [], "tags": [], "pullRequests": []}
             for ref, sha in sorted(repo.refs.items(), key=lambda kv: (kv[0] != "refs/heads/main", kv[0])):
                 if ref.startswith("refs/heads/"):
-                    out["branches"].append({"name": ref[len("refs/heads/") :], "ref": ref, "targetCommit": sha})
+                    out["branches"].append(
+                        {"name": ref[len("refs/heads/") :], "ref": ref, "targetCommit": sha}
+                    )
                 elif ref.startswith("refs/tags/"):
                     out["tags"].append({"name": ref[len("refs/tags/") :], "ref": ref, "targetCommit": sha})
                 elif ref.startswith("refs/pr/") and _truthy(self.req.q("include_prs")):
@@ -1253,7 +1372,9 @@ class _Handlers:
             path = path.strip("/")
             prefix = path + "/" if path else ""
             if path and not any(p.startswith(prefix) for p in files):
-                raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound", {"X-Repo-Commit": sha})
+                raise HubError(
+                    404, f"{path} does not exist on {revision}", "EntryNotFound", {"X-Repo-Commit": sha}
+                )
             dirs: set[str] = set()
             entries: list[dict] = []
             for p in sorted(files):
@@ -1303,7 +1424,9 @@ class _Handlers:
             if gitignore is None and ".gitignore" in tree:
                 gitignore = self.hub._read_entry(tree[".gitignore"]).decode(errors="replace")
             ignore_patterns = [
-                line.strip() for line in (gitignore or "").splitlines() if line.strip() and not line.startswith("#")
+                line.strip()
+                for line in (gitignore or "").splitlines()
+                if line.strip() and not line.startswith("#")
             ]
             files = []
             for f in payload.get("files", []):
@@ -1336,27 +1459,57 @@ class _Handlers:
             multipart = chunk is not None and "multipart" in (payload.get("transfers") or ["basic"])
             for obj in payload.get("objects", []):
                 oid, size = obj.get("oid"), obj.get("size")
-                if not isinstance(oid, str) or not _SHA256.match(oid) or not isinstance(size, int) or size < 0:
-                    objects.append({"oid": str(oid), "size": int(size or 0), "error": {"code": 422, "message": "Invalid oid or size"}})
+                if (
+                    not isinstance(oid, str)
+                    or not _SHA256.match(oid)
+                    or not isinstance(size, int)
+                    or size < 0
+                ):
+                    objects.append(
+                        {
+                            "oid": str(oid),
+                            "size": int(size or 0),
+                            "error": {"code": 422, "message": "Invalid oid or size"},
+                        }
+                    )
                     continue
                 if oid in repo.lfs_oids:  # already uploaded to this repo: no actions
                     objects.append({"oid": oid, "size": size})
                     continue
                 q = f"repo={quote(repo.key)}&size={size}"
-                verify = {"href": f"{hub.endpoint}/_lfs/verify/{oid}?{q}&sig={hub._sign('verify', repo.key, oid)}", "header": {}}
+                verify = {
+                    "href": f"{hub.endpoint}/_lfs/verify/{oid}?{q}&sig={hub._sign('verify', repo.key, oid)}",
+                    "header": {},
+                }
                 if multipart and size > chunk:
                     nparts = -(-size // chunk)
                     header = {"chunk_size": str(chunk)}
                     for n in range(1, nparts + 1):
-                        header[str(n)] = f"{hub.cdn_base}/_lfs/part/{oid}/{n}?{q}&sig={hub._sign('part', repo.key, oid, str(n))}"
-                    upload = {"href": f"{hub.endpoint}/_lfs/complete/{oid}?{q}&sig={hub._sign('complete', repo.key, oid)}", "header": header}
+                        header[str(n)] = (
+                            f"{hub.cdn_base}/_lfs/part/{oid}/{n}?{q}&sig={hub._sign('part', repo.key, oid, str(n))}"
+                        )
+                    upload = {
+                        "href": f"{hub.endpoint}/_lfs/complete/{oid}?{q}&sig={hub._sign('complete', repo.key, oid)}",
+                        "header": header,
+                    }
                 else:
-                    upload = {"href": f"{hub.cdn_base}/_lfs/upload/{oid}?{q}&sig={hub._sign('upload', repo.key, oid)}"}
+                    upload = {
+                        "href": f"{hub.cdn_base}/_lfs/upload/{oid}?{q}&sig={hub._sign('upload', repo.key, oid)}"
+                    }
                 objects.append(
-                    {"oid": oid, "size": size, "authenticated": True, "actions": {"upload": upload, "verify": verify}}
+                    {
+                        "oid": oid,
+                        "size": size,
+                        "authenticated": True,
+                        "actions": {"upload": upload, "verify": verify},
+                    }
                 )
             return _json(
-                {"transfer": "multipart" if multipart else "basic", "objects": objects, "hash_algo": "sha256"},
+                {
+                    "transfer": "multipart" if multipart else "basic",
+                    "objects": objects,
+                    "hash_algo": "sha256",
+                },
                 headers={"Content-Type": "application/vnd.git-lfs+json"},
             )
 
@@ -1395,7 +1548,11 @@ class _Handlers:
             parts = self.hub._multipart.get((repo.key, oid), {})
         payload = self.req.json() or {}
         numbers = [p["partNumber"] for p in payload.get("parts", [])]
-        if payload.get("oid") != oid or numbers != list(range(1, len(numbers) + 1)) or set(numbers) != set(parts):
+        if (
+            payload.get("oid") != oid
+            or numbers != list(range(1, len(numbers) + 1))
+            or set(numbers) != set(parts)
+        ):
             raise HubError(400, "Invalid multipart completion payload")
         for p in payload["parts"]:
             if p.get("etag") != f'"{hashlib.md5(parts[p["partNumber"]]).hexdigest()}"':
@@ -1436,13 +1593,19 @@ class _Handlers:
                 ref = hub._branch_ref(repo, revision)
                 start = repo.refs[ref]
                 if parent_commit and not start.startswith(parent_commit):
-                    raise HubError(412, f"A commit has happened since. Head is {start}, parentCommit is {parent_commit}")
+                    raise HubError(
+                        412, f"A commit has happened since. Head is {start}, parentCommit is {parent_commit}"
+                    )
             tree = dict(repo.commits[start].tree)
             for line in lines[1:]:
                 key, value = line.get("key"), line.get("value") or {}
                 path = (value.get("path") or "").strip("/")
                 if key == "file":
-                    data = base64.b64decode(value.get("content") or "") if value.get("encoding") == "base64" else (value.get("content") or "").encode()
+                    data = (
+                        base64.b64decode(value.get("content") or "")
+                        if value.get("encoding") == "base64"
+                        else (value.get("content") or "").encode()
+                    )
                     tree[path] = hub._store_regular(path, data)
                 elif key == "lfsFile":
                     oid = value.get("oid")
@@ -1464,7 +1627,9 @@ class _Handlers:
                         del tree[p]
                 else:
                     raise HubError(400, f"Unknown commit operation: {key}")
-            commit = hub._new_commit(repo, [start], tree, header.get("summary") or "", header.get("description") or "")
+            commit = hub._new_commit(
+                repo, [start], tree, header.get("summary") or "", header.get("description") or ""
+            )
             repo.refs[ref] = commit.sha
             if pr_num is not None:
                 repo.next_pr += 1
@@ -1509,7 +1674,11 @@ class _Handlers:
                     },
                 )
             data = hub._read_entry(entry)
-        return _ranged(self.req, data, {"X-Repo-Commit": sha, "ETag": f'"{entry.blob_id}"', "Content-Type": "text/plain; charset=utf-8"})
+        return _ranged(
+            self.req,
+            data,
+            {"X-Repo-Commit": sha, "ETag": f'"{entry.blob_id}"', "Content-Type": "text/plain; charset=utf-8"},
+        )
 
     def cdn(self, oid: str) -> _Response:
         hub = self.hub
@@ -1542,7 +1711,9 @@ def _ranged(req: _Request, data: bytes, headers: dict[str, str]) -> _Response:
             start, end = max(0, size - int(m.group(2))), size - 1
         if start >= size or start > end:
             return _Response(416, b"", {**headers, "Content-Range": f"bytes */{size}"})
-        return _Response(206, data[start : end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{size}"})
+        return _Response(
+            206, data[start : end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
+        )
     return _Response(200, data, headers)
 
 
@@ -1559,9 +1730,14 @@ if _pytest is not None:
 
     @_pytest.fixture
     def fake_hub():
-        """A fresh, running FakeHub on the port configured by ``configure_hub_env()``."""
+        """A fresh, running FakeHub on the port configured by ``configure_hub_env()``.
+
+        Fails the test at teardown if the fake server itself crashed while handling a request.
+        """
         hub = start_fake_hub()
         try:
             yield hub
         finally:
             hub.stop()
+        if hub.server_errors:
+            _pytest.fail("FakeHub internal error(s):\n" + "\n".join(hub.server_errors), pytrace=False)

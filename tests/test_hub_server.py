@@ -42,7 +42,6 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 
-
 # --------------------------------------------------------------------------------------------------
 # helpers / fixtures
 # --------------------------------------------------------------------------------------------------
@@ -66,7 +65,9 @@ def cache_dir(tmp_path: Path) -> Path:
 def make_safetensors(path: Path, n_floats: int, seed: int = 0) -> bytes:
     """Write a valid safetensors file holding one float32 tensor; return its bytes."""
     data = bytes((i * 31 + seed * 7) % 251 for i in range(n_floats * 4))
-    header = json.dumps({"weight": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, len(data)]}}).encode()
+    header = json.dumps(
+        {"weight": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, len(data)]}}
+    ).encode()
     header += b" " * (-len(header) % 8)
     content = struct.pack("<Q", len(header)) + header + data
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,9 @@ def make_model_folder(root: Path) -> dict[str, bytes]:
     for name, content in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
-    files["model.safetensors"] = make_safetensors(root / "model.safetensors", 300_000)  # ~1.2 MB, LFS by extension
+    files["model.safetensors"] = make_safetensors(
+        root / "model.safetensors", 300_000
+    )  # ~1.2 MB, LFS by extension
     return files
 
 
@@ -196,7 +199,9 @@ def test_upload_file_routing_and_delete(hub: FakeHub, api: HfApi, tmp_path: Path
     big_text = (b"0123456789abcdef" * 65536) * 11  # 11 MiB of text: LFS because of its size
     (tmp_path / "big.txt").write_bytes(big_text)
     api.upload_file(path_or_fileobj=tmp_path / "big.txt", path_in_repo="data/big.txt", repo_id=repo_id)
-    api.upload_file(path_or_fileobj=b"\x00\x01binary", path_in_repo="blob.dat", repo_id=repo_id)  # binary => LFS
+    api.upload_file(
+        path_or_fileobj=b"\x00\x01binary", path_in_repo="blob.dat", repo_id=repo_id
+    )  # binary => LFS
     api.upload_file(path_or_fileobj=b"small text", path_in_repo="notes.md", repo_id=repo_id)
     tree = {e.path: e for e in api.list_repo_tree(repo_id, recursive=True) if hasattr(e, "lfs")}
     assert tree["data/big.txt"].lfs is not None and tree["blob.dat"].lfs is not None
@@ -213,7 +218,10 @@ def test_upload_file_routing_and_delete(hub: FakeHub, api: HfApi, tmp_path: Path
         commit_message="cleanup",
     )
     assert sorted(api.list_repo_files(repo_id)) == [".gitattributes", "blob.dat"]
-    assert [c.title for c in api.list_repo_commits(repo_id)][:2] == ["cleanup", "Upload notes.md with huggingface_hub"]
+    assert [c.title for c in api.list_repo_commits(repo_id)][:2] == [
+        "cleanup",
+        "Upload notes.md with huggingface_hub",
+    ]
 
 
 def test_multipart_lfs_upload(tmp_path: Path, cache_dir: Path) -> None:
@@ -221,9 +229,13 @@ def test_multipart_lfs_upload(tmp_path: Path, cache_dir: Path) -> None:
         api = HfApi(token=hub.token)
         repo_id = api.create_repo("multipart").repo_id
         content = make_safetensors(tmp_path / "model.safetensors", 700_000)  # 2.8 MB -> 3 parts
-        api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
+        api.upload_file(
+            path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id
+        )
         assert successful(hub, "lfs_upload") == 3 and successful(hub, "lfs_complete") == 1
-        assert Path(hf_hub_download(repo_id, "model.safetensors", cache_dir=cache_dir)).read_bytes() == content
+        assert (
+            Path(hf_hub_download(repo_id, "model.safetensors", cache_dir=cache_dir)).read_bytes() == content
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,7 +286,9 @@ def test_branch_tag_and_revision_downloads(hub: FakeHub, api: HfApi, tmp_path: P
 
     snap = Path(snapshot_download(repo_id, revision="dev", cache_dir=cache_dir))
     assert snap.name == dev_commit.oid and (snap / "version.txt").read_bytes() == b"v2-dev"
-    assert (Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "refs" / "dev").read_text() == dev_commit.oid
+    assert (
+        Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "refs" / "dev"
+    ).read_text() == dev_commit.oid
 
     # Branch from a given revision, tags.
     api.create_branch(repo_id, branch="from-v1", revision=main_commit.oid)
@@ -287,7 +301,10 @@ def test_branch_tag_and_revision_downloads(hub: FakeHub, api: HfApi, tmp_path: P
 
     api.delete_branch(repo_id, branch="from-v1")
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "dev"}
-    assert [c.commit_id for c in api.list_repo_commits(repo_id, revision="dev")][:2] == [dev_commit.oid, main_commit.oid]
+    assert [c.commit_id for c in api.list_repo_commits(repo_id, revision="dev")][:2] == [
+        dev_commit.oid,
+        main_commit.oid,
+    ]
 
 
 def test_pull_requests(hub: FakeHub, api: HfApi, cache_dir: Path) -> None:
@@ -295,7 +312,10 @@ def test_pull_requests(hub: FakeHub, api: HfApi, cache_dir: Path) -> None:
     base = api.upload_file(path_or_fileobj=b"base", path_in_repo="file.txt", repo_id=repo_id)
 
     pr = api.create_commit(
-        repo_id, operations=[CommitOperationAdd("file.txt", b"proposed")], commit_message="PR 1", create_pr=True
+        repo_id,
+        operations=[CommitOperationAdd("file.txt", b"proposed")],
+        commit_message="PR 1",
+        create_pr=True,
     )
     assert pr.pr_revision == "refs/pr/1" and pr.pr_num == 1
     assert pr.pr_url == f"{hub.endpoint}/{repo_id}/discussions/1"
@@ -309,7 +329,10 @@ def test_pull_requests(hub: FakeHub, api: HfApi, cache_dir: Path) -> None:
         path_or_fileobj=b"more", path_in_repo="more.txt", repo_id=repo_id, revision=pr.pr_revision
     )
     refs = api.list_repo_refs(repo_id, include_pull_requests=True)
-    assert {p.ref: p.target_commit for p in refs.pull_requests} == {"refs/pr/1": follow_up.oid, "refs/pr/2": pr2.oid}
+    assert {p.ref: p.target_commit for p in refs.pull_requests} == {
+        "refs/pr/1": follow_up.oid,
+        "refs/pr/2": pr2.oid,
+    }
     assert api.list_repo_refs(repo_id).pull_requests is None
 
     def read(name: str, revision: str) -> bytes:
@@ -318,7 +341,11 @@ def test_pull_requests(hub: FakeHub, api: HfApi, cache_dir: Path) -> None:
     assert read("file.txt", "refs/pr/1") == b"proposed"
     assert read("more.txt", "refs/pr/1") == b"more"
     assert read("file.txt", "main") == b"base"
-    assert sorted(api.list_repo_files(repo_id, revision="refs/pr/2")) == [".gitattributes", "file.txt", "other.txt"]
+    assert sorted(api.list_repo_files(repo_id, revision="refs/pr/2")) == [
+        ".gitattributes",
+        "file.txt",
+        "other.txt",
+    ]
     snap = Path(snapshot_download(repo_id, revision="refs/pr/1", cache_dir=cache_dir))
     assert (snap / "file.txt").read_bytes() == b"proposed"
 
@@ -367,7 +394,9 @@ def test_write_endpoints_need_a_token(hub: FakeHub, api: HfApi, cache_dir: Path)
     # Public reads work without a token.
     assert anonymous.model_info(repo_id).private is False
     assert "hello.txt" in anonymous.list_repo_files(repo_id)
-    assert Path(hf_hub_download(repo_id, "hello.txt", token=False, cache_dir=cache_dir)).read_bytes() == b"hello"
+    assert (
+        Path(hf_hub_download(repo_id, "hello.txt", token=False, cache_dir=cache_dir)).read_bytes() == b"hello"
+    )
 
     writes = [
         lambda a: a.create_repo("another"),
@@ -407,15 +436,24 @@ def test_commit_failure_then_retry_has_no_duplicates(hub: FakeHub, api: HfApi, t
     api.upload_folder(folder_path=tmp_path / "model", repo_id=repo_id)
     assert successful(hub, "lfs_upload") == 1  # not uploaded again on retry
     files_on_hub = api.list_repo_files(repo_id)
-    assert sorted(files_on_hub) == sorted({".gitattributes", *files}) and len(files_on_hub) == len(set(files_on_hub))
+    assert sorted(files_on_hub) == sorted({".gitattributes", *files}) and len(files_on_hub) == len(
+        set(files_on_hub)
+    )
     assert len(hub.commit_history(repo_id)) == 2  # initial commit + exactly one upload commit
 
 
 def test_lfs_upload_failure_then_retry_has_no_duplicates(hub: FakeHub, api: HfApi, tmp_path: Path) -> None:
     repo_id = api.create_repo("interrupted-lfs").repo_id
     folder = tmp_path / "sharded"
-    shards = {f"model-0000{i}-of-00003.safetensors": make_safetensors(folder / f"model-0000{i}-of-00003.safetensors", 50_000, seed=i) for i in (1, 2, 3)}
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"weight": "model-00001-of-00003.safetensors"}}))
+    shards = {
+        f"model-0000{i}-of-00003.safetensors": make_safetensors(
+            folder / f"model-0000{i}-of-00003.safetensors", 50_000, seed=i
+        )
+        for i in (1, 2, 3)
+    }
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"weight": "model-00001-of-00003.safetensors"}})
+    )
     # Fail the 2nd LFS PUT with a status the client does not retry (5xx would be retried, see below).
     rule = hub.fail_next("lfs_upload", nth=2, status=403, message="Request has expired")
 
@@ -436,11 +474,15 @@ def test_lfs_upload_failure_then_retry_has_no_duplicates(hub: FakeHub, api: HfAp
         assert hub.read_file(repo_id, name) == content
 
 
-def test_transient_500_on_lfs_upload_is_retried_by_the_client(hub: FakeHub, api: HfApi, tmp_path: Path) -> None:
+def test_transient_500_on_lfs_upload_is_retried_by_the_client(
+    hub: FakeHub, api: HfApi, tmp_path: Path
+) -> None:
     repo_id = api.create_repo("transient").repo_id
     content = make_safetensors(tmp_path / "model.safetensors", 1000)
     rule = hub.fail_next("lfs_upload", status=500)
-    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id
+    )
     assert rule.triggered == 1
     assert [r.status for r in hub.requests_of("lfs_upload")] == [500, 200]
     assert hub.read_file(repo_id, "model.safetensors") == content
@@ -460,7 +502,7 @@ def test_lost_commit_response_then_retry_is_a_noop(hub: FakeHub, api: HfApi, tmp
 def test_dropped_connection_on_commit(hub: FakeHub, api: HfApi) -> None:
     repo_id = api.create_repo("dropped").repo_id
     hub.fail_next("commit", drop_connection=True)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="disconnected"):  # httpx2.RemoteProtocolError, not retried on /commit
         api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id)
     api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id)
     assert hub.read_file(repo_id, "x.txt") == b"x"

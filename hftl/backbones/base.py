@@ -27,6 +27,17 @@ class TransferModel(nn.Module):
         super().__init__()
         self.net = net
         self.label_names = list(label_names or [])
+        # Batch-norm running statistics are buffers, not parameters: a strategy that freezes the backbone
+        # (LoRA) must also freeze them, or the saved adapter (which holds no buffers) reloads differently.
+        self.freeze_norm_stats = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_norm_stats:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     # -- the forward pass, split where transfer needs it --------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

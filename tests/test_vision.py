@@ -1,0 +1,268 @@
+"""Vision transfer end to end: every strategy, outputs that timm/peft load, predict/eval, the cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import tiny_train_overrides
+from safetensors.torch import load_file
+
+import hftl
+from hftl.backbones import create_model
+from hftl.cli import main as cli
+from hftl.data import ImageDataset
+
+
+def _save_digit_pngs(folder: Path, n: int = 3) -> list[Path]:
+    from hftl.data import _digits
+
+    images, labels, _ = _digits()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"digit{i}_{labels[i]}.png"
+        images[i].resize((32, 32)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune") / "run"
+    result = hftl.train(None, tiny_train_overrides(out, **{"train.epochs": 3, "strategy.layer_decay": 0.8}))
+    return result
+
+
+def test_finetune_learns_and_writes_every_output(finetuned):
+    out = finetuned.output_dir
+    history = finetuned.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # the loss falls
+    assert finetuned.metrics["accuracy"] > 0.2  # 10 classes: chance is 0.1
+    for name in ("model.safetensors", "config.json", "hftl.json", "hftl_config.yaml", "metrics.json",
+                 "README.md", "log.jsonl"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pth"))  # safetensors only
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["accuracy"] == pytest.approx(finetuned.metrics["accuracy"])
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("eval/accuracy" in r for r in rows)
+
+
+def test_timm_loads_the_output_and_predicts_the_same(finetuned):
+    out = finetuned.output_dir
+    native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    ours = hftl.load(out)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(native(x), ours({"pixel_values": x}))
+    assert native.pretrained_cfg["label_names"] == [str(i) for i in range(10)]
+    assert native.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_card_records_the_transfer(finetuned):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(finetuned.output_dir / "README.md")
+    assert card.data.library_name == "timm"
+    assert card.data.pipeline_tag == "image-classification"
+    text = card.text
+    assert "finetune" in text and "timm:test_resnet" in text and "accuracy" in text
+    assert "group0" in text  # the learning-rate groups of layer decay
+    accuracy = card.data.eval_results[0].metric_value
+    assert accuracy == pytest.approx(finetuned.metrics["accuracy"])
+
+
+def test_predict_and_eval_commands(finetuned, tmp_path, capsys):
+    images = _save_digit_pngs(tmp_path)
+    assert cli(["predict", str(finetuned.output_dir), *map(str, images), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("(" in line for line in lines)
+    assert cli(["eval", str(finetuned.output_dir)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(finetuned.metrics["accuracy"], abs=1e-6)
+
+
+def test_layer_decay_scales_learning_rates():
+    from hftl.config import StrategyConfig
+    from hftl.strategies import get_strategy
+
+    model = create_model("timm:test_resnet", ["a", "b"], image_size=32)
+    groups = get_strategy(StrategyConfig(name="finetune", layer_decay=0.5)).param_groups(model, 1.0, 0.0)
+    lrs = sorted({g["lr"] for g in groups})
+    n = len(model.layer_groups())
+    assert lrs == pytest.approx(sorted(0.5 ** k for k in range(n + 1)))
+
+
+def _initial_weights() -> dict:
+    """The random init a tiny run starts from (api.train seeds torch with train.seed=42 before building)."""
+    torch.manual_seed(42)
+    return create_model("timm:test_resnet", [str(i) for i in range(10)], image_size=32).net.state_dict()
+
+
+def test_partial_keeps_the_first_groups_frozen(tmp_path):
+    out = tmp_path / "run"
+    hftl.train(None, tiny_train_overrides(out, **{"strategy.name": "partial", "strategy.frozen_groups": 2,
+                                                   "train.epochs": 1}))
+    trained = load_file(str(out / "model.safetensors"))
+    initial = _initial_weights()
+    groups = create_model("timm:test_resnet", ["a"], image_size=32).layer_groups()
+    frozen = [n for g in groups[:2] for n in g]
+    for name in frozen:
+        torch.testing.assert_close(trained[name], initial[name])
+    for name in groups[-1] + ["fc.weight"]:
+        assert not torch.equal(trained[name], initial[name]), name
+
+
+def test_gradual_unfreeze_thaws_top_groups_first():
+    from hftl.config import StrategyConfig
+    from hftl.strategies import get_strategy
+
+    model = create_model("timm:test_resnet", ["a", "b"], image_size=32)
+    strategy = get_strategy(StrategyConfig(name="gradual_unfreeze", unfreeze_every=1))
+    strategy.prepare(model)
+    groups = model.layer_groups()
+    params = dict(model.net.named_parameters())
+
+    def trainable(i):
+        return all(params[n].requires_grad for n in groups[i])
+
+    assert not any(trainable(i) for i in range(len(groups)))
+    assert all(p.requires_grad for p in model.head.parameters())
+    strategy.on_epoch_start(model, 1)
+    assert trainable(len(groups) - 1) and not trainable(0)
+    strategy.on_epoch_start(model, len(groups))
+    assert all(trainable(i) for i in range(len(groups)))
+
+
+def test_gradual_unfreeze_trains_end_to_end(tmp_path):
+    result = hftl.train(None, tiny_train_overrides(tmp_path / "run", **{"strategy.name": "gradual_unfreeze"}))
+    assert result.metrics["accuracy"] >= 0.0 and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_lora_adapter_reloads_with_identical_predictions(tmp_path, pretrained_folder, monkeypatch):
+    import hftl.api
+
+    out = tmp_path / "lora"
+    probe = {"pixel_values": torch.randn(3, 3, 32, 32)}
+    before = {}
+    real_write = hftl.api.write_outputs
+
+    def predict_then_write(cfg, model, *args, **kwargs):
+        model.eval()
+        with torch.no_grad():  # what the trained model predicts before anything is saved
+            before["logits"] = model(probe)
+        real_write(cfg, model, *args, **kwargs)
+
+    monkeypatch.setattr(hftl.api, "write_outputs", predict_then_write)
+    hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "strategy.name": "lora",
+                                                   "strategy.merge_lora": True, "train.epochs": 1,
+                                                   "train.lr": 0.005}))
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and "fc" in adapter["modules_to_save"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert any("fc" in k for k in saved)  # the new head is in the adapter file (peft #310/#577/#1070)
+    reloaded = hftl.load(out)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(probe), before["logits"])  # exactly what it predicted before saving
+        merged = timm.create_model(f"local-dir:{out / 'merged'}", pretrained=True).eval()
+        torch.testing.assert_close(merged(probe["pixel_values"]), before["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_lora_on_random_weights_is_refused(tmp_path):
+    from hftl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrained"):
+        hftl.train(None, tiny_train_overrides(tmp_path / "x", **{"strategy.name": "lora"}))
+
+
+def test_lora_trains_only_adapters_and_head():
+    from hftl.config import StrategyConfig
+    from hftl.strategies import get_strategy
+
+    model = create_model("timm:resnet18", ["a", "b"], image_size=32)
+    get_strategy(StrategyConfig(name="lora")).prepare(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert 0 < trainable / total < 0.05
+
+
+def test_linear_probe_caches_features_and_never_serves_stale(tmp_path, cache_root, monkeypatch):
+    import hftl.features as features
+
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path / "cache"))
+    computed = []
+    real = features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *a, **k: computed.append(1) or real(*a, **k))
+    probe = {"strategy.name": "linear_probe", "train.epochs": 3}
+    hftl.train(None, tiny_train_overrides(tmp_path / "a", **probe))
+    assert len(computed) == 2  # train + validation, once for three epochs
+    hftl.train(None, tiny_train_overrides(tmp_path / "b", **probe))
+    assert len(computed) == 2  # a second run reuses the cache
+    hftl.train(None, tiny_train_overrides(tmp_path / "c", **probe, **{"data.image_size": 40}))
+    assert len(computed) == 4  # preprocessing changed: recomputed
+    hftl.train(None, tiny_train_overrides(tmp_path / "d", **probe, **{"data.max_train_samples": 80}))
+    assert len(computed) == 6  # data changed: recomputed
+    hftl.train(None, tiny_train_overrides(tmp_path / "e", **probe, **{"train.seed": 7}))
+    assert len(computed) == 8  # different random weights (and split): recomputed
+
+
+def test_linear_probe_output_keeps_backbone_and_learns(tmp_path, pretrained_folder):
+    out = tmp_path / "probe"
+    result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "train.epochs": 5,
+                                                            "strategy.name": "linear_probe", "train.lr": 0.05}))
+    source = load_file(str(pretrained_folder / "model.safetensors"))
+    trained = load_file(str(out / "model.safetensors"))
+    for name in trained:
+        if not name.startswith("fc."):
+            assert torch.equal(trained[name], source[name]), name  # frozen backbone untouched, buffers too
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg11", "vgg16"])
+def test_named_architectures_train_a_step(arch):
+    """ResNet 18/50 and VGG 11/16 with random weights: head resized, one step lowers the loss on a batch."""
+    model = create_model(f"timm:{arch}", ["a", "b", "c"], image_size=32)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 0])
+    assert model({"pixel_values": x}).shape == (4, 3)
+    assert len(model.layer_groups()) >= 5
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model({"pixel_values": x}), y)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0]
+
+
+def test_local_hub_layout_folder_as_source(tmp_path):
+    """A folder in timm's Hub layout (as save_for_hf/push_to_hub write it) is a pretrained source."""
+    from timm.models import save_for_hf
+
+    source = timm.create_model("test_resnet", num_classes=5)
+    save_for_hf(source, str(tmp_path / "src"), safe_serialization=True)
+    model = create_model(str(tmp_path / "src"), ["x", "y"], image_size=32)
+    assert model.head.out_features == 2
+    ours, theirs = model.net.state_dict(), source.state_dict()
+    for name in theirs:
+        if not name.startswith("fc."):
+            torch.testing.assert_close(ours[name], theirs[name])  # every backbone weight transferred
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index():
+    from hftl.config import DataConfig
+    from hftl.data import load_labelled_data
+
+    data = load_labelled_data(DataConfig(max_train_samples=20), "image_classification")
+    model = create_model("timm:test_resnet", data.label_names, image_size=32)
+    ds = ImageDataset(data.train, model.transform(train=True), seed=1)
+    a = ds[3]["pixel_values"]
+    torch.rand(10)  # the global RNG moves on: augmentation must not care
+    assert torch.equal(ds[3]["pixel_values"], a)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3]["pixel_values"], a)
