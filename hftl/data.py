@@ -257,6 +257,8 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
         fingerprint = _file_fingerprint(paths)
     elif Path(cfg.id).suffix.lower() in (".jsonl", ".json", ".txt"):
         return _load_text_table(cfg, Path(cfg.id), seed)
+    elif cfg.id.startswith(("/", "./", "../", "~")) or cfg.id.endswith("/"):
+        raise DataError(f"Data folder or file '{cfg.id}' does not exist. Check data.id.")
     else:
         dsdict = _hub_dataset(cfg)
         if cfg.train_split not in dsdict:
