@@ -9,14 +9,14 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 _HERE = Path(__file__).parent
 CLASSIFICATION_METRICS = ("accuracy", "f1")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str):
     """Load one shipped metric (``accuracy`` or ``f1``) as an ``evaluate`` module."""
     import evaluate
