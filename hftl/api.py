@@ -238,6 +238,9 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
     """
     model = load(model_or_folder) if isinstance(model_or_folder, (str, Path)) else model_or_folder
     model.eval()
+    if getattr(model, "kind", None) in ("causal", "masked"):
+        raise ConfigError(f"'{model_or_folder}' is a language model, not a classifier: use `hftl generate` "
+                          "(causal LMs), or fine-tune it for classification first (task text_classification).")
     if model.modality == "image":
         batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
     else:

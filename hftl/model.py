@@ -47,6 +47,8 @@ def save_output(model: TransferModel, folder: str | Path, meta: dict, merge_lora
     folder.mkdir(parents=True, exist_ok=True)
     if is_peft(model):
         model.net.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors (with the head)
+        if hasattr(model, "save_preprocessing"):  # e.g. the tokenizer: the adapter folder is then complete
+            model.save_preprocessing(folder)
         if merge_lora:
             merged = type(model)(model.net.merge_and_unload(), model.label_names)
             merged.__dict__.update({k: v for k, v in model.__dict__.items() if not k.startswith("_")})
@@ -63,11 +65,18 @@ def is_peft(model: TransferModel) -> bool:
     return isinstance(model.net, PeftModel)
 
 
-def load(folder: str | Path) -> TransferModel:
-    """Load a model hftl trained (any task, any strategy) for prediction or evaluation."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelNotFoundError(f"Output folder '{folder}' does not exist.")
+def load(folder: str | Path, revision: str | None = None) -> TransferModel:
+    """Load a model hftl trained (any task, any strategy) from its output folder or a Hub id.
+
+    A Hub id (``user/name``) is downloaded through the Hub cache, pinned to ``revision`` when given
+    (``HF_HUB_OFFLINE=1`` loads it from the cache with no network call).
+
+    Example:
+        >>> model = load("me/resnet18-digits", revision="v1")  # doctest: +SKIP
+    """
+    from hftl.hub import output_folder
+
+    folder = output_folder(folder, revision)
     meta_path = folder / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if (folder / "adapter_config.json").is_file():
@@ -84,9 +93,11 @@ def _load_adapter(folder: Path, meta: dict) -> TransferModel:
 
     if not meta:
         raise ModelNotFoundError(f"'{folder}' holds a LoRA adapter but no {META_FILE} naming its base model.")
-    ref = resolve_model(meta["base_model"], revision=meta.get("base_revision"))
+    ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"))
     base = create_from_ref(ref, meta["task"], meta["label_names"], pretrained=meta.get("base_pretrained", True),
                            **meta.get("model_kwargs", {}))
     base.net = PeftModel.from_pretrained(base.net, str(folder))
+    if hasattr(base, "restore_settings"):  # preprocessing the run recorded (text: truncation length)
+        base.restore_settings(folder)
     base.eval()
     return base

@@ -30,18 +30,24 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
+def _train_in_subprocess(out: Path, *extra: str) -> subprocess.Popen:
+    """A run in its own process with one thread: bit-exact comparisons need identical kernels and threading."""
+    cmd = [sys.executable, "-m", "hftl.cli", "train", *tiny_train_overrides(out, **RESUMABLE), *extra]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
-    hftl.train(None, tiny_train_overrides(out, **RESUMABLE))
+    proc = _train_in_subprocess(out)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
     return out
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hftl.cli", "train", *tiny_train_overrides(out, **RESUMABLE)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _train_in_subprocess(out)
     deadline = time.time() + 300
     # Kill as soon as a mid-epoch checkpoint exists (18 steps in all; 6 per epoch; checkpoint every 2).
     while time.time() < deadline and proc.poll() is None:
@@ -55,21 +61,25 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, unint
     latest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")
                  if (p / "trainer_state.json").is_file())
     assert latest < 18
-    result = hftl.train(None, tiny_train_overrides(out, **RESUMABLE, **{"train.resume": "latest"}))
+    resumed = _train_in_subprocess(out, "train.resume=latest")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     _assert_same_weights(_weights(out), _weights(uninterrupted))
     full = json.loads((uninterrupted / "metrics.json").read_text())["final"]
-    assert result.metrics["accuracy"] == pytest.approx(full["accuracy"])
+    assert json.loads((out / "metrics.json").read_text())["final"]["accuracy"] == pytest.approx(full["accuracy"])
 
 
 def test_resume_from_every_checkpoint_is_exact(tmp_path, uninterrupted):
     """From a mid-epoch checkpoint and from an epoch boundary alike."""
     import shutil
 
+    runs = {}
     for step in (2, 6):  # 2: mid epoch 0; 6: the end of epoch 0
         out = tmp_path / f"from{step}"
         (out / "checkpoints").mkdir(parents=True)
         shutil.copytree(uninterrupted / "checkpoints" / f"checkpoint-{step}", out / "checkpoints" / f"checkpoint-{step}")
-        hftl.train(None, tiny_train_overrides(out, **RESUMABLE, **{"train.resume": "latest"}))
+        runs[out] = _train_in_subprocess(out, "train.resume=latest")
+    for out, proc in runs.items():
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
         _assert_same_weights(_weights(out), _weights(uninterrupted))
 
 

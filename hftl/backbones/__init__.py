@@ -28,6 +28,19 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
         from hftl.backbones.timm_vision import TimmModel
 
         return TimmModel.create(ref, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
+    if task in ("text_classification", "causal_lm", "masked_lm"):
+        if ref.library != "transformers":
+            hint = " (a LoRA output: train from its merged/ folder, strategy.merge_lora=true)" \
+                if ref.library == "peft" else ""
+            raise ConfigError(
+                f"{task} reads transformers models; '{ref.describe()}' is a {ref.library} model{hint}. Use a Hub "
+                "id (FacebookAI/roberta-base), a save_pretrained folder or python-package:<module>/<folder>."
+            )
+        from hftl.backbones.hf_text import LanguageModel, TextClassifier
+
+        if task == "text_classification":
+            return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
+        return LanguageModel.create(ref, task, pretrained=pretrained, **kwargs)
     raise ConfigError(f"No backbone adapter for task '{task}' yet.")
 
 
@@ -49,4 +62,8 @@ def load_output(folder: str | Path) -> TransferModel:
         from hftl.backbones.timm_vision import TimmModel
 
         return TimmModel.from_output(folder)
+    if library == "transformers":
+        from hftl.backbones.hf_text import load_transformers_output
+
+        return load_transformers_output(folder)
     raise ConfigError(f"Loading {library} outputs is not supported yet ({folder}).")

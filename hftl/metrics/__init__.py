@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 _HERE = Path(__file__).parent

@@ -1,0 +1,603 @@
+"""transformers text models (BERT, RoBERTa, DeBERTa, MiniLM, GPT-2, ...) behind hftl's interface.
+
+Two adapters share the tokenizer, the layer grouping and the saving:
+
+- :class:`TextClassifier` wraps ``AutoModelForSequenceClassification`` (regression: one output).
+  ``save`` is ``save_pretrained`` + the tokenizer, so an output loads with
+  ``AutoModelForSequenceClassification.from_pretrained(out)``.
+- :class:`LanguageModel` wraps ``AutoModelForCausalLM`` (GPT-style decoders) or
+  ``AutoModelForMaskedLM`` (encoders, for domain-adaptive masked-LM pretraining).
+
+**What ``forward_features`` returns.** The input of the model's *final projection*: the last
+``nn.Linear`` outside the pretrained backbone (``classifier``, ``classifier.out_proj``, ``score``).
+So the linear-probe head is exactly that projection, and ``forward_head(forward_features(x))``
+equals ``forward(x)`` (in eval mode). Per architecture this is:
+
+- BERT / MiniLM: the pooler output, ``tanh(dense([CLS]))`` (``bert.pooler``: pretrained when the
+  checkpoint has one, as MiniLM's does; new when it has none, e.g. a masked-LM output);
+- RoBERTa / XLM-R (and ELECTRA, with GELU): the classification head's ``tanh(dense(<s>))``
+  (``classifier.dense``), new when starting from a base checkpoint;
+- DeBERTa-v2/v3: the ``ContextPooler`` output; DistilBERT: ``relu(pre_classifier([CLS]))``;
+- decoders used as classifiers (GPT-2): the last real (non-padding) token's hidden state.
+
+A new (randomly initialised) dense layer trains with ``finetune``, is trained and saved in full by
+``lora``, and stays frozen, as initialised, in a ``linear_probe``.
+
+Layer groups, from the input up: the embeddings, each transformer layer, then what sits above the
+layers (the pooler / the classification head's dense layer / the final norm); the head excluded.
+
+Example:
+    >>> model = TextClassifier.create(resolve_model("prajjwal1/bert-tiny"), ["neg", "pos"])  # doctest: +SKIP
+    >>> model(model.encode_texts(["a fine film"])).shape  # doctest: +SKIP
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hftl.backbones.base import TransferModel
+from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.hub import ModelRef
+
+logger = logging.getLogger(__name__)
+
+# A vocabulary lives in one of these; a folder with none of them has no tokenizer (transformers would
+# silently build an empty one from tokenizer_config.json alone).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spm.model", "sentencepiece.model", "source.spm", "vocab.model")
+# Models whose position ids start after the padding index, so two positions are never used.
+POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
+                         "roberta-prelayernorm", "ibert", "mpnet", "luke"}
+# Fallback LoRA targets by module-name suffix, for model types peft's table does not know.
+ATTENTION_NAMES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn", "query_key_value", "Wqkv",
+                   "qkv_proj", "query_proj", "value_proj")
+
+
+def _remote(trust_remote_code: bool) -> dict:
+    """``trust_remote_code`` is passed to transformers only when the user set it."""
+    return {"trust_remote_code": True} if trust_remote_code else {}
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
+
+
+def load_tokenizer(folder: str | Path, trust_remote_code: bool = False, name: str | None = None):
+    """The tokenizer saved in a model folder; a clear error when the folder has none.
+
+    Example:
+        >>> tok = load_tokenizer("outputs/minilm_finetune")  # doctest: +SKIP
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    name = name or str(folder)
+    if not has_tokenizer(folder):
+        raise ModelNotFoundError(
+            f"'{name}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ... in {folder}). Save the "
+            "tokenizer next to the weights (tokenizer.save_pretrained(folder)) or copy its files there."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), **_remote(trust_remote_code))
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"The tokenizer in '{name}' could not be loaded: {e}") from e
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or ``net`` itself)."""
+    get_base = getattr(net, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(net, "peft_config") else net
+
+
+def _config_kwargs(kwargs: dict) -> tuple[bool, dict]:
+    kwargs = dict(kwargs)
+    trust = bool(kwargs.pop("trust_remote_code", False))
+    kwargs.pop("image_size", None)
+    return trust, kwargs
+
+
+def _from_pretrained(auto, ref: ModelRef, config, pretrained: bool, trust: bool) -> tuple[nn.Module, set]:
+    """Pretrained weights (and the names the checkpoint lacked), or the same architecture randomly
+    initialised from its config (scratch)."""
+    try:
+        if not pretrained:
+            return auto.from_config(config, **_remote(trust)), set()
+        # ignore_mismatched_sizes: a source model with another head size gets a fresh head, as timm does.
+        net, info = auto.from_pretrained(str(ref.path), config=config, dtype=torch.float32,
+                                         ignore_mismatched_sizes=True, output_loading_info=True, **_remote(trust))
+        mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+        return net, set(info.get("missing_keys", ())) | mismatched
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise ConfigError(f"'{ref.describe()}' cannot be loaded as {auto.__name__}: {e}") from e
+        raise
+    except OSError as e:
+        raise ModelNotFoundError(f"The weights of '{ref.describe()}' could not be loaded: {e}") from e
+
+
+def new_modules(net: nn.Module, missing: set[str]) -> list[str]:
+    """Modules whose own parameters the checkpoint lacked (randomly initialised when loaded).
+
+    The output embeddings (tied to the input ones) and modules holding them are left out: copying
+    them would defeat LoRA, and their missing biases start at zero, the same on every load.
+
+    Example:
+        >>> new_modules(bert_for_classification, {"bert.pooler.dense.weight"})  # doctest: +SKIP
+        ['bert.pooler.dense']
+    """
+    out = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    owners = {key.rsplit(".", 1)[0] for key in missing if "." in key}
+    return [name for name, module in net.named_modules()
+            if name in owners and (out is None or all(sub is not out for sub in module.modules()))]
+
+
+def group_parameter_names(names: list[str], head: set[str]) -> list[list[str]]:
+    """Embeddings, each numbered layer, then what sits above the layers; ``head`` excluded.
+
+    A name's first numeric component is its layer (``bert.encoder.layer.3.``, ``transformer.h.3.``);
+    un-numbered names go below the layers when they hold embeddings or come before the first layer,
+    above them otherwise (poolers, final norms, a classification head's dense layer).
+
+    Example:
+        >>> group_parameter_names(["emb.w", "enc.layer.0.w", "enc.layer.1.w", "pooler.w", "fc.w"], {"fc.w"})
+        [['emb.w'], ['enc.layer.0.w'], ['enc.layer.1.w'], ['pooler.w']]
+    """
+    bottom, top, layers = [], [], {}
+    seen_layer = False
+    for name in names:
+        if name in head:
+            continue
+        match = re.search(r"\.(\d+)\.", f".{name}")
+        if match:
+            layers.setdefault(int(match.group(1)), []).append(name)
+            seen_layer = True
+        elif "embed" in name or not seen_layer:
+            bottom.append(name)
+        else:
+            top.append(name)
+    groups = [bottom] + [layers[i] for i in sorted(layers)] + [top]
+    return [g for g in groups if g]
+
+
+class HFTextModel(TransferModel):
+    """What every transformers text adapter shares: tokenizer, lengths, groups, LoRA targets, saving."""
+
+    library = "transformers"
+    modality = "text"
+
+    def __init__(self, net: nn.Module, label_names: list[str] | None = None, tokenizer=None):
+        super().__init__(net, label_names)
+        self.tokenizer = tokenizer
+        self.max_length: int | None = None
+        self.preprocess_key = ""  # which columns are tokenized how (set by hftl.tasks; part of the fingerprint)
+        # Randomly initialised on load (absent from the checkpoint): LoRA trains and saves them in full,
+        # or a reloaded adapter would start them from a different random draw.
+        self.new_modules: list[str] = []
+        self._head_path = self._find_head()
+
+    # -- structure -------------------------------------------------------------------------------
+    @property
+    def inner(self) -> nn.Module:
+        """The transformers model, with any peft wrapper removed."""
+        return _unwrap(self.net)
+
+    def _find_head(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def head_name(self) -> str:
+        return self._head_path
+
+    @property
+    def head(self) -> nn.Module:
+        # getattr, not get_submodule: peft's ModulesToSaveWrapper forwards attributes to the trained copy.
+        module = self.inner
+        for part in self._head_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    @property
+    def num_features(self) -> int:
+        head = self.head
+        return head.in_features if hasattr(head, "in_features") else self.inner.config.hidden_size
+
+    def input_keys(self) -> tuple[str, ...]:
+        return ("input_ids", "attention_mask", "token_type_ids")
+
+    def _inputs(self, batch: dict) -> dict:
+        return {k: batch[k] for k in self.input_keys() if k in batch}
+
+    def head_parameter_names(self) -> list[str]:
+        # A head tied to the input embeddings (GPT-2's lm_head) is listed once, under the embeddings.
+        named = {n for n, _ in self.net.named_parameters()}
+        return [n for n in (f"{self.head_name}.{p}" for p, _ in self.head.named_parameters()) if n in named]
+
+    def layer_groups(self) -> list[list[str]]:
+        names = [n for n, _ in self.net.named_parameters()]
+        return group_parameter_names(names, set(self.head_parameter_names()))
+
+    def default_lora_targets(self) -> list[str]:
+        """peft's per-architecture table (query/value for BERT-likes, c_attn for GPT-2, q/v_proj ...)."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
+
+        model_type = getattr(self.inner.config, "model_type", "")
+        if model_type in TABLE:
+            return list(TABLE[model_type])
+        found = sorted({name.rsplit(".", 1)[-1] for name, _ in self.inner.named_modules()
+                        if name.rsplit(".", 1)[-1] in ATTENTION_NAMES})
+        if found:
+            return found
+        head = self.head_name
+        return [n for n, m in self.inner.named_modules()
+                if isinstance(m, nn.Linear) and not (n == head or n.startswith(head + "."))]
+
+    def _fan_in_fan_out(self) -> bool:
+        # GPT-2-style Conv1D layers store weights transposed; peft needs to know.
+        return any(type(m).__name__ == "Conv1D" for m in self.inner.modules())
+
+    # -- text in -----------------------------------------------------------------------------------
+    def model_max_length(self) -> int:
+        """The most tokens one input may have: the tokenizer's and the position table's limits."""
+        limits = []
+        tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
+            limits.append(tokenizer_max)
+        config = self.inner.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                if getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
+                    value -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+                limits.append(value)
+                break
+        return min(limits) if limits else 512
+
+    def set_max_length(self, max_length: int | None) -> int:
+        """Truncate inputs to ``max_length`` tokens, capped at what the model can take; returns the length."""
+        limit = self.model_max_length()
+        if max_length and max_length > limit:
+            logger.info("data.max_length=%d exceeds the model's %d positions; texts are truncated to %d tokens",
+                        max_length, limit, limit)
+        self.max_length = min(max_length or limit, limit)
+        return self.max_length
+
+    def _start_token(self) -> int:
+        tok = self.tokenizer
+        for token_id in (tok.bos_token_id, tok.eos_token_id, tok.cls_token_id, tok.unk_token_id, tok.pad_token_id):
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def tokenize(self, texts: list, pairs: list | None = None) -> list[dict]:
+        """Token ids per text (or pair), truncated to ``max_length``; never empty, never too long.
+
+        Missing texts (None) count as empty; an empty text still yields one token (the tokenizer's
+        BOS/EOS/CLS), so a batch of empty texts runs instead of reaching the model with zero length.
+
+        Example:
+            >>> model.tokenize(["a good film", ""])[1]["input_ids"]  # doctest: +SKIP
+            [101, 102]
+        """
+        max_length = self.max_length or self.set_max_length(None)
+        texts = ["" if t is None else str(t) for t in texts]
+        kwargs = dict(truncation=True, max_length=max_length)
+        if pairs is not None:
+            pairs = ["" if t is None else str(t) for t in pairs]
+            encoded = self.tokenizer(texts, pairs, **kwargs)
+        else:
+            encoded = self.tokenizer(texts, **kwargs)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        rows = []
+        for i in range(len(texts)):
+            row = {k: list(encoded[k][i]) for k in keys}
+            if not row["input_ids"]:
+                row = {"input_ids": [self._start_token()], "attention_mask": [1],
+                       **({"token_type_ids": [0]} if "token_type_ids" in keys else {})}
+            rows.append(row)
+        return rows
+
+    def pad(self, rows: list[dict]) -> dict:
+        """Pad token rows to the longest in the batch (dynamic padding); returns tensors."""
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows[0]]
+        length = max(len(r["input_ids"]) for r in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
+        # Right padding: what the classifiers (and GPT-2's last-real-token pooling) expect.
+        return {k: torch.tensor([r[k] + [fill[k]] * (length - len(r[k])) for r in rows], dtype=torch.long)
+                for k in keys}
+
+    def encode_texts(self, texts: list[str], pairs: list[str] | None = None) -> dict:
+        """A model-ready batch (padded tensors) for raw texts: what ``hftl.api.predict`` feeds the model.
+
+        Example:
+            >>> batch = model.encode_texts(["a fine film", "dull"])  # doctest: +SKIP
+            >>> model(batch).softmax(-1)  # doctest: +SKIP
+        """
+        return self.pad(self.tokenize(list(texts), None if pairs is None else list(pairs)))
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """``save_pretrained`` (safetensors) plus the tokenizer: ``from_pretrained(folder)`` loads it."""
+        folder = Path(folder)
+        self.inner.save_pretrained(str(folder), safe_serialization=True)
+        self.save_preprocessing(folder)
+
+    def save_preprocessing(self, folder: str | Path) -> None:
+        """The tokenizer, next to the weights or the adapter (so a LoRA output is complete too)."""
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
+
+    length_key = "max_length"  # the data.* key that bounded input length in training
+
+    def restore_settings(self, folder: str | Path) -> None:
+        """Take the run's input length (``data.max_length``, LMs: ``data.block_size``) from its ``hftl_config.yaml``."""
+        import yaml
+
+        path = Path(folder) / "hftl_config.yaml"
+        if path.is_file():
+            data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
+            self.set_max_length(data.get(self.length_key))
+
+    def fingerprint(self) -> str:
+        """Backbone weights (head excluded), the tokenizer, and how texts are cut and paired."""
+        h = hashlib.sha256()
+        inner = self.inner
+        h.update(f"{type(inner).__name__}|{getattr(inner.config, 'model_type', '')}".encode())
+        head = set(self.head_parameter_names())
+        for name, tensor in inner.state_dict().items():
+            if name in head:
+                continue
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        vocab = backend.to_str() if backend is not None else json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        h.update(vocab.encode())
+        h.update(f"{self.max_length}|{self.preprocess_key}".encode())
+        return h.hexdigest()[:24]
+
+
+class TextClassifier(HFTextModel):
+    """A transformers encoder (or decoder) with a sequence-classification head sized to the labels.
+
+    Example:
+        >>> model = TextClassifier.create(resolve_model("some/bert"), ["neg", "pos"])  # doctest: +SKIP
+        >>> model(model.encode_texts(["great"])).argmax(-1)  # doctest: +SKIP
+    """
+
+    @classmethod
+    def create(cls, ref: ModelRef, label_names: list[str], pretrained: bool = True, **kwargs) -> TextClassifier:
+        """Build from a resolved reference; ``problem_type="regression"`` in kwargs gives one output."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        trust, kwargs = _config_kwargs(kwargs)
+        regression = kwargs.pop("problem_type", None) == "regression"
+        tokenizer = load_tokenizer(ref.path, trust, ref.describe())
+        names = ["score"] if regression else [str(n) for n in label_names]
+        if not names:
+            raise ConfigError("text_classification needs at least one label; the data has none.")
+        config = AutoConfig.from_pretrained(
+            str(ref.path), num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, **_remote(trust), **kwargs)
+        config.problem_type = "regression" if regression else "single_label_classification"
+        if tokenizer.pad_token is None:  # GPT-style tokenizers: pad with EOS (the classifier skips padding)
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
+        net, missing = _from_pretrained(AutoModelForSequenceClassification, ref, config, pretrained, trust)
+        model = cls(net, names, tokenizer)
+        model.new_modules = new_modules(net, missing)
+        return model
+
+    @classmethod
+    def from_output(cls, folder: Path) -> TextClassifier:
+        """Load a folder hftl (or ``save_pretrained``) wrote for sequence classification."""
+        from transformers import AutoModelForSequenceClassification
+
+        net = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+        names = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
+        model = cls(net, names, load_tokenizer(folder))
+        model.restore_settings(folder)
+        return model
+
+    def _find_head(self) -> str:
+        # The final projection: the last Linear outside the pretrained backbone.
+        inner = self.inner
+        prefix = getattr(inner, "base_model_prefix", "")
+        candidates = [n for n, m in inner.named_modules()
+                      if isinstance(m, nn.Linear) and n and n.split(".")[0] != prefix]
+        if not candidates:
+            raise ConfigError(f"Cannot find the classification layer of {type(inner).__name__}.")
+        return candidates[-1]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.inner.config.num_labels == 1
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(**self._inputs(batch)).logits
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        """The final projection's input (see the module docs), captured with a forward pre-hook."""
+        captured = {}
+
+        def grab(module, args):
+            captured["x"] = args[0]
+
+        handle = self.head.register_forward_pre_hook(grab)
+        try:
+            self.net(**self._inputs(batch))
+        finally:
+            handle.remove()
+        features = captured["x"]
+        if features.dim() == 3:  # decoder classifiers project every token, then keep the last real one
+            pad = self.inner.config.pad_token_id
+            ids = batch["input_ids"]
+            if pad is None:
+                last = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+            else:
+                positions = torch.arange(ids.shape[1], device=ids.device)
+                last = (positions * (ids != pad).int()).argmax(-1)
+            features = features[torch.arange(ids.shape[0], device=ids.device), last]
+        return features
+
+    def lora_options(self) -> dict:
+        """peft settings: SEQ_CLS, and every module outside the backbone trained and saved in full.
+
+        That is the head and, where the architecture has one outside the backbone, its new dense
+        layer (RoBERTa's classifier.dense, DistilBERT's pre_classifier, DeBERTa's pooler).
+        """
+        inner = self.inner
+        prefix = getattr(inner, "base_model_prefix", "")
+        extra = [n for n, m in inner.named_children() if n != prefix and any(True for _ in m.parameters())]
+        extra = extra or [self.head_name.split(".")[0]]
+        # Plus new layers inside the backbone, e.g. BERT's pooler when starting from a masked-LM checkpoint.
+        inside = [n for n in self.new_modules if not any(n == e or n.startswith(e + ".") for e in extra)]
+        return {"task_type": "SEQ_CLS", "modules_to_save": extra + inside, "fan_in_fan_out": self._fan_in_fan_out()}
+
+
+class LanguageModel(HFTextModel):
+    """A causal (GPT-style) or masked (BERT-style) language model: logits over the vocabulary per token.
+
+    Example:
+        >>> lm = LanguageModel.create(resolve_model("gpt2"), task="causal_lm")  # doctest: +SKIP
+        >>> lm.generate_text("Once upon a time", max_new_tokens=10)  # doctest: +SKIP
+    """
+
+    length_key = "block_size"
+
+    def __init__(self, net: nn.Module, label_names: list[str] | None = None, tokenizer=None,
+                 kind: str = "causal"):
+        super().__init__(net, label_names, tokenizer)
+        self.kind = kind
+
+    @classmethod
+    def create(cls, ref: ModelRef, task: str = "causal_lm", pretrained: bool = True, **kwargs) -> LanguageModel:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+        trust, kwargs = _config_kwargs(kwargs)
+        kind = "causal" if task == "causal_lm" else "masked"
+        tokenizer = load_tokenizer(ref.path, trust, ref.describe())
+        if kind == "masked" and tokenizer.mask_token is None:
+            raise ConfigError(
+                f"'{ref.describe()}' has a tokenizer without a mask token, so it cannot be trained as a masked LM. "
+                "Use an encoder (BERT, RoBERTa, MiniLM ...) for task masked_lm, or task causal_lm for decoders."
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        config = AutoConfig.from_pretrained(str(ref.path), **_remote(trust), **kwargs)
+        auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+        net, missing = _from_pretrained(auto, ref, config, pretrained, trust)
+        model = cls(net, [], tokenizer, kind=kind)
+        model.new_modules = new_modules(net, missing)
+        return model
+
+    @classmethod
+    def from_output(cls, folder: Path, task: str = "causal_lm") -> LanguageModel:
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+        auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForMaskedLM
+        net = auto.from_pretrained(str(folder), dtype=torch.float32)
+        model = cls(net, [], load_tokenizer(folder), kind="causal" if task == "causal_lm" else "masked")
+        model.restore_settings(folder)
+        return model
+
+    def _find_head(self) -> str:
+        inner = self.inner
+        out = inner.get_output_embeddings()
+        for name, module in inner.named_modules():
+            if module is out:
+                return name
+        raise ConfigError(f"Cannot find the output layer of {type(inner).__name__}.")
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(**self._inputs(batch)).logits
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        """Per-token hidden states that the output projection sees: (batch, tokens, features)."""
+        captured = {}
+
+        def grab(module, args):
+            captured["x"] = args[0]
+
+        handle = self.head.register_forward_pre_hook(grab)
+        try:
+            self.net(**self._inputs(batch))
+        finally:
+            handle.remove()
+        return captured["x"]
+
+    def lora_options(self) -> dict:
+        """peft settings: CAUSAL_LM for decoders; the output layer (tied to the embeddings) is never copied.
+
+        Layers the checkpoint lacked are trained and saved in full, so a reloaded adapter predicts
+        as the trained model did: e.g. a masked-LM head's own layers (BERT's
+        ``cls.predictions.transform``) when the checkpoint is a bare encoder, as MiniLM's is.
+        """
+        return {"task_type": "CAUSAL_LM" if self.kind == "causal" else None,
+                "modules_to_save": list(self.new_modules) or None, "fan_in_fan_out": self._fan_in_fan_out()}
+
+    @torch.inference_mode()
+    def generate_text(self, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0) -> str:
+        """The prompt and its continuation; greedy at temperature 0, sampled above it.
+
+        Example:
+            >>> lm.generate_text("The cat", max_new_tokens=5)  # doctest: +SKIP
+            'The cat sat on the mat'
+        """
+        from transformers import GenerationConfig
+
+        if self.kind != "causal":
+            raise ConfigError("Text generation needs a causal LM (task causal_lm); this is a masked LM.")
+        if max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be at least 1.")
+        self.eval()
+        tok = self.tokenizer
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        if ids.shape[1] == 0:  # an empty prompt starts from the start-of-text token
+            ids = torch.tensor([[self._start_token()]])
+        limit = self.model_max_length()
+        ids = ids[:, -max(1, limit - max_new_tokens):]  # keep the end of an over-long prompt
+        device = next(self.net.parameters()).device
+        ids = ids.to(device)
+        sample = temperature > 0
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample,
+                                  temperature=temperature if sample else None, top_k=50 if sample else None,
+                                  top_p=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out = self.net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return tok.decode(out[0], skip_special_tokens=True)
+
+
+TASK_BY_ARCHITECTURE = (("ForSequenceClassification", "text_classification"), ("ForCausalLM", "causal_lm"),
+                        ("LMHeadModel", "causal_lm"), ("ForMaskedLM", "masked_lm"))
+
+
+def load_transformers_output(folder: str | Path) -> HFTextModel:
+    """Load a transformers output folder as the adapter its task needs (from hftl.json or config.json).
+
+    Example:
+        >>> model = load_transformers_output("outputs/gpt2_finetune")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    task = None
+    meta = folder / "hftl.json"
+    if meta.is_file():
+        task = json.loads(meta.read_text()).get("task")
+    if task is None:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+        task = next((t for a in architectures for suffix, t in TASK_BY_ARCHITECTURE if a.endswith(suffix)), None)
+    if task == "text_classification":
+        return TextClassifier.from_output(folder)
+    if task in ("causal_lm", "masked_lm"):
+        return LanguageModel.from_output(folder, task)
+    raise ConfigError(
+        f"'{folder}' holds a transformers model that is not a sequence classifier or language model "
+        "(see architectures in its config.json), so hftl cannot load it for a task."
+    )
