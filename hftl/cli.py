@@ -104,7 +104,7 @@ def run(argv: list[str]) -> int:
     elif args.command == "demo":
         from hftl.demo import run_demo
 
-        run_demo(args.output_dir, quick=args.quick)
+        print(run_demo(args.output_dir, quick=args.quick).summary())
     elif args.command == "push":
         from hftl.hub import push
 

@@ -1,0 +1,380 @@
+"""hftl's training loop vs a bare PyTorch loop vs transformers' Trainer: steady-state throughput (issue 2).
+
+The three loops train the same model from the same initial weights on the same in-memory data,
+batch size, optimizer (``torch.optim.AdamW``, one parameter group, lr 1e-3, weight decay 0.01),
+schedule (hftl's warmup + cosine ``make_scheduler``), gradient clipping (max norm 1.0), loss
+(cross-entropy) and precision (fp32: on CPUs without native bf16, bf16 is the slow choice):
+
+- hftl:         ``hftl.trainer.Trainer.fit`` with its defaults (NaN/inf guard, JSONL log per step,
+                Accelerate's prepared model/optimizer/data loader), ``progress=False``;
+- bare:         ``for batch in DataLoader: forward, loss, backward, clip, step, zero_grad, schedule``;
+- transformers: ``transformers.Trainer`` with its extras off (``eval_strategy="no"``,
+                ``save_strategy="no"``, ``logging_strategy="no"``, ``report_to="none"``, no tqdm),
+                given the same optimizer and scheduler, the model wrapped to return ``{"loss", "logits"}``.
+
+Throughput is measured in steady state: the time between consecutive optimizer-step ends, after
+``skip`` warm-up steps, so set-up, evaluation and checkpointing (which only hftl does at the end
+of ``fit``) are not counted. The three loops run one after another in each round, in a rotating
+order; each ratio is the median of its per-round ratios.
+
+Two workloads: ResNet-18 on 64 px images (the goal's workload: a step is compute-bound), and the
+head of a cached linear probe (a 512->10 linear layer on cached features: a step is microseconds
+of compute, so this row exposes each loop's fixed per-step overhead). For each workload, every
+extra that hftl's loop does per step beyond the bare loop (NaN/inf guards, ``.item()``, the JSONL
+row, Accelerate's wrappers and data loader, the progress bar) is then timed on its own, with
+hftl's real objects, into an overhead budget; it predicts the ratio without the machine's noise.
+
+Usage: python benchmarks/loop.py [--quick] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+# _common first: it sets the offline environment before any Hugging Face import.
+import _common as C
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DictData(torch.utils.data.Dataset):
+    """In-memory examples as dicts (what hftl's datasets yield)."""
+
+    def __init__(self, key: str, x: torch.Tensor, y: torch.Tensor):
+        self.key, self.x, self.y = key, x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {self.key: self.x[i], "labels": self.y[i]}
+
+
+class ForHFTrainer(nn.Module):
+    """transformers.Trainer calls ``model(**batch)`` and reads ``loss``: the same model, wrapped."""
+
+    def __init__(self, model: nn.Module, key: str):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, labels=None, **inputs):
+        logits = self.model(inputs)
+        return {"loss": F.cross_entropy(logits.float(), labels), "logits": logits}
+
+
+def make_optimizer(model: nn.Module, steps: int):
+    from hftl.trainer import make_scheduler
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+    return opt, make_scheduler(opt, "cosine", int(0.1 * steps), steps)
+
+
+def run_bare(model, data, batch: int, steps: int) -> list[float]:
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    opt, sched = make_optimizer(model, steps)
+    model.train()
+    stamps = []
+    for b in loader:
+        logits = model(b)
+        loss = F.cross_entropy(logits.float(), b["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        stamps.append(C.stamp())
+    return stamps
+
+
+def hftl_trainer_class(no_nan_check: bool = False, no_log: bool = False):
+    """hftl's Trainer, stamping each optimizer step's end; optionally with one per-step extra removed."""
+    from hftl.trainer import Trainer
+
+    class Stamped(Trainer):
+        stamps: list[tuple[float, float]]
+
+        def _log(self, acc, row):
+            if "loss" in row:  # a training step's row (evaluation rows hold eval/* keys)
+                self.stamps.append(C.stamp())
+            if not (no_log and "loss" in row):
+                super()._log(acc, row)
+
+        def _check_finite(self, acc, value, what, epoch):
+            if not no_nan_check:
+                super()._check_finite(acc, value, what, epoch)
+
+    return Stamped
+
+
+def run_hftl(model, data, eval_data, batch: int, steps: int, out, **ablate) -> list[float]:
+    from hftl.config import TrainConfig
+
+    cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, lr=1e-3, weight_decay=0.01,
+                      scheduler="cosine", warmup_ratio=0.1, max_grad_norm=1.0, progress=False,
+                      checkpoint_every=10**9, seed=0)
+    trainer = hftl_trainer_class(**ablate)(cfg, model, data, eval_data, output_dir=out, metrics=())
+    trainer.stamps = []
+    trainer.fit()
+    return trainer.stamps
+
+
+def run_transformers(model, key: str, data, batch: int, steps: int, out) -> list[float]:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    stamps: list[tuple[float, float]] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(C.stamp())
+
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
+        weight_decay=0.01, max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_strategy="no",
+        report_to="none", disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, seed=0, bf16=False,
+        dataloader_pin_memory=False, remove_unused_columns=False,
+    )
+    wrapped = ForHFTrainer(model, key)
+    opt, sched = make_optimizer(wrapped, steps)
+    trainer = Trainer(model=wrapped, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[Stamp()])
+    trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict; nothing else is logged
+    trainer.train()
+    return stamps
+
+
+def workloads(quick: bool):
+    from hftl.backbones import create_model
+    from hftl.features import HeadOnly
+
+    labels = [str(i) for i in range(10)]
+    g = torch.Generator().manual_seed(0)
+    size, batch = 64, 32
+    steps = 4 if quick else 6
+    torch.manual_seed(0)
+    resnet = create_model("timm:resnet18", labels, image_size=size)
+    n = steps * batch
+    images = DictData("pixel_values", torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g))
+    eval_images = DictData("pixel_values", images.x[:batch], images.y[:batch])
+    head_steps = 60 if quick else 150
+    m = head_steps * batch
+    head = HeadOnly(nn.Linear(512, 10))
+    feats = DictData("features", torch.randn(m, 512, generator=g), torch.randint(0, 10, (m,), generator=g))
+    return [
+        dict(name=f"ResNet-18, {size} px, batch {batch}", model=resnet, key="pixel_values", data=images,
+             eval=eval_images, batch=batch, steps=steps, skip=1),
+        dict(name=f"probe head 512->10, batch {batch}", model=head, key="features", data=feats,
+             eval=DictData("features", feats.x[:batch], feats.y[:batch]), batch=batch, steps=head_steps, skip=10),
+    ]
+
+
+def measure(w: dict, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per-round median step seconds (wall clock, CPU) of each loop; round -1 is a warm-up, not recorded."""
+    model, init = w["model"], {k: v.clone() for k, v in w["model"].state_dict().items()}
+    variants = {
+        "bare PyTorch": lambda out: run_bare(model, w["data"], w["batch"], w["steps"]),
+        "hftl Trainer": lambda out: run_hftl(model, w["data"], w["eval"], w["batch"], w["steps"], out),
+        "transformers Trainer": lambda out: run_transformers(model, w["key"], w["data"], w["batch"], w["steps"], out),
+    }
+    names = list(variants)
+    results: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(-1, rounds):
+        order = names[r % len(names):] + names[: r % len(names)] if r >= 0 else names
+        for name in order:
+            model.load_state_dict(init)  # every loop starts from the same weights
+            # Accelerate marks a model it prepared and skips it next time: let every fit prepare it afresh.
+            model.__dict__.pop("_is_accelerate_prepared", None)
+            for p in model.parameters():
+                p.grad = None
+            stamps = variants[name](C.SCRATCH / f"{name.replace(' ', '_')}-{r}")
+            if r >= 0:
+                results[name].append(C.median(C.intervals(stamps, w["skip"])))
+                cpu[name].append(C.median(C.intervals(stamps, w["skip"], cpu=True)))
+    return results, cpu
+
+
+def per_call_us(fn, n: int, baseline=None) -> float:
+    """Median microseconds per call of ``fn`` (minus ``baseline``'s), over 7 alternating blocks of ``n``.
+
+    Alternating the two in blocks and taking the median of the differences keeps a busy machine's
+    noise out of small differences.
+    """
+    diffs = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t = (time.perf_counter() - start) / n
+        if baseline is not None:
+            start = time.perf_counter()
+            for _ in range(n):
+                baseline()
+            t -= (time.perf_counter() - start) / n
+        diffs.append(t * 1e6)
+    return C.median(diffs)
+
+
+def overhead_budget() -> list[tuple[str, float, str]]:
+    """Microseconds per optimizer step of each thing hftl's loop does beyond the bare loop.
+
+    Each is timed alone with hftl's real objects (its Trainer's Accelerator and the prepared
+    optimizer/data loader) around a 512->10 layer, so the wrapped work is tiny and what is left is
+    the fixed per-step cost. Returns (what, us per step, where it comes from).
+    """
+    import inspect
+    import io
+
+    from accelerate.utils import is_lomo_available
+    from tqdm.auto import tqdm
+
+    from hftl.config import TrainConfig
+    from hftl.features import HeadOnly
+    from hftl.trainer import Trainer
+
+    g = torch.Generator().manual_seed(1)
+    batch = 32
+    data = DictData("features", torch.randn(64 * batch, 512, generator=g), torch.randint(0, 10, (64 * batch,), generator=g))
+    model = HeadOnly(nn.Linear(512, 10))
+    cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, progress=False, seed=0)
+    out = C.SCRATCH / "budget"
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, model, data, data, output_dir=out)
+    acc = trainer._accelerator()
+    trainer.accelerator = acc
+    raw_opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    plain_dl = trainer._loader(data, shuffle=True)
+    pmodel, popt, pdl = acc.prepare(model, raw_opt, trainer._loader(data, shuffle=True))
+    first = next(iter(plain_dl))
+    loss = F.cross_entropy(pmodel(first).float(), first["labels"])
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    raw_opt.step()  # AdamW's state exists before timing
+    n = 1000
+    rows = [
+        ("NaN/inf guard on the loss", per_call_us(lambda: trainer._check_finite(acc, loss, "loss", 0), n),
+         "hftl _check_finite: isfinite, ~, any, float, reshape, .item()"),
+        ("NaN/inf guard on the gradient norm", per_call_us(lambda: trainer._check_finite(acc, norm, "norm", 0), n),
+         "the same on clip_grad_norm_'s result"),
+        ("running loss .item()", per_call_us(lambda: loss.detach().float().item(), n),
+         "hftl: running += loss.detach().float().item()"),
+    ]
+    row = {"step": 1, "epoch": 0, "loss": 2.3, "lr": 1e-3}
+    rows.append(("JSONL log row", per_call_us(lambda: trainer._log(acc, row), 200),
+                 "hftl _log: open(log.jsonl, 'a'), json.dumps, write, close, every step"))
+
+    def accumulate():
+        with acc.accumulate(pmodel):
+            pass
+
+    rows.append(("acc.accumulate(model) context", per_call_us(accumulate, n), "Accelerate"))
+    rows.append(("acc.backward: loss / accumulation steps", per_call_us(lambda: loss.detach() / 1, n,
+                                                                        lambda: loss.detach()),
+                 "Accelerate divides even when accumulation is 1"))
+    # The wrappers are timed around a 1x1 layer, so what is left is their own cost, not the math they wrap
+    # (on a busy 2-core machine a small tensor op alone varies by 10x from one block to the next).
+    null = nn.Linear(1, 1)
+    null_opt = torch.optim.AdamW(null.parameters(), lr=1e-3)
+    null_model, null_popt = acc.prepare(null, null_opt)
+    for p in null.parameters():
+        p.grad = torch.ones_like(p)
+    null_opt.step()
+    rows.append(("acc.clip_grad_norm_ vs torch's",
+                 per_call_us(lambda: acc.clip_grad_norm_(null_model.parameters(), 1.0), n,
+                             lambda: torch.nn.utils.clip_grad_norm_(null.parameters(), 1.0)),
+                 "Accelerate: unscale_gradients + DTensor-aware grouping"))
+    rows.append(("AcceleratedOptimizer.step vs AdamW.step", per_call_us(null_popt.step, 300, null_opt.step),
+                 "Accelerate: calls is_lomo_available() twice per step (importlib find_spec, uncached)"))
+    rows.append(("  of which: 2 x accelerate is_lomo_available()",
+                 per_call_us(lambda: (is_lomo_available(), is_lomo_available()), 200), "(included in the row above)"))
+    rows.append(("AcceleratedOptimizer.zero_grad vs AdamW.zero_grad",
+                 per_call_us(lambda: null_popt.zero_grad(set_to_none=False), n,
+                             lambda: null_opt.zero_grad(set_to_none=False)),
+                 "Accelerate: inspect.signature(optimizer.zero_grad) every call"))
+    rows.append(("  of which: inspect.signature", per_call_us(lambda: inspect.signature(raw_opt.zero_grad), n),
+                 "(included in the row above)"))
+
+    def drain(loader, k=64):
+        it = iter(loader)
+        for _ in range(k):
+            next(it, None)
+
+    rows.append(("Accelerate's data loader vs torch's, per batch",
+                 per_call_us(lambda: drain(pdl), 3, lambda: drain(plain_dl)) / 64,
+                 "DataLoaderShard: one-batch look-ahead, send_to_device, RNG sync"))
+    bar = tqdm(total=10**9, file=io.StringIO(), dynamic_ncols=True)
+    rows.append(("progress bar update + set_postfix (not in the timed loops)",
+                 per_call_us(lambda: (bar.update(1), bar.set_postfix(epoch=0, loss=f"{2.3:.4f}")), 200),
+                 "hftl: set_postfix(loss=...) redraws the bar every step (train.progress=true, the default)"))
+    acc.end_training()
+    return rows
+
+
+def profile(w: dict) -> None:
+    """cProfile of one hftl fit on the overhead-bound workload: where the per-step time goes."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run_hftl(w["model"], w["data"], w["eval"], w["batch"], w["steps"], C.SCRATCH / "profile")
+    prof.disable()
+    print(f"## cProfile of one hftl fit ({w['name']}, {w['steps']} steps), top 30 by cumulative time")
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer steps and one round (a smoke run)")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--profile", action="store_true", help="also print a cProfile of hftl's loop")
+    C.add_threads_option(p)
+    args = p.parse_args()
+    C.apply_threads(args)
+    rounds = args.rounds or (1 if args.quick else 5)
+    ws = workloads(args.quick)
+    C.header("hftl loop vs bare PyTorch loop vs transformers Trainer (steady-state step time)",
+             "; ".join(f"{w['name']}: {w['steps']} steps per run, first {w['skip']} not timed" for w in ws)
+             + f"; fp32, AdamW, clip 1.0, cosine schedule; {rounds} round(s) after a warm-up round, order rotated")
+
+    budget = overhead_budget()
+    extras = sum(us for name, us, _ in budget if not name.startswith("  ") and "progress bar" not in name)
+    for i, w in enumerate(ws):
+        res, cpu = measure(w, rounds)
+        table = C.Table(f"{w['name']}: step time, median over {rounds} round(s) (the load moves these between "
+                        "rounds; the per-round ratios cancel it)")
+        for name in res:
+            table.add(f"{name}: ms/step (wall clock)", f"{1000 * C.median(res[name]):.2f}")
+        for name in cpu:
+            table.add(f"{name}: CPU ms/step", f"{1000 * C.median(cpu[name]):.2f}")
+        goal = i == 0  # the goals are stated for a real model's training step; the head row is diagnostic
+
+        def ratio(times: dict, other: str) -> list[float]:
+            return [o / h for o, h in zip(times[other], times["hftl Trainer"])]
+
+        for other, short, target in (("bare PyTorch", "bare", 0.95), ("transformers Trainer", "transformers", 1.0)):
+            wall = ratio(res, other)
+            table.add(f"throughput ratio hftl / {short}, wall clock (median of rounds)", f"{C.median(wall):.3f}",
+                      f">= {target}" if goal else "(diagnostic)", C.median(wall) >= target if goal else None)
+            table.add(f"  per-round ratios hftl / {short}, wall clock", " ".join(f"{x:.2f}" for x in wall))
+            cpu_ratio = C.median(ratio(cpu, other))
+            table.add(f"throughput ratio hftl / {short}, CPU time (median of rounds)", f"{cpu_ratio:.3f}",
+                      "(steadier on a shared machine)")
+        bare = res["bare PyTorch"]
+        step_us = 1e6 * C.median(bare)
+        table.add("  => throughput ratio hftl / bare predicted by the overhead budget below",
+                  f"{step_us / (step_us + extras):.4f}", "(noise-free estimate)")
+        table.print()
+    budget_table = C.Table("hftl's per-step extras beyond the bare loop, each timed alone (us per optimizer step)")
+    for name, us, why in budget:
+        budget_table.add(name, f"{us:.1f}", why)
+    budget_table.add("total counted (rows without 'of which' and the progress bar)", f"{extras:.0f}")
+    budget_table.print()
+    if args.profile:
+        profile(ws[1])
+    C.footer()
+
+
+if __name__ == "__main__":
+    main()

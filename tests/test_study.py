@@ -1,0 +1,327 @@
+"""Cross-validated transfer studies: the statistics, the folds, the report, resume, and every bad input.
+
+Models are tiny (timm test_resnet at 16 px, a 2-layer BERT 32 wide), data a few dozen examples,
+one epoch: these tests check the machinery, not the science (the demo and the negative-transfer
+recipe do that with real numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from hftl import api
+from hftl.errors import ConfigError, DataError
+from hftl.study import (
+    budget_subset,
+    compare_paired,
+    load_study_config,
+    make_folds,
+    run_study,
+    study_config_from_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REAL_TRAIN = api.train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread (two threads mostly wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_study(out: Path, **study) -> dict:
+    """A study of a tiny timm ResNet on three digit classes, one epoch per fold."""
+    return {
+        "base": {
+            "model": {"id": "timm:test_resnet"},
+            "data": {"id": "builtin:digits", "classes": ["0", "1", "2"], "image_size": 16, "augment": False},
+            "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.01,
+                      "progress": False},
+        },
+        "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 12, "output_dir": str(out),
+                  **study},
+    }
+
+
+class CountTrainings:
+    """Wraps hftl.api.train: counts calls, and can stop the study after N trainings (an interruption)."""
+
+    def __init__(self, monkeypatch, stop_after: int | None = None):
+        self.calls = 0
+        self.stop_after = stop_after
+        monkeypatch.setattr(api, "train", self)
+
+    def __call__(self, *args, **kwargs):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        return REAL_TRAIN(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+def test_clearly_positive_transfer():
+    arm = [0.90, 0.92, 0.91, 0.93, 0.90]
+    base = [0.70, 0.71, 0.69, 0.72, 0.70]
+    c = compare_paired(arm, base)
+    assert c.verdict == "positive transfer"
+    assert c.p_t == pytest.approx(stats.ttest_rel(arm, base).pvalue)
+    d = np.subtract(arm, base)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c.ci_low > 0 and c.mean_diff == pytest.approx(0.208)
+    assert c.p_wilcoxon is None and "6 folds" in c.note  # 5 folds cannot reach p < 0.05 with Wilcoxon
+
+
+def test_clearly_negative_transfer():
+    c = compare_paired([0.55, 0.60, 0.52, 0.58, 0.57], [0.90, 0.93, 0.91, 0.95, 0.92])
+    assert c.verdict == "negative transfer"
+    assert c.ci_high < 0 and c.p_value < 0.001
+
+
+def test_null_case_is_no_significant_difference():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.7, 0.9, 8)
+    arm = base + np.array([0.02, -0.03, 0.01, -0.01, 0.03, -0.02, 0.00, -0.01])
+    c = compare_paired(arm, base)
+    assert c.verdict == "no significant difference"
+    assert c.ci_low < 0 < c.ci_high
+    assert c.p_wilcoxon is not None and c.p_wilcoxon > 0.05  # 8 folds: Wilcoxon is computed
+    same = compare_paired([0.8, 0.9, 0.7], [0.8, 0.9, 0.7])
+    assert (same.verdict, same.p_value, same.ci_low, same.ci_high) == ("no significant difference", 1.0, 0.0, 0.0)
+
+
+def test_lower_is_better_and_conservative_corrected_test():
+    # The arm's loss is lower on every fold: that is positive transfer when the metric is a loss.
+    c = compare_paired([0.30, 0.32, 0.29, 0.35, 0.31], [0.50, 0.49, 0.55, 0.52, 0.48], higher_is_better=False,
+                       test_train_ratio=0.25)
+    assert c.verdict == "positive transfer"
+    assert c.p_corrected_t > c.p_t  # folds share training data: the corrected test is more cautious
+    # The same difference on every fold is certain (zero spread), not a division by zero.
+    exact = compare_paired([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    assert exact.verdict == "positive transfer" and exact.p_value == 0.0
+    assert exact.ci_low == pytest.approx(0.1) and exact.ci_high == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------ folds
+
+def test_folds_are_stratified_seeded_and_cover_every_example():
+    labels = [0] * 10 + [1] * 10 + [2] * 5
+    folds, note = make_folds(labels, 5, seed=3)
+    assert note == "" and len(folds) == 5
+    held_out = sorted(i for _, va in folds for i in va)
+    assert held_out == list(range(25))  # every example held out exactly once
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert sorted(np.asarray(labels)[val].tolist()) == [0, 0, 1, 1, 2]  # every class in every fold
+    assert make_folds(labels, 5, seed=3)[0] == folds
+    assert make_folds(labels, 5, seed=4)[0] != folds
+
+
+def test_fewer_examples_than_folds_is_said_aloud_or_an_error():
+    labels = [0] * 10 + [1] * 3
+    folds, note = make_folds(labels, 5, seed=0, label_names=["cat", "dog"])
+    assert len(folds) == 3 and "class 'dog' has only 3 examples" in note and "3 folds instead of 5" in note
+    with pytest.raises(DataError, match="Class 'dog' has only 3 example.*study.folds=5"):
+        make_folds(labels, 5, seed=0, label_names=["cat", "dog"], allow_fewer=False)
+    with pytest.raises(DataError, match="Class 'dog' has only 1 example"):
+        make_folds([0] * 10 + [1], 5, seed=0, label_names=["cat", "dog"])
+
+
+def test_label_budgets_are_stratified_and_nested():
+    labels = np.array([0] * 20 + [1] * 20)
+    train = list(range(40))
+    small, large = budget_subset(train, labels, 0.1, seed=1), budget_subset(train, labels, 0.5, seed=1)
+    assert np.bincount(labels[small]).tolist() == [2, 2]
+    assert np.bincount(labels[large]).tolist() == [10, 10]
+    assert set(small) <= set(large)
+    assert budget_subset(train, labels, 0.01, seed=1) and len(budget_subset(train, labels, 0.01, seed=1)) == 2
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("study, message", [
+    ({"arms": ["scratch", "fine_tune"]}, r"'fine_tune' is not a known arm.*scratch"),
+    ({"arms": ["finetune"]}, r"only \['finetune'\].*needs the baseline"),
+    ({"arms": ["linear_probe", "finetune"]}, r"baseline 'scratch' is not among study.arms"),
+    ({"arms": ["scratch", "finetune", "finetune"]}, r"'finetune' appears twice"),
+    ({"metric": "auc"}, r"study.metric 'auc' is not computed.*accuracy, f1, loss"),
+    ({"folds": 1}, r"study.folds must be at least 2"),
+    ({"test": "wilcoxon"}, r"wilcoxon cannot reach p < 0.05 with 2 folds"),
+    ({"label_budgets": [0.5, 1.5]}, r"label_budgets holds 1.5"),
+    ({"folds_count": 3}, r"Unknown config key 'study.folds_count'.*study.folds"),
+    ({"arms": ["scratch", {"name": "x", "strategy": "probe"}]}, r"Arm 'x' has strategy 'probe'"),
+    ({"arms": ["scratch", {"name": "x", "strategy": "finetune", "cfg": {}}]}, r"Unknown key 'cfg' in study.arms\[1\]"),
+    ({"arms": ["scratch", {"name": "x", "strategy": "finetune", "config": {"train.epoch": 2}}]},
+     r"Arm 'x': Unknown config key 'train.epoch'.*train.epochs"),
+    ({"arms": ["scratch", {"name": "x", "strategy": "linear_probe", "config": {"model.id": "pretrain:src"}}]},
+     r"starts from 'pretrain:src'.*no source of that name"),
+])
+def test_bad_study_configs_are_clear_errors(tmp_path, study, message):
+    with pytest.raises(ConfigError, match=message):
+        study_config_from_dict(tiny_study(tmp_path, **study))
+
+
+def test_bad_top_level_and_task(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown study config key 'train'.*Did you mean 'base.train'"):
+        study_config_from_dict({**tiny_study(tmp_path), "train": {"epochs": 1}})
+    bad = tiny_study(tmp_path)
+    bad["base"]["task"] = "causal_lm"
+    with pytest.raises(ConfigError, match="base.task 'causal_lm' is not supported"):
+        study_config_from_dict(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study_config(tmp_path / "missing.yaml")
+
+
+def test_a_class_with_one_example_stops_the_study(tmp_path):
+    from PIL import Image
+
+    for name, count in (("cat", 4), ("dog", 1)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "imgs" / name / f"{i}.png")
+    cfg = tiny_study(tmp_path / "out")
+    cfg["base"]["data"] = {"id": str(tmp_path / "imgs"), "image_size": 16, "augment": False}
+    cfg["study"]["max_examples"] = None
+    with pytest.raises(DataError, match="Class 'dog' has only 1 example"):
+        run_study(cfg)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """A whole tiny study: a source pretrained inside it, three arms, two label budgets, two folds."""
+    out = tmp_path_factory.mktemp("study") / "digits"
+    cfg = tiny_study(out, arms=["scratch", "linear_probe", "finetune"], label_budgets=[0.5, 1.0],
+                     pretrain=[{"name": "src", "config": {"model": {"id": "timm:test_resnet"},
+                                                          "data": {"classes": ["3", "4", "5"], "max_train_samples": 30}}}])
+    cfg["base"]["model"]["id"] = "pretrain:src"
+    return run_study(cfg), out
+
+
+def test_study_writes_json_report_plots_and_model(finished_study):
+    report, out = finished_study
+    data = json.loads((out / "study.json").read_text())
+    assert len(data["runs"]) == 3 * 2 * 2  # arms x budgets x folds, each with its own numbers
+    assert {(r["arm"], r["budget"], r["fold"]) for r in data["runs"]} == {
+        (a, b, k) for a in ("scratch", "linear_probe", "finetune") for b in (0.5, 1.0) for k in (0, 1)}
+    assert all(0 <= r["metrics"]["accuracy"] <= 1 and r["num_validation"] == 6 for r in data["runs"])
+    assert data["n_examples"] == 12  # study.max_examples, stratified: 4 of each class
+    assert data["comparisons"]["finetune"]["b1"]["verdict"] in (
+        "positive transfer", "no significant difference", "negative transfer")
+    assert data["config"]["study"]["folds"] == 2 and data["sources"]["src"]["classes"] == ["3", "4", "5"]
+    assert report.scores["finetune"]["b0.5"]["accuracy"] == [
+        r["metrics"]["accuracy"] for r in sorted(data["runs"], key=lambda r: r["fold"])
+        if r["arm"] == "finetune" and r["budget"] == 0.5]
+
+    md = (out / "report.md").read_text()
+    assert "| linear_probe | linear_probe |" in md and "Δ accuracy vs scratch" in md
+    assert re.search(r"(positive transfer|no significant difference|negative transfer)", md)
+    assert "## Sample efficiency" in md and "## Every fold" in md and "![metric_by_arm](metric_by_arm.png)" in md
+    for name in ("metric_by_arm.png", "sample_efficiency.png"):
+        png = (out / name).read_bytes()
+        assert png[:8] == PNG_MAGIC and len(png) > 5000
+
+    summary = report.summary()
+    assert "finetune" in summary and str(out / "report.md") in summary and "By label budget" in summary
+
+
+def test_winning_model_is_saved_with_the_study_in_its_card(finished_study):
+    from huggingface_hub import ModelCard
+
+    from hftl.model import load
+
+    report, out = finished_study
+    model_dir = out / "model"
+    assert report.model_dir == model_dir and report.winner in report.arms
+    card = ModelCard.load(model_dir / "README.md")
+    assert "## Transfer study" in card.text and report.markdown_table() in card.text
+    assert f"fold {report.winner_fold} of the best arm, `{report.winner}`" in card.text
+    assert card.text.index("## Transfer study") < card.text.index("## How to use")
+    model = load(model_dir)
+    assert model.label_names == ["0", "1", "2"]
+    # Only the saved model keeps weights: the other folds keep their small logs.
+    weights = sorted(p.parent.name for p in (out / "runs").rglob("*.safetensors"))
+    assert weights == [f"fold{report.winner_fold}"]
+
+
+def test_resume_skips_finished_folds(tmp_path, monkeypatch):
+    cfg = tiny_study(tmp_path / "s")
+    counter = CountTrainings(monkeypatch, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)  # interrupted during the 4th of 4 trainings (2 arms x 2 folds)
+    assert counter.calls == 3
+    assert len(list((tmp_path / "s" / "records").glob("*.json"))) == 3
+
+    counter = CountTrainings(monkeypatch)
+    report = run_study(cfg)
+    assert counter.calls == 1  # only the fold that had not finished
+    assert (report.trained, report.skipped) == (1, 3)
+
+    counter = CountTrainings(monkeypatch)
+    again = run_study(cfg)
+    assert counter.calls == 0 and again.skipped == 4
+    assert again.scores == report.scores
+
+    counter = CountTrainings(monkeypatch)
+    run_study(cfg, ["base.train.lr=0.02"])  # another training budget: the records no longer apply
+    assert counter.calls == 4
+
+
+def test_too_few_examples_for_the_folds_uses_fewer_folds_and_says_so(tmp_path):
+    report = run_study(tiny_study(tmp_path / "s", folds=3, max_examples=6))  # 2 examples per class
+    assert report.folds == 2
+    assert "Used 2 folds instead of 3" in report.fold_note
+    assert "Used 2 folds instead of 3" in (tmp_path / "s" / "report.md").read_text()
+    assert "Used 2 folds instead of 3" in report.summary()
+
+
+def test_text_study_runs_through_the_same_machinery(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    topics = REPO / "hftl" / "demo_data" / "topics.jsonl"
+    words = sorted({w for line in topics.read_text().splitlines()
+                    for w in re.findall(r"[a-z]+", json.loads(line)["text"].lower())})
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    cfg = {
+        "base": {"task": "text_classification", "model": {"id": str(tmp_path / "bert")},
+                 "data": {"id": str(topics), "max_length": 24},
+                 "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.001,
+                           "progress": False}},
+        "study": {"arms": ["scratch", "linear_probe"], "folds": 2, "max_examples": 16,
+                  "output_dir": str(tmp_path / "out")},
+    }
+    report = run_study(cfg)
+    assert report.label_names == ["food", "sport", "technology", "weather"]
+    assert len(report.scores["linear_probe"]["b1"]["accuracy"]) == 2
+    assert (tmp_path / "out" / "model" / "README.md").is_file()
+
+
+def test_shipped_study_configs_are_valid():
+    """Every study YAML in the repo and the package loads against the code that reads it."""
+    paths = sorted((REPO / "recipes" / "configs" / "study").glob("*.yaml")) + \
+        sorted((REPO / "hftl" / "demo_data").glob("*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        cfg = load_study_config(path)
+        assert cfg.study.baseline in [a.name for a in cfg.arms] and len(cfg.arms) >= 2
