@@ -12,10 +12,14 @@ schedule (hftl's warmup + cosine ``make_scheduler``), gradient clipping (max nor
                 ``save_strategy="no"``, ``logging_strategy="no"``, ``report_to="none"``, no tqdm),
                 given the same optimizer and scheduler, the model wrapped to return ``{"loss", "logits"}``.
 
-Throughput is measured in steady state: the time between consecutive optimizer-step ends, after
-``skip`` warm-up steps, so set-up, evaluation and checkpointing (which only hftl does at the end
-of ``fit``) are not counted. The three loops run one after another in each round, in a rotating
-order; each ratio is the median of its per-round ratios.
+The three loops run in lockstep (``Lockstep``): each in its own thread on its own copy of the
+model, one optimizer step at a time in a shuffled order, so only one runs at any moment and step i
+of the three runs within the same few seconds. A step is timed from the loop's release to the end
+of its optimizer step (hftl: its per-step ``_log``; transformers: ``on_step_end``), so it includes
+each loop's own per-step work; set-up and the first ``skip`` steps are not counted, nor is what
+follows the last step (hftl's evaluation, checkpoint). Each ratio is the median of the per-step
+ratios. (Run one after another instead, the loops met different loads on this shared machine:
+per-round ratios of 0.25 to 2.3 for identical work.)
 
 Two workloads: ResNet-18 on 64 px images (the goal's workload: a step is compute-bound), and the
 head of a cached linear probe (a 512->10 linear layer on cached features: a step is microseconds
@@ -71,7 +75,7 @@ def make_optimizer(model: nn.Module, steps: int):
     return opt, make_scheduler(opt, "cosine", int(0.1 * steps), steps)
 
 
-def run_bare(model, data, batch: int, steps: int) -> list[float]:
+def run_bare(model, data, batch: int, steps: int, hook=None) -> list[tuple[float, float]]:
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     opt, sched = make_optimizer(model, steps)
@@ -86,6 +90,8 @@ def run_bare(model, data, batch: int, steps: int) -> list[float]:
         opt.zero_grad(set_to_none=True)
         sched.step()
         stamps.append(C.stamp())
+        if hook:
+            hook()
     return stamps
 
 
@@ -95,10 +101,13 @@ def hftl_trainer_class(no_nan_check: bool = False, no_log: bool = False):
 
     class Stamped(Trainer):
         stamps: list[tuple[float, float]]
+        hook = None
 
         def _log(self, acc, row):
             if "loss" in row:  # a training step's row (evaluation rows hold eval/* keys)
                 self.stamps.append(C.stamp())
+                if self.hook:
+                    self.hook()
             if not (no_log and "loss" in row):
                 super()._log(acc, row)
 
@@ -109,7 +118,7 @@ def hftl_trainer_class(no_nan_check: bool = False, no_log: bool = False):
     return Stamped
 
 
-def run_hftl(model, data, eval_data, batch: int, steps: int, out, **ablate) -> list[float]:
+def run_hftl(model, data, eval_data, batch: int, steps: int, out, hook=None, **ablate) -> list[tuple[float, float]]:
     from hftl.config import TrainConfig
 
     cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, lr=1e-3, weight_decay=0.01,
@@ -117,11 +126,12 @@ def run_hftl(model, data, eval_data, batch: int, steps: int, out, **ablate) -> l
                       checkpoint_every=10**9, seed=0)
     trainer = hftl_trainer_class(**ablate)(cfg, model, data, eval_data, output_dir=out, metrics=())
     trainer.stamps = []
+    trainer.hook = hook
     trainer.fit()
     return trainer.stamps
 
 
-def run_transformers(model, key: str, data, batch: int, steps: int, out) -> list[float]:
+def run_transformers(model, key: str, data, batch: int, steps: int, out, hook=None) -> list[tuple[float, float]]:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     stamps: list[tuple[float, float]] = []
@@ -129,6 +139,8 @@ def run_transformers(model, key: str, data, batch: int, steps: int, out) -> list
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(C.stamp())
+            if hook:
+                hook()
 
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
@@ -151,48 +163,119 @@ def workloads(quick: bool):
     labels = [str(i) for i in range(10)]
     g = torch.Generator().manual_seed(0)
     size, batch = 64, 32
-    steps = 4 if quick else 6
+    steps = 6 if quick else 28
     torch.manual_seed(0)
     resnet = create_model("timm:resnet18", labels, image_size=size)
     n = steps * batch
     images = DictData("pixel_values", torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g))
     eval_images = DictData("pixel_values", images.x[:batch], images.y[:batch])
-    head_steps = 60 if quick else 150
+    head_steps = 60 if quick else 400
     m = head_steps * batch
     head = HeadOnly(nn.Linear(512, 10))
     feats = DictData("features", torch.randn(m, 512, generator=g), torch.randint(0, 10, (m,), generator=g))
     return [
         dict(name=f"ResNet-18, {size} px, batch {batch}", model=resnet, key="pixel_values", data=images,
-             eval=eval_images, batch=batch, steps=steps, skip=1),
+             eval=eval_images, batch=batch, steps=steps, skip=3),
         dict(name=f"probe head 512->10, batch {batch}", model=head, key="features", data=feats,
-             eval=DictData("features", feats.x[:batch], feats.y[:batch]), batch=batch, steps=head_steps, skip=10),
+             eval=DictData("features", feats.x[:batch], feats.y[:batch]), batch=batch, steps=head_steps, skip=20),
     ]
 
 
-def measure(w: dict, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Per-round median step seconds (wall clock, CPU) of each loop; round -1 is a warm-up, not recorded."""
-    model, init = w["model"], {k: v.clone() for k, v in w["model"].state_dict().items()}
-    variants = {
-        "bare PyTorch": lambda out: run_bare(model, w["data"], w["batch"], w["steps"]),
-        "hftl Trainer": lambda out: run_hftl(model, w["data"], w["eval"], w["batch"], w["steps"], out),
-        "transformers Trainer": lambda out: run_transformers(model, w["key"], w["data"], w["batch"], w["steps"], out),
+class Lockstep:
+    """Runs several training loops in threads, one optimizer step at a time, in a shuffled order.
+
+    Only one loop runs at any moment (the others wait on an event), so they never compete for the
+    cores; and consecutive steps of the different loops are seconds apart, so a change in the
+    machine's load hits all of them alike. Each loop calls ``hook`` at the end of every optimizer
+    step (the hftl Trainer from ``_log``, transformers' from a callback, the bare loop inline); a
+    turn is timed inside the loop's thread, from its release to that hook: one whole step,
+    including the loop's own per-step work around it. After its last step a loop waits until all
+    have finished, so end-of-training work (evaluation, checkpoint) overlaps no timed step.
+    """
+
+    def __init__(self, names: list[str], steps: int, seed: int = 0, timeout: float = 900.0):
+        import random
+        import threading
+
+        self.names, self.steps, self.timeout = names, steps, timeout
+        self.rng = random.Random(seed)
+        self.release = {n: threading.Event() for n in names}
+        self.done = {n: threading.Event() for n in names}
+        self.finish = threading.Event()
+        self.turns: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        self.start: dict[str, tuple[float, float]] = {}
+        self.errors: list[BaseException] = []
+
+    def _wait(self, event) -> None:
+        if not event.wait(self.timeout):
+            raise TimeoutError("a benchmarked loop stopped answering")
+        event.clear()
+
+    def hook(self, name: str):
+        def end_turn() -> None:
+            w1, c1 = C.stamp()
+            w0, c0 = self.start[name]
+            self.turns[name].append((w1 - w0, c1 - c0))
+            self.done[name].set()
+            if len(self.turns[name]) >= self.steps:
+                self.finish.wait(self.timeout)  # extra steps (if any) and clean-up run after the timing
+                return
+            self._wait(self.release[name])
+            self.start[name] = C.stamp()
+        return end_turn
+
+    def run(self, loops: dict) -> dict[str, list[tuple[float, float]]]:
+        """``loops``: name -> fn(hook) running a whole training loop. Returns each loop's turns (wall, CPU)."""
+        import threading
+
+        threads = {}
+        threads_setting = torch.get_num_threads()
+
+        def body(name, fn):
+            try:
+                torch.set_num_threads(threads_setting)  # a per-thread setting in OpenMP
+                self._wait(self.release[name])
+                self.start[name] = C.stamp()
+                fn(self.hook(name))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self.errors.append(e)
+                self.done[name].set()
+
+        for name, fn in loops.items():
+            threads[name] = threading.Thread(target=body, args=(name, fn), daemon=True)
+            threads[name].start()
+        for _ in range(self.steps):
+            order = list(self.names)
+            self.rng.shuffle(order)
+            for name in order:
+                self.release[name].set()
+                self._wait(self.done[name])
+                if self.errors:
+                    self.finish.set()
+                    raise self.errors[0]
+        self.finish.set()
+        for t in threads.values():
+            t.join(self.timeout)
+        if self.errors:
+            raise self.errors[0]
+        return self.turns
+
+
+def measure(w: dict) -> dict[str, list[tuple[float, float]]]:
+    """Per-step (wall, CPU) seconds of the three loops, run in lockstep; each on its own copy of the model."""
+    import copy
+
+    models = {n: copy.deepcopy(w["model"]) for n in ("bare", "hftl", "transformers")}
+    steps = w["steps"]
+    loops = {
+        "bare PyTorch": lambda hook: run_bare(models["bare"], w["data"], w["batch"], steps, hook),
+        "hftl Trainer": lambda hook: run_hftl(models["hftl"], w["data"], w["eval"], w["batch"], steps,
+                                              C.SCRATCH / f"hftl-{w['key']}", hook),
+        "transformers Trainer": lambda hook: run_transformers(models["transformers"], w["key"], w["data"],
+                                                              w["batch"], steps, C.SCRATCH / f"tf-{w['key']}", hook),
     }
-    names = list(variants)
-    results: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(-1, rounds):
-        order = names[r % len(names):] + names[: r % len(names)] if r >= 0 else names
-        for name in order:
-            model.load_state_dict(init)  # every loop starts from the same weights
-            # Accelerate marks a model it prepared and skips it next time: let every fit prepare it afresh.
-            model.__dict__.pop("_is_accelerate_prepared", None)
-            for p in model.parameters():
-                p.grad = None
-            stamps = variants[name](C.SCRATCH / f"{name.replace(' ', '_')}-{r}")
-            if r >= 0:
-                results[name].append(C.median(C.intervals(stamps, w["skip"])))
-                cpu[name].append(C.median(C.intervals(stamps, w["skip"], cpu=True)))
-    return results, cpu
+    turns = Lockstep(list(loops), steps).run(loops)
+    return {name: t[w["skip"]:] for name, t in turns.items()}
 
 
 def per_call_us(fn, n: int, baseline=None) -> float:
@@ -326,41 +409,41 @@ def profile(w: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps and one round (a smoke run)")
-    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of hftl's loop")
     C.add_threads_option(p)
     args = p.parse_args()
     C.apply_threads(args)
-    rounds = args.rounds or (1 if args.quick else 5)
     ws = workloads(args.quick)
     C.header("hftl loop vs bare PyTorch loop vs transformers Trainer (steady-state step time)",
              "; ".join(f"{w['name']}: {w['steps']} steps per run, first {w['skip']} not timed" for w in ws)
-             + f"; fp32, AdamW, clip 1.0, cosine schedule; {rounds} round(s) after a warm-up round, order rotated")
+             + "; fp32, AdamW, clip 1.0, cosine schedule; the three loops run in lockstep (one step of each in "
+             "a shuffled order, then the next), each on its own copy of the model")
 
     budget = overhead_budget()
     extras = sum(us for name, us, _ in budget if not name.startswith("  ") and "progress bar" not in name)
     for i, w in enumerate(ws):
-        res, cpu = measure(w, rounds)
-        table = C.Table(f"{w['name']}: step time, median over {rounds} round(s) (the load moves these between "
-                        "rounds; the per-round ratios cancel it)")
+        turns = measure(w)
+        res = {n: [t[0] for t in v] for n, v in turns.items()}
+        cpu = {n: [t[1] for t in v] for n, v in turns.items()}
+        n_timed = len(res["hftl Trainer"])
+        table = C.Table(f"{w['name']}: {n_timed} timed steps per loop, the three loops in lockstep")
         for name in res:
-            table.add(f"{name}: ms/step (wall clock)", f"{1000 * C.median(res[name]):.2f}")
-        for name in cpu:
-            table.add(f"{name}: CPU ms/step", f"{1000 * C.median(cpu[name]):.2f}")
+            table.add(f"{name}: ms/step, median (wall | CPU)",
+                      f"{1000 * C.median(res[name]):.2f} | {1000 * C.median(cpu[name]):.2f}")
         goal = i == 0  # the goals are stated for a real model's training step; the head row is diagnostic
 
         def ratio(times: dict, other: str) -> list[float]:
+            # step i of each loop ran within the same few seconds: compare them pairwise
             return [o / h for o, h in zip(times[other], times["hftl Trainer"])]
 
         for other, short, target in (("bare PyTorch", "bare", 0.95), ("transformers Trainer", "transformers", 1.0)):
-            wall = ratio(res, other)
-            table.add(f"throughput ratio hftl / {short}, wall clock (median of rounds)", f"{C.median(wall):.3f}",
+            wall = sorted(ratio(res, other))
+            q1, q3 = wall[len(wall) // 4], wall[(3 * len(wall)) // 4]
+            table.add(f"throughput ratio hftl / {short} (median of per-step ratios)", f"{C.median(wall):.3f}",
                       f">= {target}" if goal else "(diagnostic)", C.median(wall) >= target if goal else None)
-            table.add(f"  per-round ratios hftl / {short}, wall clock", " ".join(f"{x:.2f}" for x in wall))
-            cpu_ratio = C.median(ratio(cpu, other))
-            table.add(f"throughput ratio hftl / {short}, CPU time (median of rounds)", f"{cpu_ratio:.3f}",
-                      "(steadier on a shared machine)")
+            table.add("  interquartile range of the per-step ratios", f"{q1:.3f} - {q3:.3f}")
+            table.add("  the same in CPU time", f"{C.median(ratio(cpu, other)):.3f}", "(info)")
         bare = res["bare PyTorch"]
         step_us = 1e6 * C.median(bare)
         table.add("  => throughput ratio hftl / bare predicted by the overhead budget below",

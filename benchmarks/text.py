@@ -9,8 +9,8 @@ are synthetic two-class reviews (several sentences each, made in code: no downlo
 1. LoRA (``strategy.name=lora``: r=8, alpha 16, peft's default targets for BERT, head in
    ``modules_to_save``) vs full fine-tuning (``strategy.name=finetune``) on the same encoder, data
    and batch:
-   - step time: steady-state seconds per optimizer step, the two alternated round by round in
-     this process;
+   - step time: seconds per optimizer step, the two fits run in lockstep in this process (one step
+     of each in turn, see ``benchmarks/loop.py``), the first step (set-up) not counted;
    - peak memory: each variant trains the same steps in its own fresh subprocess, which reports
      its peak resident memory (VmHWM) when the last optimizer step has ended, and the part of it
      added by training (that peak minus the resident memory just before training);
@@ -63,8 +63,8 @@ def reviews(n: int, seed: int):
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return dict(n_train=48, n_val=16, batch=16, max_length=64, steps=3, rounds=1, probe_rounds=1, epochs=10)
-    return dict(n_train=96, n_val=32, batch=16, max_length=64, steps=4, rounds=3, probe_rounds=2, epochs=10)
+        return dict(n_train=48, n_val=16, batch=16, max_length=64, steps=3, probe_rounds=1, epochs=10)
+    return dict(n_train=96, n_val=32, batch=16, max_length=64, steps=10, probe_rounds=2, epochs=10)
 
 
 def setup(strategy_name: str, s: dict, train_examples: int | None = None):
@@ -92,8 +92,8 @@ def setup(strategy_name: str, s: dict, train_examples: int | None = None):
     return model, strategy, train_ds, eval_ds, collate, cfg, data
 
 
-def fit(model, strategy, train_ds, eval_ds, collate, train_cfg, out, epochs: int | None = None):
-    """One ``Trainer.fit``; returns the step-end stamps (wall, CPU)."""
+def fit(model, strategy, train_ds, eval_ds, collate, train_cfg, out, epochs: int | None = None, hook=None):
+    """One ``Trainer.fit``; returns the step-end stamps (wall, CPU); ``hook`` is called after each step."""
     import dataclasses
 
     import loop
@@ -103,6 +103,7 @@ def fit(model, strategy, train_ds, eval_ds, collate, train_cfg, out, epochs: int
     trainer = loop.hftl_trainer_class()(cfg, model, train_ds, eval_ds, output_dir=out, strategy=strategy,
                                         collate_fn=collate, metrics=())
     trainer.stamps = []
+    trainer.hook = hook
     trainer.fit()
     return trainer.stamps
 
@@ -156,28 +157,26 @@ def memory_of(variant: str, quick: bool) -> dict:
 def lora_vs_full(s: dict, quick: bool) -> None:
     variants = {"full fine-tuning": "finetune", "LoRA": "lora"}
     mem = {name: memory_of(v, quick) for name, v in variants.items()}  # first, while this process is small
+    import loop
+
     built = {}
     for name, strategy_name in variants.items():
-        model, strategy, train_ds, eval_ds, collate, cfg, _ = setup(strategy_name, s,
-                                                                   train_examples=s["batch"] * s["steps"])
-        built[name] = (model, strategy, train_ds, eval_ds, collate, cfg,
-                       {k: v.clone() for k, v in model.state_dict().items()})
-    step: dict[str, list[float]] = {n: [] for n in variants}
-    step_cpu: dict[str, list[float]] = {n: [] for n in variants}
-    names = list(variants)
-    for r in range(-1, s["rounds"]):  # round -1 warms up, not recorded
-        for name in (names if r % 2 == 0 else names[::-1]):
-            model, strategy, train_ds, eval_ds, collate, cfg, init = built[name]
-            model.load_state_dict(init)
-            stamps = fit(model, strategy, train_ds, eval_ds, collate, cfg.train, C.SCRATCH / f"{strategy.name}-{r}")
-            if r >= 0:
-                step[name].append(C.median(C.intervals(stamps, 1)))
-                step_cpu[name].append(C.median(C.intervals(stamps, 1, cpu=True)))
+        built[name] = setup(strategy_name, s, train_examples=s["batch"] * s["steps"])
 
+    def run(name):
+        model, strategy, train_ds, eval_ds, collate, cfg, _ = built[name]
+        return lambda hook: fit(model, strategy, train_ds, eval_ds, collate, cfg.train,
+                                C.SCRATCH / f"lockstep-{strategy.name}", hook=hook)
+
+    # Both fits in lockstep (see benchmarks/loop.py): one step of each in turn, so both meet the same load.
+    names = list(variants)
+    turns = loop.Lockstep(names, s["steps"]).run({name: run(name) for name in names})
+    step = {n: [t[0] for t in v[1:]] for n, v in turns.items()}  # the first turn holds the set-up
+    step_cpu = {n: [t[1] for t in v[1:]] for n, v in turns.items()}
     table = C.Table(f"LoRA vs full fine-tuning, MiniLM-L6, batch {s['batch']}, max {s['max_length']} tokens")
     for name in names:
         m = mem[name]
-        table.add(f"{name}: s/step (median of {s['rounds']} rounds)", f"{C.median(step[name]):.3f}")
+        table.add(f"{name}: s/step (median of {len(step[name])} steps)", f"{C.median(step[name]):.3f}")
         table.add(f"{name}: CPU s/step", f"{C.median(step_cpu[name]):.3f}")
         table.add(f"{name}: trainable / total parameters", f"{m['trainable']:,} / {m['total']:,}")
         table.add(f"{name}: RSS before training, MiB", f"{m['rss_before_mib']:.0f}")
@@ -193,7 +192,7 @@ def lora_vs_full(s: dict, quick: bool) -> None:
     table.add("LoRA / full: memory added by training", f"{added:.2f}", "(info)")
     table.add("LoRA / full: peak RSS of the whole fit", f"{lora['peak_mib'] / full['peak_mib']:.2f}", "(info)")
     ratio = C.median(f / l_ for f, l_ in zip(step["full fine-tuning"], step["LoRA"]))
-    table.add("step-time speed-up LoRA vs full (median of per-round ratios)", f"{ratio:.2f}x", "(info)")
+    table.add("step-time speed-up LoRA vs full (median of per-step ratios)", f"{ratio:.2f}x", "(info)")
     table.print()
 
 
@@ -261,7 +260,7 @@ def main() -> None:
     C.header("Text transfer on the real MiniLM-L6: LoRA vs full fine-tuning; cached probe vs recompute",
              f"{MODEL_ID}; synthetic reviews ({s['n_train']} train / {s['n_val']} validation, 3-5 sentences), "
              f"max_length {s['max_length']}, batch {s['batch']}, fp32, AdamW lr 1e-4; LoRA vs full: {s['steps']} steps "
-             f"per run (first not timed), {s['rounds']} rounds alternated, memory in fresh subprocesses; probe: "
+             f"each, in lockstep (first not timed), memory in fresh subprocesses; probe: "
              f"{s['epochs']} epochs, {s['probe_rounds']} round(s) alternated")
     lora_vs_full(s, args.quick)
     cached_probe(s)

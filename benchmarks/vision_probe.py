@@ -35,7 +35,7 @@ def main() -> None:
     C.add_threads_option(p)
     args = p.parse_args()
     C.apply_threads(args)
-    n_train, n_val, size, batch, epochs = (64, 16, 64, 32, 10) if args.quick else (128, 32, 64, 32, 10)
+    n_train, n_val, size, batch, epochs = (32, 16, 64, 16, 10) if args.quick else (96, 32, 112, 32, 10)
     rounds = args.rounds or (1 if args.quick else 2)
 
     from hftl.backbones import create_model

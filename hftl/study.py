@@ -354,7 +354,12 @@ def load_study_config(path: str | Path | None, overrides: list[str] | None = Non
 # -------------------------------------------------------------------------------------- statistics
 
 def min_wilcoxon_folds(alpha: float) -> int:
-    """Fewest pairs for which a two-sided exact signed-rank test can reach ``p < alpha`` (6 at 0.05)."""
+    """Fewest pairs for which a two-sided exact signed-rank test can reach ``p < alpha``.
+
+    Example:
+        >>> min_wilcoxon_folds(0.05)
+        6
+    """
     return max(2, math.ceil(math.log2(2 / alpha)))
 
 
@@ -462,7 +467,12 @@ def compare_paired(arm_scores, baseline_scores, *, alpha: float = 0.05, higher_i
 
 
 def describe_scores(values) -> dict:
-    """Mean, sample standard deviation (ddof 1), min and max of per-fold values."""
+    """Mean, sample standard deviation (ddof 1), min and max of per-fold values.
+
+    Example:
+        >>> describe_scores([0.5, 1.0])["mean"]
+        0.75
+    """
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
@@ -722,7 +732,8 @@ class StudyReport:
     def summary(self) -> str:
         """A plain-text summary: the table at the full budget, the verdicts and the files."""
         tag = self.full_budget
-        head = f"{'arm':<22} {'strategy':<14} {self.metric + ' (mean ± sd)':<22} {'Δ vs ' + self.baseline:<28} " \
+        w = max(22, *(len(a) + 2 for a in self.arms))
+        head = f"{'arm':<{w}} {'strategy':<14} {self.metric + ' (mean ± sd)':<22} {'Δ vs ' + self.baseline:<28} " \
                f"{'p':<8} verdict"
         lines = [f"Study '{self.name}': {len(self.arms)} arms x {self.folds} folds"
                  + (f" x {len(self.budgets)} label budgets" if len(self.budgets) > 1 else "")
@@ -735,7 +746,7 @@ class StudyReport:
             s = self.stats[r["arm"]][tag][self.metric]
             diff = "—" if r["diff"] is None else f"{r['diff']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
             p = "—" if r["p"] is None else _fmt_p(r["p"])
-            lines.append(f"{r['arm']:<22} {r['strategy']:<14} {s['mean']:.3f} ± {s['std']:.3f}{'':<8} {diff:<28} "
+            lines.append(f"{r['arm']:<{w}} {r['strategy']:<14} {s['mean']:.3f} ± {s['std']:.3f}{'':<8} {diff:<28} "
                          f"{p:<8} {r['verdict']}")
         if len(self.budgets) > 1:
             lines += ["", "By label budget:", self.budget_table()]
@@ -917,9 +928,6 @@ class _Study:
         self.trained += 1
         return record
 
-    def better(self, a: float, b: float) -> bool:
-        return a < b if self.s.metric == "loss" else a > b
-
     def keep_best_weights(self, arm: Arm, budget: float, records: dict) -> None:
         """Keep the weights of this arm's best fold so far at the full budget; lighten the others."""
         if self.s.keep_fold_models:
@@ -1084,6 +1092,10 @@ def write_plots(report: StudyReport, out: Path) -> list[Path]:
     """``metric_by_arm.png`` (mean ± sd with each fold's point) and, with budgets, ``sample_efficiency.png``.
 
     Uses Matplotlib's object API on the Agg canvas, so no global backend is switched (notebooks keep theirs).
+
+    Example:
+        >>> write_plots(report, Path("outputs/study"))  # doctest: +SKIP
+        [PosixPath('outputs/study/metric_by_arm.png'), PosixPath('outputs/study/sample_efficiency.png')]
     """
     from matplotlib.figure import Figure
 
@@ -1159,7 +1171,11 @@ def _verdict_sentence(report: StudyReport) -> str:
 
 
 def card_section(report: StudyReport) -> str:
-    """The study as it appears in the saved model's card: the table, the verdicts and what this model is."""
+    """The study as it appears in the saved model's card: the table, the verdicts and what this model is.
+
+    Example:
+        >>> add_study_to_card(Path("outputs/study/model/README.md"), card_section(report))  # doctest: +SKIP
+    """
     tag = report.full_budget
     s = report.stats[report.winner][tag][report.metric] if report.winner else None
     lines = [
@@ -1181,7 +1197,11 @@ def card_section(report: StudyReport) -> str:
 
 
 def add_study_to_card(readme: Path, section: str) -> None:
-    """Put the study section into a model card (before 'How to use', as the card template places it)."""
+    """Put the study section into a model card (before 'How to use', as the card template places it).
+
+    Example:
+        >>> add_study_to_card(Path("outputs/run/README.md"), "| arm | accuracy |...")  # doctest: +SKIP
+    """
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(readme)
@@ -1202,7 +1222,11 @@ def add_study_to_card(readme: Path, section: str) -> None:
 
 def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, sources: dict,
                     plots: list[Path]) -> str:
-    """report.md: the verdicts first, then the table, the plots, what was run and every fold's numbers."""
+    """report.md: the verdicts first, then the table, the plots, what was run and every fold's numbers.
+
+    Example:
+        >>> Path("report.md").write_text(render_markdown(report, cfg, records, {}, plots))  # doctest: +SKIP
+    """
     base = cfg.base
     tag = report.full_budget
     lines = [f"# Transfer study: {report.name}", "",
