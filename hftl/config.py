@@ -167,6 +167,8 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
             return True, float(value)
         except ValueError:
             return False, value
+    if annotation is str and isinstance(value, bool):
+        return True, "yes" if value else "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no) as False
     if annotation is int and isinstance(value, bool):
         return False, value
     base = origin or annotation
@@ -208,7 +210,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"Override '{item}' is not of the form key=value (e.g. train.epochs=3).")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Override '{item}': the value is not valid YAML ({e.problem}). Quote it.") from e
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -388,14 +388,18 @@ class Comparison:
         return dataclasses.asdict(self)
 
 
-def _t_p(mean: float, se: float, df: int) -> tuple[float, float]:
-    """Two-sided p and the t statistic; a zero spread is exact (no difference, or the same one every fold)."""
+def _t_p(mean: float, se: float, df: int) -> float:
+    """Two-sided p of a t statistic ``mean / se``.
+
+    With zero spread (every fold differs by exactly the same amount, common with accuracies on small
+    folds) the t-test is undefined; the exact sign test is used instead: all ``df + 1`` folds agree
+    in sign with probability ``2 * 0.5 ** n`` under no effect. Never a p of 0 from a division by zero.
+    """
     from scipy import stats
 
     if se == 0:
-        return (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
-    t = mean / se
-    return t, float(2 * stats.t.sf(abs(t), df))
+        return 1.0 if mean == 0 else min(1.0, 2 * 0.5 ** (df + 1))
+    return float(2 * stats.t.sf(abs(mean / se), df))
 
 
 def compare_paired(arm_scores, baseline_scores, *, alpha: float = 0.05, higher_is_better: bool = True,
@@ -430,29 +434,27 @@ def compare_paired(arm_scores, baseline_scores, *, alpha: float = 0.05, higher_i
         sd = 0.0  # identical differences on every fold: rounding noise must not become a p-value
     df = n - 1
     se = sd / math.sqrt(n)
-    if sd > 0:
-        p_t = float(stats.ttest_rel(a, b).pvalue)
-    else:
-        p_t = _t_p(mean, 0.0, df)[1]
+    p_t = float(stats.ttest_rel(a, b).pvalue) if sd > 0 else _t_p(mean, 0.0, df)
     p_corr = None
     if test_train_ratio is not None:
-        se_corr = sd * math.sqrt(1 / n + test_train_ratio)
-        p_corr = _t_p(mean, se_corr, df)[1]
+        p_corr = _t_p(mean, sd * math.sqrt(1 / n + test_train_ratio), df)
     p_w, note = None, ""
+    if sd == 0 and mean != 0:
+        note = "Every fold differs by the same amount: the t-test is undefined, so p is the exact sign test's. "
     if n >= min_wilcoxon_folds(alpha):
         if np.all(d == 0):
             p_w = 1.0
         else:
             p_w = float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue)
     else:
-        note = f"Wilcoxon needs at least {min_wilcoxon_folds(alpha)} folds to reach p < {alpha}; not computed."
+        note += f"Wilcoxon needs at least {min_wilcoxon_folds(alpha)} folds to reach p < {alpha}; not computed."
     if test == "corrected_t":
         if p_corr is None:
             raise ValueError("test='corrected_t' needs test_train_ratio (held-out size / training size).")
         p, se_used = p_corr, sd * math.sqrt(1 / n + test_train_ratio)
     elif test == "wilcoxon":
         if p_w is None:
-            raise ValueError(note)
+            raise ValueError(f"test='wilcoxon' needs at least {min_wilcoxon_folds(alpha)} folds at alpha {alpha}.")
         p, se_used = p_w, se
     else:
         p, se_used = p_t, se

@@ -92,3 +92,12 @@ def test_every_shipped_yaml_loads(path):
 
 def test_there_are_shipped_yamls():
     assert len(ALL_YAMLS) >= 6
+
+
+def test_yaml_bare_no_is_read_as_the_string_no():
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_malformed_override_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_overrides(["strategy.lora_target_modules=[qkv,{a:"])

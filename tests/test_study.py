@@ -110,10 +110,13 @@ def test_lower_is_better_and_conservative_corrected_test():
                        test_train_ratio=0.25)
     assert c.verdict == "positive transfer"
     assert c.p_corrected_t > c.p_t  # folds share training data: the corrected test is more cautious
-    # The same difference on every fold is certain (zero spread), not a division by zero.
-    exact = compare_paired([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
-    assert exact.verdict == "positive transfer" and exact.p_value == 0.0
-    assert exact.ci_low == pytest.approx(0.1) and exact.ci_high == pytest.approx(0.1)
+    # The same difference on every fold (zero spread): the t-test is undefined, the exact sign test
+    # answers (all n folds agree in sign with probability 2 * 0.5**n), never p = 0 from a division by zero.
+    three = compare_paired([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    assert three.verdict == "no significant difference" and three.p_value == pytest.approx(0.25)
+    assert "sign test" in three.note
+    six = compare_paired([0.9] * 6, [0.8] * 6)
+    assert six.verdict == "positive transfer" and six.p_value == pytest.approx(1 / 32)
 
 
 # ------------------------------------------------------------------------------------------ folds
