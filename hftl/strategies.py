@@ -150,6 +150,7 @@ class LinearProbe(Strategy):
             p.requires_grad_(False)
         for p in model.head.parameters():
             p.requires_grad_(True)
+        model.freeze_norm_stats = True  # a frozen backbone keeps its batch-norm statistics too
         return model
 
     def frozen_groups(self, model, epoch=None):

@@ -115,6 +115,9 @@ class Trainer:
 
         cfg = self.cfg
         cpu = cfg.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        if cfg.mixed_precision == "bf16" and cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logger.warning("train.mixed_precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): it runs on "
+                           "fallback kernels, several times slower than fp32 (benchmarks/flops.py measured 0.15x)")
         if cfg.mixed_precision == "fp16" and (cpu or os.environ.get("ACCELERATE_USE_CPU")):
             raise ConfigError("train.mixed_precision=fp16 needs a GPU (it is ~60x slower on CPU). Use bf16 on CPU.")
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -242,9 +245,12 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.contiguous_format)  # what save_pretrained/safetensors expect
         # Each rank's weights, summarised: DDP must leave them identical (recorded in metrics.json).
-        params = [p.detach().double() for p in self.model.parameters()]
-        summary = torch.tensor([[sum(p.sum() for p in params).item(), sum((p * p).sum() for p in params).item()]],
-                               dtype=torch.float64, device=acc.device)
+        total, squares = 0.0, 0.0
+        for p in self.model.parameters():  # one parameter at a time: no float64 copy of the whole model
+            value = p.detach().double()
+            total += value.sum().item()
+            squares += (value * value).sum().item()
+        summary = torch.tensor([[total, squares]], dtype=torch.float64, device=acc.device)
         self.world_size = acc.num_processes
         self.rank_checksums = acc.gather(summary).cpu().tolist()
         acc.wait_for_everyone()
