@@ -426,17 +426,7 @@ class TextClassifier(HFTextModel):
 
     def forward_features(self, batch: dict) -> torch.Tensor:
         """The final projection's input (see the module docs), captured with a forward pre-hook."""
-        captured = {}
-
-        def grab(module, args):
-            captured["x"] = args[0]
-
-        handle = self.head.register_forward_pre_hook(grab)
-        try:
-            self.net(**self._inputs(batch))
-        finally:
-            handle.remove()
-        features = captured["x"]
+        features = _head_input(self, batch)
         if features.dim() == 3:  # decoder classifiers project every token, then keep the last real one
             pad = self.inner.config.pad_token_id
             ids = batch["input_ids"]
@@ -522,17 +512,7 @@ class LanguageModel(HFTextModel):
 
     def forward_features(self, batch: dict) -> torch.Tensor:
         """Per-token hidden states that the output projection sees: (batch, tokens, features)."""
-        captured = {}
-
-        def grab(module, args):
-            captured["x"] = args[0]
-
-        handle = self.head.register_forward_pre_hook(grab)
-        try:
-            self.net(**self._inputs(batch))
-        finally:
-            handle.remove()
-        return captured["x"]
+        return _head_input(self, batch)
 
     def lora_options(self) -> dict:
         """peft settings: CAUSAL_LM for decoders; the output layer (tied to the embeddings) is never copied.
@@ -601,3 +581,18 @@ def load_transformers_output(folder: str | Path) -> HFTextModel:
         f"'{folder}' holds a transformers model that is not a sequence classifier or language model "
         "(see architectures in its config.json), so hftl cannot load it for a task."
     )
+
+
+def _head_input(model, batch: dict) -> torch.Tensor:
+    """Run ``model.net`` on the batch and return what its head received (captured by a forward pre-hook)."""
+    captured = {}
+
+    def grab(module, args):
+        captured["x"] = args[0]
+
+    handle = model.head.register_forward_pre_hook(grab)
+    try:
+        model.net(**model._inputs(batch))
+    finally:
+        handle.remove()
+    return captured["x"]
