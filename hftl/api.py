@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from hftl.config import Config, load_config, to_yaml
 from hftl.data import ImageDataset, LabelledData, load_labelled_data
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
 from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, save_output
 from hftl.strategies import get_strategy
 
@@ -122,7 +124,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
         trained, train_ds, eval_ds, collate = _cached_probe(cfg, model, data, train_ds, eval_ds)
     trainer = Trainer(cfg.train, trained, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      metrics=("accuracy", "f1"), collate_fn=collate, run_config=cfg.to_dict())
+                      metrics=metrics_for_task(cfg.task), collate_fn=collate, run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
@@ -156,6 +158,18 @@ def peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def best_epoch(history: list[dict], metric: str) -> dict | None:
+    """The epoch with the best ``metric`` (lowest for losses, errors and perplexity), or None if never measured."""
+    from hftl.metrics import LOWER_IS_BETTER
+
+    scored = [h for h in history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    if not scored:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    best = pick(scored, key=lambda h: h[metric])
+    return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
+
+
 def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
                   extra_info: dict | None = None) -> None:
     """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card."""
@@ -177,7 +191,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     }
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
-    record = {"final": metrics, "history": trainer.history, "train_seconds": round(trainer.train_seconds, 2),
+    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric), "history": trainer.history,
+              "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,
               "rank_weight_checksums": trainer.rank_checksums}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -193,6 +208,7 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         "num_train": len(data.train),
         "num_validation": len(data.validation),
         "num_labels": len(data.label_names),
+        "regression_target": data.label_names[0] if data.regression else None,
         "epochs": cfg.train.epochs,
         "global_batch_size": cfg.train.global_batch_size,
         "lr": cfg.train.lr,
@@ -232,6 +248,8 @@ def _load_images(paths: list[str | Path], transform) -> torch.Tensor:
 def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[str, float]]]:
     """Top-k (label, probability) for each input: image paths for vision models, strings for text.
 
+    A text_regression model gives one pair per input: (its target's name, the predicted value).
+
     Example:
         >>> predict("outputs/run", ["img1.png"], top_k=2)  # doctest: +SKIP
         [[('7', 0.91), ('1', 0.05)]]
@@ -245,7 +263,10 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
         batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
     else:
         batch = model.encode_texts(list(inputs))
-    probs = model(batch).float().softmax(-1)
+    logits = model(batch).float()
+    if getattr(model, "is_regression", False):
+        return [[(model.label_names[0], float(v))] for v in logits[:, 0].tolist()]
+    probs = logits.softmax(-1)
     k = min(top_k, probs.shape[-1])
     values, indices = probs.topk(k, dim=-1)
     return [[(model.label_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
@@ -256,26 +277,56 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
 def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
     """Metrics of a trained model on data (its own validation split unless ``data.*`` overrides say).
 
+    Classifiers report loss, accuracy and macro-F1; text_regression models mse, mae and Pearson
+    correlation; language models (causal or masked) the held-out loss and perplexity.
+
     Example:
         >>> evaluate("outputs/run", ["data.id=path/to/images"])  # doctest: +SKIP
     """
-    from hftl.metrics import compute_metrics
     from hftl.trainer import classification_loss
 
     folder = Path(folder)
+    if not (folder / "hftl_config.yaml").is_file() or not (folder / META_FILE).is_file():
+        raise ConfigError(f"'{folder}' is not an hftl output folder (no hftl_config.yaml / {META_FILE}); "
+                          "`hftl eval` needs the folder a run wrote.")
     cfg = as_config(folder / "hftl_config.yaml", overrides)
     meta = json.loads((folder / META_FILE).read_text())
     model = load(folder)
+    model.eval()
+    if cfg.task in ("causal_lm", "masked_lm"):
+        from hftl.tasks import causal_lm_loss, lm_datasets, masked_lm_loss
+
+        _, eval_ds, _ = lm_datasets(cfg, model)
+        model.set_max_length(cfg.data.block_size)
+        loss_fn = causal_lm_loss if cfg.task == "causal_lm" else masked_lm_loss
+        return _evaluate_batches(model, eval_ds, None, loss_fn, ("perplexity",), cfg.train.per_device_batch_size)
     data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
-    if list(data.label_names) != list(meta["label_names"]):
+    if not data.regression and list(data.label_names) != list(meta["label_names"]):
         raise DataError(f"The data's classes {data.label_names} differ from the model's {meta['label_names']}.")
     _, eval_ds, collate = build_datasets(cfg, model, data)
-    loader = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.train.per_device_batch_size, collate_fn=collate)
-    preds, refs, loss_sum = [], [], 0.0
+    return _evaluate_batches(model, eval_ds, collate, classification_loss, metrics_for_task(cfg.task),
+                             cfg.train.per_device_batch_size)
+
+
+def _evaluate_batches(model, dataset, collate, loss_fn, metric_names, batch_size: int) -> dict:
+    """Mean loss (weighted by each batch's label count, as the trainer does) and the named metrics over a dataset."""
+    from hftl.metrics import compute_metrics, perplexity
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    preds, refs, loss_sum, count = [], [], 0.0, 0
     for batch in loader:
         logits = model(batch)
-        loss_sum += classification_loss(logits, batch).item() * len(batch["labels"])
-        preds += logits.argmax(-1).tolist()
-        refs += batch["labels"].tolist()
-    return {"loss": loss_sum / max(1, len(refs)), **compute_metrics(("accuracy", "f1"), preds, refs),
-            "examples": len(refs)}
+        labels = batch["labels"]
+        n = labels.numel()  # the trainer's weighting, so a run's reported loss is reproduced exactly
+        loss_sum += loss_fn(logits, batch).item() * n
+        count += n
+        if "regression" in metric_names:
+            preds += logits.float()[:, 0].tolist()
+            refs += labels.tolist()
+        elif "perplexity" not in metric_names:
+            preds += logits.argmax(-1).tolist()
+            refs += labels.tolist()
+    out = {"loss": loss_sum / max(1, count)}
+    if "perplexity" in metric_names:
+        return {**out, "perplexity": perplexity(out["loss"]), "examples": len(dataset)}
+    return {**out, **compute_metrics(metric_names, preds, refs), "examples": len(refs)}

@@ -31,11 +31,15 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
-                 "causal_lm": "text-generation", "masked_lm": "fill-mask"}
+                 "text_regression": "text-classification", "causal_lm": "text-generation", "masked_lm": "fill-mask"}
 TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
-              "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
-AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM",
+              "text_regression": "Text Regression", "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
+AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification",
+                "text_regression": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM",
                 "masked_lm": "AutoModelForMaskedLM"}
+# Our metric names -> the Hub's metric ids (the ids of huggingface/evaluate's metrics).
+HUB_METRICS = {"accuracy": "accuracy", "f1": "f1", "perplexity": "perplexity", "mse": "mse", "mae": "mae",
+               "pearson": "pearsonr"}
 
 # What the Hub accepts (hub-docs repositories-licenses.md; huggingface.js packages/tasks pipelines.ts).
 HUB_LICENSES = frozenset("""
@@ -177,7 +181,7 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
             auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
             where = base or meta.get("base_model", "<base folder>")
             pinned = f", revision=\"{commit}\"" if base and commit else ""
-            labels = f", num_labels={n}" if task == "text_classification" and n else ""
+            labels = f", num_labels={n}" if task in ("text_classification", "text_regression") and n else ""
             peft = [f"from transformers import {auto}", "from peft import PeftModel", "",
                     f"base = {auto}.from_pretrained(\"{where}\"{pinned}{labels})", *peft]
         lines += ["", "# Or with peft directly, on the base model:" if base else
@@ -195,6 +199,8 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
         lines += [f"from transformers import AutoTokenizer, {auto}", "",
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\"{rev})",
                   f"model = {auto}.from_pretrained(\"{repo}\"{rev}).eval()"]
+        if task == "text_regression":
+            lines += ["# value = model(**tokenizer([\"some text\"], return_tensors=\"pt\")).logits[0, 0].item()"]
         if task == "text_classification":
             lines += ["# logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\")).logits",
                       "# label = model.config.id2label[logits.argmax(-1).item()]"]
@@ -249,8 +255,9 @@ def render_card(info: dict):
     model_name = info.get("model_name", "hftl-model")
     eval_results = [
         EvalResult(task_type=PIPELINE_TAGS[task], task_name=TASK_NAMES[task], dataset_type=dataset,
-                   dataset_name=dataset, dataset_split="validation", metric_type=name, metric_value=value)
-        for name, value in metrics.items() if name in ("accuracy", "f1", "perplexity")
+                   dataset_name=dataset, dataset_split="validation", metric_type=HUB_METRICS[name],
+                   metric_name=name, metric_value=value)
+        for name, value in metrics.items() if name in HUB_METRICS
     ]
     base, base_commit = hub_base(info)
     tags = ["hftl", "transfer-learning", info.get("strategy", "finetune"), info["library"]]
@@ -261,7 +268,7 @@ def render_card(info: dict):
         pipeline_tag=PIPELINE_TAGS[task],
         license=card_license(info),
         tags=list(dict.fromkeys(tags)),
-        metrics=[m for m in ("accuracy", "f1", "perplexity") if m in metrics],
+        metrics=[HUB_METRICS[m] for m in HUB_METRICS if m in metrics],
         model_name=model_name,
         eval_results=eval_results or None,
     )
@@ -297,7 +304,8 @@ def render_card(info: dict):
         data=dataset,
         num_train=info.get("num_train", "?"),
         num_validation=info.get("num_validation", "?"),
-        num_labels=info.get("num_labels", "?"),
+        labels=f"target `{info['regression_target']}`" if info.get("regression_target")
+        else f"{info.get('num_labels', '?')} classes",
         epochs=info.get("epochs"),
         global_batch_size=info.get("global_batch_size"),
         lr=info.get("lr"),

@@ -28,12 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.id=timm:vgg11")
     t.add_argument("-h", "--help", action="store_true", help="list every config key with its help")
 
-    pr = sub.add_parser("predict", help="Top-k labels for images or texts.")
+    pr = sub.add_parser("predict", help="Top-k labels for images or texts (the value, for text regression).")
     pr.add_argument("model", help="output folder of a run")
     pr.add_argument("inputs", nargs="+", help="image files (vision) or texts (text models)")
     pr.add_argument("--top-k", type=int, default=3)
 
-    ev = sub.add_parser("eval", help="Metrics of a trained model on data.")
+    ev = sub.add_parser("eval", help="Metrics of a trained model on data (perplexity for language models).")
     ev.add_argument("model", help="output folder of a run")
     ev.add_argument("overrides", nargs="*", help="e.g. data=path/to/folder or data.id=...")
 
@@ -85,9 +85,14 @@ def run(argv: list[str]) -> int:
             print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
     elif args.command == "predict":
         from hftl.api import predict
+        from hftl.model import load
 
-        for item, top in zip(args.inputs, predict(args.model, args.inputs, top_k=args.top_k)):
-            print(f"{item}: " + ", ".join(f"{label} ({score:.3f})" for label, score in top))
+        model = load(args.model)
+        for item, top in zip(args.inputs, predict(model, args.inputs, top_k=args.top_k)):
+            if getattr(model, "is_regression", False):  # one predicted value, not class probabilities
+                print(f"{item}: {top[0][0]} = {top[0][1]:.4g}")
+            else:
+                print(f"{item}: " + ", ".join(f"{label} ({score:.3f})" for label, score in top))
     elif args.command == "eval":
         from hftl.api import evaluate
 

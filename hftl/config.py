@@ -53,13 +53,14 @@ class DataConfig:
     id: str = _f(
         "builtin:digits",
         "Data to train on: builtin:digits, a Hub dataset id, a local image folder (one subfolder per "
-        "class), or a CSV file of paths and labels.",
+        "class), a CSV file of paths and labels; text tasks: a CSV/JSON-lines file, or a folder of data files "
+        "named by split (train.jsonl, validation.jsonl).",
     )
     revision: str | None = _f(None, "Hub dataset revision.")
     image_column: str = _f("image", "Column holding the image (or its path, for CSV files).")
     text_column: str = _f("text", "Column holding the text (text tasks).")
     text_pair_column: str | None = _f(None, "Second text column for pair tasks (text tasks).")
-    label_column: str = _f("label", "Column holding the class label.")
+    label_column: str = _f("label", "Column holding the class label (text_regression: the number to predict).")
     train_split: str = _f("train", "Split to train on.")
     validation_split: str | None = _f(
         None, "Split to evaluate on; when absent a seeded, stratified split is made from train."
@@ -112,7 +113,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
     resume: str | None = _f(None, "Resume from 'latest' or a checkpoint folder of this output dir.")
     tracker: str = _f("none", "Experiment tracker through Accelerate: none, tensorboard or trackio.")
-    metric: str = _f("accuracy", "Metric that picks the best epoch: accuracy or f1 (macro).")
+    metric: str = _f("accuracy", "Metric that names the best epoch in metrics.json: accuracy or f1 (macro); mse, mae "
+                                 "or pearson (text_regression); perplexity (language models).")
     cpu: bool = _f(False, "Run on the CPU even when an accelerator is present.")
     progress: bool = _f(True, "Show progress bars.")
 
@@ -129,8 +131,8 @@ class HubConfig:
 class Config:
     task: str = _f(
         "image_classification",
-        "image_classification, text_classification, causal_lm, or masked_lm (domain-adaptive pretraining of an "
-        "encoder on unlabelled text).",
+        "image_classification, text_classification, text_regression (one real-valued output, MSE loss), causal_lm, "
+        "or masked_lm (domain-adaptive pretraining of an encoder on unlabelled text).",
     )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
@@ -143,7 +145,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("image_classification", "text_classification", "causal_lm", "masked_lm")
+TASKS = ("image_classification", "text_classification", "text_regression", "causal_lm", "masked_lm")
+# The metrics each task's evaluation computes (train.metric must be one of them).
+TASK_METRICS = {"image_classification": ("accuracy", "f1"), "text_classification": ("accuracy", "f1"),
+                "text_regression": ("mse", "mae", "pearson"), "causal_lm": ("perplexity",),
+                "masked_lm": ("perplexity",)}
 STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
 
 
@@ -266,8 +272,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, not '{t.mixed_precision}'.")
     if t.scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.scheduler must be cosine, linear or constant, not '{t.scheduler}'.")
-    if t.metric not in ("accuracy", "f1", "perplexity"):
-        raise ConfigError(f"train.metric must be accuracy, f1 or perplexity, not '{t.metric}'.")
+    if t.metric not in TASK_METRICS[cfg.task]:
+        if t.metric == "accuracy":  # the default: each task without accuracy gets its own headline metric
+            t.metric = TASK_METRICS[cfg.task][0]
+        else:
+            raise ConfigError(f"train.metric '{t.metric}' is not computed for task {cfg.task}; choose one of "
+                              f"{', '.join(TASK_METRICS[cfg.task])}.")
     if t.tracker not in ("none", "tensorboard", "trackio"):
         raise ConfigError(f"train.tracker must be none, tensorboard or trackio, not '{t.tracker}'.")
     for name in ("epochs", "global_batch_size", "per_device_batch_size"):

