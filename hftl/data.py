@@ -329,8 +329,9 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
     if len(train) == 0:
         raise DataError(f"No training examples left in '{source}'.")
     key = hashlib.sha256(
+        # The label column and its kind belong in the key: cached probe features store the labels with them.
         f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
-        .encode()).hexdigest()[:24]
+        f"|{cfg.label_column}|{regression}".encode()).hexdigest()[:24]
     return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression)
 
 

@@ -422,6 +422,21 @@ def test_regression_predict_and_eval_commands(regression_run, capsys):
     assert metrics["pearson"] == pytest.approx(result.metrics["pearson"], abs=1e-6)
 
 
+def test_regression_linear_probe_and_lora(regression_run, models, tmp_path):
+    """The strategies work on one output: cached features keep float targets, LoRA saves the 1-output head."""
+    _, data = regression_run
+    common = {"task": "text_regression", "data.text_pair_column": "second", "data.label_column": "similarity"}
+    probe = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "probe", **common, **{
+        "strategy.name": "linear_probe", "train.lr": 0.05, "train.epochs": 4}))
+    assert probe.history[-1]["train_loss"] < probe.history[0]["train_loss"]
+    assert probe.metrics["pearson"] > 0.5, probe.history  # the frozen features carry the sentiment prior
+    lora = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "lora", **common, **{
+        "strategy.name": "lora", "strategy.lora_r": 4, "train.lr": 0.01, "train.epochs": 3}))
+    reloaded = hftl.load(lora.output_dir).eval()
+    assert hftl.evaluate(lora.output_dir)["mse"] == pytest.approx(lora.metrics["mse"], abs=1e-6)
+    assert reloaded.label_names == ["similarity"]
+
+
 def test_regression_bad_targets_are_clear_errors(models, tmp_path, capsys):
     first, second, scores = similarity_pairs(20, 2)
     for bad, shown in (("high", "holds 'high'"), (None, "is missing")):
