@@ -594,6 +594,7 @@ def test_causal_lm_lora(models, corpus, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(peft_model(input_ids=ids).logits, ours({"input_ids": ids}))
     assert hftl.tasks.generate(out, "the dog", max_new_tokens=3).startswith("the dog")
+    assert hftl.evaluate(out)["perplexity"] == pytest.approx(result.metrics["perplexity"], rel=1e-5)
 
 
 # -------------------------------------------------------------------- domain-adaptive pretraining
