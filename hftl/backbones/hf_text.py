@@ -34,16 +34,21 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hftl.backbones.base import TransferModel
+from hftl.backbones.hf_common import (
+    TransformersModel,
+    config_kwargs,
+    from_pretrained_or_config,
+    head_input,
+    new_modules,
+    remote_kwargs,
+)
 from hftl.errors import ConfigError, ModelNotFoundError
 from hftl.hub import ModelRef
 
@@ -56,14 +61,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 # Models whose position ids start after the padding index, so two positions are never used.
 POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
                          "roberta-prelayernorm", "ibert", "mpnet", "luke"}
-# Fallback LoRA targets by module-name suffix, for model types peft's table does not know.
-ATTENTION_NAMES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn", "query_key_value", "Wqkv",
-                   "qkv_proj", "query_proj", "value_proj")
-
-
-def _remote(trust_remote_code: bool) -> dict:
-    """``trust_remote_code`` is passed to transformers only when the user set it."""
-    return {"trust_remote_code": True} if trust_remote_code else {}
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -86,91 +83,14 @@ def load_tokenizer(folder: str | Path, trust_remote_code: bool = False, name: st
             "tokenizer next to the weights (tokenizer.save_pretrained(folder)) or copy its files there."
         )
     try:
-        return AutoTokenizer.from_pretrained(str(folder), **_remote(trust_remote_code))
+        return AutoTokenizer.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
     except (OSError, ValueError, TypeError) as e:
         raise ModelNotFoundError(f"The tokenizer in '{name}' could not be loaded: {e}") from e
 
 
-def _unwrap(net: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (or ``net`` itself)."""
-    get_base = getattr(net, "get_base_model", None)
-    return get_base() if callable(get_base) and hasattr(net, "peft_config") else net
+class HFTextModel(TransformersModel):
+    """What every transformers text adapter shares: the tokenizer, input lengths, saving it, fingerprints."""
 
-
-def _config_kwargs(kwargs: dict) -> tuple[bool, dict]:
-    kwargs = dict(kwargs)
-    trust = bool(kwargs.pop("trust_remote_code", False))
-    kwargs.pop("image_size", None)
-    return trust, kwargs
-
-
-def _from_pretrained(auto, ref: ModelRef, config, pretrained: bool, trust: bool) -> tuple[nn.Module, set]:
-    """Pretrained weights (and the names the checkpoint lacked), or the same architecture randomly
-    initialised from its config (scratch)."""
-    try:
-        if not pretrained:
-            return auto.from_config(config, **_remote(trust)), set()
-        # ignore_mismatched_sizes: a source model with another head size gets a fresh head, as timm does.
-        net, info = auto.from_pretrained(str(ref.path), config=config, dtype=torch.float32,
-                                         ignore_mismatched_sizes=True, output_loading_info=True, **_remote(trust))
-        mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
-        return net, set(info.get("missing_keys", ())) | mismatched
-    except ValueError as e:
-        if "Unrecognized configuration class" in str(e):
-            raise ConfigError(f"'{ref.describe()}' cannot be loaded as {auto.__name__}: {e}") from e
-        raise
-    except OSError as e:
-        raise ModelNotFoundError(f"The weights of '{ref.describe()}' could not be loaded: {e}") from e
-
-
-def new_modules(net: nn.Module, missing: set[str]) -> list[str]:
-    """Modules whose own parameters the checkpoint lacked (randomly initialised when loaded).
-
-    The output embeddings (tied to the input ones) and modules holding them are left out: copying
-    them would defeat LoRA, and their missing biases start at zero, the same on every load.
-
-    Example:
-        >>> new_modules(bert_for_classification, {"bert.pooler.dense.weight"})  # doctest: +SKIP
-        ['bert.pooler.dense']
-    """
-    out = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
-    owners = {key.rsplit(".", 1)[0] for key in missing if "." in key}
-    return [name for name, module in net.named_modules()
-            if name in owners and (out is None or all(sub is not out for sub in module.modules()))]
-
-
-def group_parameter_names(names: list[str], head: set[str]) -> list[list[str]]:
-    """Embeddings, each numbered layer, then what sits above the layers; ``head`` excluded.
-
-    A name's first numeric component is its layer (``bert.encoder.layer.3.``, ``transformer.h.3.``);
-    un-numbered names go below the layers when they hold embeddings or come before the first layer,
-    above them otherwise (poolers, final norms, a classification head's dense layer).
-
-    Example:
-        >>> group_parameter_names(["emb.w", "enc.layer.0.w", "enc.layer.1.w", "pooler.w", "fc.w"], {"fc.w"})
-        [['emb.w'], ['enc.layer.0.w'], ['enc.layer.1.w'], ['pooler.w']]
-    """
-    bottom, top, layers = [], [], {}
-    seen_layer = False
-    for name in names:
-        if name in head:
-            continue
-        match = re.search(r"\.(\d+)\.", f".{name}")
-        if match:
-            layers.setdefault(int(match.group(1)), []).append(name)
-            seen_layer = True
-        elif "embed" in name or not seen_layer:
-            bottom.append(name)
-        else:
-            top.append(name)
-    groups = [bottom] + [layers[i] for i in sorted(layers)] + [top]
-    return [g for g in groups if g]
-
-
-class HFTextModel(TransferModel):
-    """What every transformers text adapter shares: tokenizer, lengths, groups, LoRA targets, saving."""
-
-    library = "transformers"
     modality = "text"
 
     def __init__(self, net: nn.Module, label_names: list[str] | None = None, tokenizer=None):
@@ -178,70 +98,9 @@ class HFTextModel(TransferModel):
         self.tokenizer = tokenizer
         self.max_length: int | None = None
         self.preprocess_key = ""  # which columns are tokenized how (set by hftl.tasks; part of the fingerprint)
-        # Randomly initialised on load (absent from the checkpoint): LoRA trains and saves them in full,
-        # or a reloaded adapter would start them from a different random draw.
-        self.new_modules: list[str] = []
-        self._head_path = self._find_head()
-
-    # -- structure -------------------------------------------------------------------------------
-    @property
-    def inner(self) -> nn.Module:
-        """The transformers model, with any peft wrapper removed."""
-        return _unwrap(self.net)
-
-    def _find_head(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def head_name(self) -> str:
-        return self._head_path
-
-    @property
-    def head(self) -> nn.Module:
-        # getattr, not get_submodule: peft's ModulesToSaveWrapper forwards attributes to the trained copy.
-        module = self.inner
-        for part in self._head_path.split("."):
-            module = getattr(module, part)
-        return module
-
-    @property
-    def num_features(self) -> int:
-        head = self.head
-        return head.in_features if hasattr(head, "in_features") else self.inner.config.hidden_size
 
     def input_keys(self) -> tuple[str, ...]:
         return ("input_ids", "attention_mask", "token_type_ids")
-
-    def _inputs(self, batch: dict) -> dict:
-        return {k: batch[k] for k in self.input_keys() if k in batch}
-
-    def head_parameter_names(self) -> list[str]:
-        # A head tied to the input embeddings (GPT-2's lm_head) is listed once, under the embeddings.
-        named = {n for n, _ in self.net.named_parameters()}
-        return [n for n in (f"{self.head_name}.{p}" for p, _ in self.head.named_parameters()) if n in named]
-
-    def layer_groups(self) -> list[list[str]]:
-        names = [n for n, _ in self.net.named_parameters()]
-        return group_parameter_names(names, set(self.head_parameter_names()))
-
-    def default_lora_targets(self) -> list[str]:
-        """peft's per-architecture table (query/value for BERT-likes, c_attn for GPT-2, q/v_proj ...)."""
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
-
-        model_type = getattr(self.inner.config, "model_type", "")
-        if model_type in TABLE:
-            return list(TABLE[model_type])
-        found = sorted({name.rsplit(".", 1)[-1] for name, _ in self.inner.named_modules()
-                        if name.rsplit(".", 1)[-1] in ATTENTION_NAMES})
-        if found:
-            return found
-        head = self.head_name
-        return [n for n, m in self.inner.named_modules()
-                if isinstance(m, nn.Linear) and not (n == head or n.startswith(head + "."))]
-
-    def _fan_in_fan_out(self) -> bool:
-        # GPT-2-style Conv1D layers store weights transposed; peft needs to know.
-        return any(type(m).__name__ == "Conv1D" for m in self.inner.modules())
 
     # -- text in -----------------------------------------------------------------------------------
     def model_max_length(self) -> int:
@@ -324,12 +183,6 @@ class HFTextModel(TransferModel):
         return self.pad(self.tokenize(list(texts), None if pairs is None else list(pairs)))
 
     # -- saving --------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> None:
-        """``save_pretrained`` (safetensors) plus the tokenizer: ``from_pretrained(folder)`` loads it."""
-        folder = Path(folder)
-        self.inner.save_pretrained(str(folder), safe_serialization=True)
-        self.save_preprocessing(folder)
-
     def save_preprocessing(self, folder: str | Path) -> None:
         """The tokenizer, next to the weights or the adapter (so a LoRA output is complete too)."""
         if self.tokenizer is not None:
@@ -348,15 +201,7 @@ class HFTextModel(TransferModel):
 
     def fingerprint(self) -> str:
         """Backbone weights (head excluded), the tokenizer, and how texts are cut and paired."""
-        h = hashlib.sha256()
-        inner = self.inner
-        h.update(f"{type(inner).__name__}|{getattr(inner.config, 'model_type', '')}".encode())
-        head = set(self.head_parameter_names())
-        for name, tensor in inner.state_dict().items():
-            if name in head:
-                continue
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h = self.weights_digest()
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         vocab = backend.to_str() if backend is not None else json.dumps(sorted(self.tokenizer.get_vocab().items()))
         h.update(vocab.encode())
@@ -377,7 +222,7 @@ class TextClassifier(HFTextModel):
         """Build from a resolved reference; ``problem_type="regression"`` gives one output, named ``label_names[0]``."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        trust, kwargs = _config_kwargs(kwargs)
+        trust, kwargs = config_kwargs(kwargs)
         regression = kwargs.pop("problem_type", None) == "regression"
         tokenizer = load_tokenizer(ref.path, trust, ref.describe())
         names = [str(label_names[0]) if label_names else "score"] if regression else [str(n) for n in label_names]
@@ -385,13 +230,13 @@ class TextClassifier(HFTextModel):
             raise ConfigError("text_classification needs at least one label; the data has none.")
         config = AutoConfig.from_pretrained(
             str(ref.path), num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, **_remote(trust), **kwargs)
+            label2id={n: i for i, n in enumerate(names)}, **remote_kwargs(trust), **kwargs)
         config.problem_type = "regression" if regression else "single_label_classification"
         if tokenizer.pad_token is None:  # GPT-style tokenizers: pad with EOS (the classifier skips padding)
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
-        net, missing = _from_pretrained(AutoModelForSequenceClassification, ref, config, pretrained, trust)
+        net, missing = from_pretrained_or_config(AutoModelForSequenceClassification, ref, config, pretrained, trust)
         model = cls(net, names, tokenizer)
         model.new_modules = new_modules(net, missing)
         return model
@@ -407,16 +252,6 @@ class TextClassifier(HFTextModel):
         model.restore_settings(folder)
         return model
 
-    def _find_head(self) -> str:
-        # The final projection: the last Linear outside the pretrained backbone.
-        inner = self.inner
-        prefix = getattr(inner, "base_model_prefix", "")
-        candidates = [n for n, m in inner.named_modules()
-                      if isinstance(m, nn.Linear) and n and n.split(".")[0] != prefix]
-        if not candidates:
-            raise ConfigError(f"Cannot find the classification layer of {type(inner).__name__}.")
-        return candidates[-1]
-
     @property
     def is_regression(self) -> bool:
         return self.inner.config.num_labels == 1
@@ -426,7 +261,7 @@ class TextClassifier(HFTextModel):
 
     def forward_features(self, batch: dict) -> torch.Tensor:
         """The final projection's input (see the module docs), captured with a forward pre-hook."""
-        features = _head_input(self, batch)
+        features = head_input(self, batch)
         if features.dim() == 3:  # decoder classifiers project every token, then keep the last real one
             pad = self.inner.config.pad_token_id
             ids = batch["input_ids"]
@@ -472,7 +307,7 @@ class LanguageModel(HFTextModel):
     def create(cls, ref: ModelRef, task: str = "causal_lm", pretrained: bool = True, **kwargs) -> LanguageModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-        trust, kwargs = _config_kwargs(kwargs)
+        trust, kwargs = config_kwargs(kwargs)
         kind = "causal" if task == "causal_lm" else "masked"
         tokenizer = load_tokenizer(ref.path, trust, ref.describe())
         if kind == "masked" and tokenizer.mask_token is None:
@@ -482,9 +317,9 @@ class LanguageModel(HFTextModel):
             )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        config = AutoConfig.from_pretrained(str(ref.path), **_remote(trust), **kwargs)
+        config = AutoConfig.from_pretrained(str(ref.path), **remote_kwargs(trust), **kwargs)
         auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
-        net, missing = _from_pretrained(auto, ref, config, pretrained, trust)
+        net, missing = from_pretrained_or_config(auto, ref, config, pretrained, trust)
         model = cls(net, [], tokenizer, kind=kind)
         model.new_modules = new_modules(net, missing)
         return model
@@ -512,7 +347,7 @@ class LanguageModel(HFTextModel):
 
     def forward_features(self, batch: dict) -> torch.Tensor:
         """Per-token hidden states that the output projection sees: (batch, tokens, features)."""
-        return _head_input(self, batch)
+        return head_input(self, batch)
 
     def lora_options(self) -> dict:
         """peft settings: CAUSAL_LM for decoders; the output layer (tied to the embeddings) is never copied.
@@ -583,16 +418,3 @@ def load_transformers_output(folder: str | Path) -> HFTextModel:
     )
 
 
-def _head_input(model, batch: dict) -> torch.Tensor:
-    """Run ``model.net`` on the batch and return what its head received (captured by a forward pre-hook)."""
-    captured = {}
-
-    def grab(module, args):
-        captured["x"] = args[0]
-
-    handle = model.head.register_forward_pre_hook(grab)
-    try:
-        model.net(**model._inputs(batch))
-    finally:
-        handle.remove()
-    return captured["x"]
