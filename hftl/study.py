@@ -24,11 +24,24 @@ A study config is YAML with two sections::
 ``study.pretrain`` lets a study make its own source models first (e.g. on other classes, or on
 shuffled labels to show negative transfer); ``model.id: pretrain:NAME`` then points at one.
 
+Regression (``base.task: text_regression``) runs through the same machinery, with what differs
+because the targets are real numbers and there are no classes:
+
+- folds are plain seeded k folds (scikit-learn ``KFold``, shuffled), not stratified;
+- each fold is scored by ``mse``, ``mae``, ``pearson`` and ``loss``; ``study.metric`` is one of them
+  (default ``mse``). Lower is better for ``mse``, ``mae`` and ``loss`` (``hftl.metrics.LOWER_IS_BETTER``),
+  higher for ``pearson``: verdicts, the winning arm and its saved fold follow that direction;
+- a label budget is still a share of each training fold, taken as a seeded random subset of
+  ``ceil(budget * n)`` training examples (nested, the same for every arm), so the curve reads
+  "this many training examples per fold"; ``study.max_examples`` is a seeded random subset too.
+
 What a study writes to ``study.output_dir``: ``study.json`` (every fold's numbers, the config, the
 verdicts), ``report.md``, ``metric_by_arm.png`` (and ``sample_efficiency.png`` with label
 budgets), ``model/`` (the winning arm's best fold, saved like any run, its card carrying the study),
 ``records/`` (one small JSON per finished fold: a rerun skips those, so an interrupted study
-resumes) and ``runs/`` (each fold's log and metrics).
+resumes) and ``runs/`` (each fold's log and metrics). The report and plots are rendered by
+:mod:`hftl.study_report`; this module holds the config, the folds, the training, the statistics
+and resume.
 
 Example:
     >>> report = run_study("recipes/configs/study/negative_transfer.yaml", ["study.folds=3"])  # doctest: +SKIP
@@ -53,15 +66,24 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hftl.config import STRATEGIES, Config, _apply, _f, config_from_dict, parse_overrides
+from hftl.config import STRATEGIES, TASK_METRICS, Config, _apply, _f, config_from_dict, parse_overrides
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import LOWER_IS_BETTER
+from hftl.study_report import (  # the rendering; its names stay importable from hftl.study
+    StudyReport,
+    _budget_tag,
+    _pct,
+    add_study_to_card,
+    card_section,
+    render_markdown,
+    write_plots,
+)
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "f1", "loss")  # what the trainer computes on each held-out fold
 TESTS = ("t", "corrected_t", "wilcoxon")
 VERDICTS = ("positive transfer", "no significant difference", "negative transfer")
-STUDY_TASKS = ("image_classification", "text_classification")
+STUDY_TASKS = ("image_classification", "text_classification", "text_regression")
 PRETRAIN_PREFIX = "pretrain:"
 # What a fold's run folder keeps once its weights are no longer needed (the record holds the numbers).
 KEEP_LIGHT = {"metrics.json", "log.jsonl", "hftl_config.yaml"}
@@ -81,19 +103,23 @@ class StudySettings:
         "another source model: config: {model: {id: pretrain:shuffled}}).",
     )
     baseline: str = _f("scratch", "The arm every other arm is compared with (the same architecture from scratch).")
-    folds: int = _f(5, "Number of stratified cross-validation folds (the same folds for every arm).")
+    folds: int = _f(5, "Number of stratified cross-validation folds (the same folds for every arm; text_regression: "
+                       "plain seeded k folds).")
     seed: int = _f(0, "Seed of the fold assignment and the label-budget subsets.")
-    metric: str = _f("accuracy", "Metric the verdicts and the winner are decided on: accuracy, f1 (macro) or loss.")
+    metric: str = _f("accuracy", "Metric the verdicts and the winner are decided on: accuracy, f1 (macro) or loss; "
+                                 "text_regression: mse (its default), mae, pearson or loss.")
     label_budgets: list = _f(
         [], "Shares of each training fold to train on, e.g. [0.1, 0.25, 0.5, 1.0] (a sample-efficiency curve); "
-            "empty: the whole fold. Subsets are nested and stratified, and the same for every arm.")
+            "empty: the whole fold. Subsets are nested and stratified (text_regression: a seeded random "
+            "ceil(share * n) examples), and the same for every arm.")
     alpha: float = _f(0.05, "Significance level of the paired tests; the confidence interval is 1 - alpha.")
     test: str = _f(
         "t", "Test that decides the verdict: t (paired t-test over folds), corrected_t (Nadeau-Bengio "
              "corrected resampled t-test: folds share training data, so this one is more conservative) or "
              "wilcoxon (signed-rank; needs at least 6 folds at alpha 0.05).")
     max_examples: int | None = _f(
-        None, "Use a seeded, stratified subset of this many labelled examples for the whole study "
+        None, "Use a seeded, stratified (text_regression: random) subset of this many labelled examples for the "
+              "whole study "
               "(a few-label setting); null uses every example of base.data (train and validation pooled).")
     allow_fewer_folds: bool = _f(
         True, "When a class has fewer examples than folds, use that many folds (logged and reported) instead "
@@ -181,6 +207,22 @@ def _run_config(raw_base: dict, overrides: dict, what: str) -> Config:
         raise ConfigError(f"{what}: {e}") from e
 
 
+def _check_entry(entry: Any, where: str, valid: tuple[str, ...], name_hint: str, shape: str) -> tuple[str, dict]:
+    """An arm's or a source's mapping: only known keys, a name, and its base-key overrides (dotted keys expanded)."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be {shape}, not {entry!r}.")
+    unknown = [k for k in entry if k not in valid]
+    if unknown:
+        raise ConfigError(f"Unknown key '{unknown[0]}' in {where}. Valid keys: {', '.join(valid)}.")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{where} needs a name ({name_hint}).")
+    overrides = entry.get("config") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where} '{name}': config must be a mapping of base keys to override.")
+    return name, _expand_dotted(overrides)
+
+
 def _parse_arm(entry: Any, index: int) -> Arm:
     strategies = ", ".join(STRATEGIES)
     if isinstance(entry, str):
@@ -191,24 +233,13 @@ def _parse_arm(entry: Any, index: int) -> Arm:
                 "config: {model: {id: ...}}}."
             )
         return Arm(entry, entry)
-    if not isinstance(entry, dict):
-        raise ConfigError(f"study.arms[{index}] must be a strategy name or a mapping, not {entry!r}.")
-    valid = ("name", "strategy", "config")
-    unknown = [k for k in entry if k not in valid]
-    if unknown:
-        raise ConfigError(f"Unknown key '{unknown[0]}' in study.arms[{index}]. Valid keys: {', '.join(valid)}.")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"study.arms[{index}] needs a name (e.g. name: probe_from_shuffled).")
+    name, overrides = _check_entry(entry, f"study.arms[{index}]", ("name", "strategy", "config"),
+                                   "e.g. name: probe_from_shuffled", "a strategy name or a mapping")
     strategy = entry.get("strategy", name)
     if strategy not in STRATEGIES:
         raise ConfigError(
             f"Arm '{name}' has strategy '{strategy}', which is not known. Valid strategies: {strategies}."
         )
-    overrides = entry.get("config") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"Arm '{name}': config must be a mapping of base keys to override.")
-    overrides = _expand_dotted(overrides)
     given = overrides.get("strategy", {}).get("name") if isinstance(overrides.get("strategy"), dict) else None
     if given and given != strategy:
         raise ConfigError(f"Arm '{name}' sets strategy '{strategy}' and config strategy.name '{given}'; keep one.")
@@ -216,19 +247,11 @@ def _parse_arm(entry: Any, index: int) -> Arm:
 
 
 def _parse_pretrain(entry: Any, index: int) -> PretrainSource:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"study.pretrain[{index}] must be a mapping {{name, config, shuffle_labels}}.")
-    valid = ("name", "config", "shuffle_labels")
-    unknown = [k for k in entry if k not in valid]
-    if unknown:
-        raise ConfigError(f"Unknown key '{unknown[0]}' in study.pretrain[{index}]. Valid keys: {', '.join(valid)}.")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"study.pretrain[{index}] needs a name (letters, digits, _ or -).")
+    name, overrides = _check_entry(entry, f"study.pretrain[{index}]", ("name", "config", "shuffle_labels"),
+                                   "letters, digits, _ or -", "a mapping {name, config, shuffle_labels}")
     shuffle = entry.get("shuffle_labels", False)
     if not isinstance(shuffle, bool):
         raise ConfigError(f"study.pretrain '{name}': shuffle_labels must be true or false.")
-    overrides = _expand_dotted(entry.get("config") or {})
     return PretrainSource(name, overrides, shuffle)
 
 
@@ -255,6 +278,8 @@ def study_config_from_dict(data: dict) -> StudyConfig:
     settings = StudySettings()
     _apply(settings, raw_study, prefix="study.")
     base = _run_config(raw_base, {}, "base")
+    if "metric" not in raw_study and base.task in STUDY_TASKS:
+        settings.metric = TASK_METRICS[base.task][0]  # the task's headline metric: accuracy, or mse (regression)
     _validate_settings(settings, base)
 
     sources = [_parse_pretrain(e, i) for i, e in enumerate(settings.pretrain)]
@@ -305,12 +330,13 @@ def study_config_from_dict(data: dict) -> StudyConfig:
 def _validate_settings(s: StudySettings, base: Config) -> None:
     if base.task not in STUDY_TASKS:
         raise ConfigError(
-            f"A study compares classifiers; base.task '{base.task}' is not supported. Use one of: "
-            f"{', '.join(STUDY_TASKS)}."
+            f"A study compares classifiers or regressors on labelled examples; base.task '{base.task}' is not "
+            f"supported. Use one of: {', '.join(STUDY_TASKS)}."
         )
-    if s.metric not in METRICS:
+    if s.metric not in fold_metrics(base.task):
         raise ConfigError(
-            f"study.metric '{s.metric}' is not computed on the folds. Valid metrics: {', '.join(METRICS)}."
+            f"study.metric '{s.metric}' is not computed on the folds (task {base.task}). Valid metrics: "
+            f"{', '.join(fold_metrics(base.task))}."
         )
     if s.folds < 2:
         raise ConfigError(f"study.folds must be at least 2 (got {s.folds}); 5 is the usual choice.")
@@ -352,6 +378,26 @@ def load_study_config(path: str | Path | None, overrides: list[str] | None = Non
 
 
 # -------------------------------------------------------------------------------------- statistics
+
+def fold_metrics(task: str) -> tuple[str, ...]:
+    """What each held-out fold is scored by: the task's evaluation metrics, then the loss.
+
+    Example:
+        >>> fold_metrics("text_regression")
+        ('mse', 'mae', 'pearson', 'loss')
+    """
+    return (*TASK_METRICS[task], "loss")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better (``hftl.metrics.LOWER_IS_BETTER``: loss, mse, mae).
+
+    Example:
+        >>> higher_is_better("pearson"), higher_is_better("mse")
+        (True, False)
+    """
+    return metric not in LOWER_IS_BETTER
+
 
 def min_wilcoxon_folds(alpha: float) -> int:
     """Fewest pairs for which a two-sided exact signed-rank test can reach ``p < alpha``.
@@ -483,48 +529,63 @@ def describe_scores(values) -> dict:
 # ------------------------------------------------------------------------------------------- folds
 
 def make_folds(labels, folds: int, seed: int, label_names: list[str] | None = None,
-               allow_fewer: bool = True) -> tuple[list[tuple[list[int], list[int]]], str]:
+               allow_fewer: bool = True, regression: bool = False) -> tuple[list[tuple[list[int], list[int]]], str]:
     """Stratified, seeded k folds (scikit-learn ``StratifiedKFold``); returns (folds, note).
 
     When a class has fewer examples than ``folds`` the study uses that many folds and ``note`` says
     so (or, with ``allow_fewer=False``, stops with a :class:`DataError`). A class with a single
-    example cannot be split at all.
+    example cannot be split at all. With ``regression=True`` the labels are real-valued targets:
+    the folds are plain seeded ``KFold`` (nothing to stratify), each holding out at least 2 examples.
 
     Example:
         >>> folds, note = make_folds([0, 0, 0, 1, 1, 1], folds=3, seed=0)
         >>> len(folds), note
         (3, '')
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     labels = np.asarray(labels)
+    note = ""
+    if regression:
+        if len(labels) < 2 * folds:  # a held-out fold of one example has no spread (Pearson's r is undefined)
+            raise DataError(f"{len(labels)} examples are too few for study.folds={folds}: each held-out fold needs "
+                            "at least 2. Add examples or lower study.folds.")
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        folds, note = _folds_every_class_allows(labels, folds, label_names, allow_fewer)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = [(sorted(tr.tolist()), sorted(va.tolist())) for tr, va in splitter.split(np.zeros(len(labels)), labels)]
+    return out, note
+
+
+def _folds_every_class_allows(labels: np.ndarray, folds: int, label_names: list[str] | None,
+                              allow_fewer: bool) -> tuple[int, str]:
+    """How many stratified folds the rarest class allows (each fold holds one of every class), and a note."""
     classes, counts = np.unique(labels, return_counts=True)
     names = label_names or [str(c) for c in range(int(labels.max()) + 1)]
     smallest = int(counts.min())
     rarest = names[int(classes[int(counts.argmin())])]
-    note = ""
-    if smallest < folds:
-        if smallest < 2 or not allow_fewer:
-            raise DataError(
-                f"Class '{rarest}' has only {smallest} example(s), fewer than study.folds={folds}: stratified "
-                f"folds need at least as many examples of every class as folds. Add examples of '{rarest}', "
-                f"drop the class (data.classes), or lower study.folds"
-                + (" (study.allow_fewer_folds=true does this for you)." if smallest >= 2 else ".")
-            )
-        note = (f"Used {smallest} folds instead of {folds}: class '{rarest}' has only {smallest} examples "
-                "(each fold needs one of every class).")
-        logger.warning(note)
-        folds = smallest
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out = [(sorted(tr.tolist()), sorted(va.tolist())) for tr, va in splitter.split(np.zeros(len(labels)), labels)]
-    return out, note
+    if smallest >= folds:
+        return folds, ""
+    if smallest < 2 or not allow_fewer:
+        raise DataError(
+            f"Class '{rarest}' has only {smallest} example(s), fewer than study.folds={folds}: stratified "
+            f"folds need at least as many examples of every class as folds. Add examples of '{rarest}', "
+            f"drop the class (data.classes), or lower study.folds"
+            + (" (study.allow_fewer_folds=true does this for you)." if smallest >= 2 else ".")
+        )
+    note = (f"Used {smallest} folds instead of {folds}: class '{rarest}' has only {smallest} examples "
+            "(each fold needs one of every class).")
+    logger.warning(note)
+    return smallest, note
 
 
 def budget_subset(train_idx: list[int], labels, budget: float, seed: int) -> list[int]:
     """A stratified share of a training fold: per class ``ceil(budget * count)`` (at least one).
 
     Subsets are nested (a 10% subset lies inside the 25% one) because every budget takes the head of
-    the same seeded per-class order; that makes the sample-efficiency curve less noisy.
+    the same seeded per-class order; that makes the sample-efficiency curve less noisy. A regression
+    study passes one stratum (every label 0), so its subset is a plain seeded ``ceil(budget * n)``.
 
     Example:
         >>> budget_subset(list(range(8)), [0, 0, 0, 0, 1, 1, 1, 1], 0.5, seed=0)
@@ -544,7 +605,7 @@ def budget_subset(train_idx: list[int], labels, budget: float, seed: int) -> lis
 
 
 def stratified_take(labels, n: int, seed: int) -> list[int]:
-    """``n`` indices (seeded), each class in proportion to its size and at least once.
+    """``n`` indices (seeded), each class in proportion to its size and at least once (one stratum: a plain sample).
 
     Example:
         >>> len(stratified_take([0] * 50 + [1] * 30 + [2] * 20, 10, seed=0))
@@ -591,13 +652,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _budget_tag(budget: float) -> str:
-    return f"b{budget:g}"
-
-
-def _pct(budget: float) -> str:
-    return f"{budget * 100:g}%"
-
 
 def _config_key(cfg: Config) -> dict:
     """What in a run config decides its result (not where it writes or whether it shows a bar)."""
@@ -618,166 +672,6 @@ def _lighten(folder: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-# ------------------------------------------------------------------------------------------- report
-
-@dataclass
-class StudyReport:
-    """What a study found, with where its files are; ``summary()`` is the table the CLI prints."""
-
-    name: str
-    output_dir: Path
-    metric: str
-    baseline: str
-    arms: list[str]
-    strategies: dict
-    budgets: list[float]
-    folds: int
-    fold_note: str
-    scores: dict  # arm -> budget tag -> metric -> [per-fold values]
-    stats: dict  # arm -> budget tag -> metric -> describe_scores()
-    comparisons: dict  # arm -> budget tag -> Comparison (not for the baseline)
-    winner: str | None = None
-    winner_fold: int | None = None
-    model_dir: Path | None = None
-    files: dict = field(default_factory=dict)
-    trained: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    n_examples: int = 0
-    label_names: list = field(default_factory=list)
-    budget_sizes: dict = field(default_factory=dict)  # budget tag -> mean training examples per fold
-
-    @property
-    def full_budget(self) -> str:
-        return _budget_tag(max(self.budgets))
-
-    def verdict(self, arm: str, budget: float | None = None) -> str | None:
-        """The verdict of ``arm`` against the baseline at ``budget`` (default: the largest)."""
-        tag = _budget_tag(budget) if budget is not None else self.full_budget
-        c = self.comparisons.get(arm, {}).get(tag)
-        return c.verdict if c else None
-
-    def table_rows(self, tag: str | None = None) -> list[dict]:
-        tag = tag or self.full_budget
-        rows = []
-        for arm in self.arms:
-            s = self.stats[arm][tag]
-            c = self.comparisons.get(arm, {}).get(tag)
-            rows.append({
-                "arm": arm, "strategy": self.strategies[arm],
-                **{m: s[m] for m in METRICS if m in s},
-                "diff": c.mean_diff if c else None, "ci": (c.ci_low, c.ci_high) if c else None,
-                "p": c.p_value if c else None, "p_t": c.p_t if c else None,
-                "p_wilcoxon": c.p_wilcoxon if c else None,
-                "verdict": c.verdict if c else "baseline",
-            })
-        return rows
-
-    def markdown_table(self, tag: str | None = None) -> str:
-        """The results table (one budget) as Markdown."""
-        tag = tag or self.full_budget
-        c0 = next((c[tag] for c in self.comparisons.values() if tag in c), None)
-        conf = f"{c0.confidence:.0%} CI" if c0 else "CI"
-        test = {"t": "p (paired t)", "corrected_t": "p (corrected t)", "wilcoxon": "p (Wilcoxon)"}[
-            c0.test if c0 else "t"]
-        lines = [f"| arm | strategy | accuracy | F1 (macro) | loss | Δ {self.metric} vs {self.baseline} [{conf}] "
-                 f"| {test} | p (Wilcoxon) | verdict |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        def ms(arm: str, m: str) -> str:
-            s = self.stats[arm][tag][m]
-            return f"{s['mean']:.3f} ± {s['std']:.3f}"
-
-        for r in self.table_rows(tag):
-            if r["diff"] is None:
-                diff = p = pw = "—"
-            else:
-                diff = f"{r['diff']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
-                p = _fmt_p(r["p"])
-                pw = _fmt_p(r["p_wilcoxon"]) if r["p_wilcoxon"] is not None else "n/a"
-            verdict = f"**{r['verdict']}**" if r["verdict"] != "baseline" else "baseline"
-            lines.append(f"| {r['arm']} | {r['strategy']} | {ms(r['arm'], 'accuracy')} | {ms(r['arm'], 'f1')} "
-                         f"| {ms(r['arm'], 'loss')} | {diff} "
-                         f"| {p} | {pw} | {verdict} |")
-        return "\n".join(lines)
-
-    def budget_table(self) -> str:
-        """Plain text: one row per label budget, one column per arm (mean ± sd, ↑/↓ when significant).
-
-        Example:
-            >>> print(report.budget_table())  # doctest: +SKIP
-            labels per fold   scratch          finetune
-            10 (10%)          0.397 ± 0.104    0.594 ± 0.080 ↑
-        """
-        width = max(19, *(len(a) + 2 for a in self.arms))
-        lines = [("labels per fold".ljust(18) + "".join(a.ljust(width) for a in self.arms)).rstrip()]
-        for b in self.budgets:
-            tag = _budget_tag(b)
-            size = self.budget_sizes.get(tag)
-            row = (f"{size:.0f} ({_pct(b)})" if size is not None else _pct(b)).ljust(18)
-            for a in self.arms:
-                st = self.stats[a][tag][self.metric]
-                c = self.comparisons.get(a, {}).get(tag)
-                mark = {"positive transfer": " ↑", "negative transfer": " ↓"}.get(c.verdict, " =") if c else ""
-                row += f"{st['mean']:.3f} ± {st['std']:.3f}{mark}".ljust(width)
-            lines.append(row.rstrip())
-        lines.append(f"({self.metric} on held-out folds, mean ± sd over {self.folds} folds; ↑/↓/= : significantly "
-                     f"better / worse / no significant difference vs {self.baseline}, {self._test_name()})")
-        return "\n".join(lines)
-
-    def _test_name(self) -> str:
-        c = next((c for by in self.comparisons.values() for c in by.values()), None)
-        if c is None:
-            return ""
-        name = {"t": "paired t-test", "corrected_t": "corrected t-test", "wilcoxon": "Wilcoxon"}[c.test]
-        return f"{name}, alpha {1 - c.confidence:.2g}"
-
-    def summary(self) -> str:
-        """A plain-text summary: the table at the full budget, the verdicts and the files."""
-        tag = self.full_budget
-        w = max(22, *(len(a) + 2 for a in self.arms))
-        head = f"{'arm':<{w}} {'strategy':<14} {self.metric + ' (mean ± sd)':<22} {'Δ vs ' + self.baseline:<28} " \
-               f"{'p':<8} verdict"
-        lines = [f"Study '{self.name}': {len(self.arms)} arms x {self.folds} folds"
-                 + (f" x {len(self.budgets)} label budgets" if len(self.budgets) > 1 else "")
-                 + f" on {self.n_examples} examples ({len(self.label_names)} classes); "
-                   f"{self.trained} trained, {self.skipped} resumed from records, {self.seconds:.0f} s", head,
-                 "-" * len(head)]
-        if self.fold_note:
-            lines.insert(1, f"note: {self.fold_note}")
-        for r in self.table_rows(tag):
-            s = self.stats[r["arm"]][tag][self.metric]
-            diff = "—" if r["diff"] is None else f"{r['diff']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
-            p = "—" if r["p"] is None else _fmt_p(r["p"])
-            lines.append(f"{r['arm']:<{w}} {r['strategy']:<14} {s['mean']:.3f} ± {s['std']:.3f}{'':<8} {diff:<28} "
-                         f"{p:<8} {r['verdict']}")
-        if len(self.budgets) > 1:
-            lines += ["", "By label budget:", self.budget_table()]
-        if self.winner:
-            lines.append(f"best arm: {self.winner}" + (f" (model: {self.model_dir})" if self.model_dir else ""))
-        for label, path in self.files.items():
-            lines.append(f"{label}: {path}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name, "metric": self.metric, "baseline": self.baseline, "arms": self.arms,
-            "strategies": self.strategies, "label_budgets": self.budgets, "folds": self.folds,
-            "fold_note": self.fold_note, "n_examples": self.n_examples, "label_names": self.label_names,
-            "stats": self.stats,
-            "comparisons": {a: {t: c.to_dict() for t, c in by.items()} for a, by in self.comparisons.items()},
-            "winner": self.winner, "winner_fold": self.winner_fold,
-            "model_dir": str(self.model_dir) if self.model_dir else None,
-            "files": {k: str(v) for k, v in self.files.items()},
-            "trained": self.trained, "resumed": self.skipped, "seconds": round(self.seconds, 1),
-            "budget_sizes": self.budget_sizes,
-        }
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
 
 # ------------------------------------------------------------------------------------------- the study
 
@@ -793,6 +687,8 @@ class _Study:
         self.skipped = 0
         self.source_keys: dict[str, str] = {}
         self.source_info: dict[str, dict] = {}
+        self.metrics = fold_metrics(cfg.base.task)
+        self.sign = 1 if higher_is_better(self.s.metric) else -1  # the best arm and fold maximise sign * metric
 
     # -- sources -----------------------------------------------------------------------------
     def source_dir(self, name: str) -> Path:
@@ -851,25 +747,33 @@ class _Study:
         pool = datasets.concatenate_datasets([data.train, data.validation]) if len(data.validation) else data.train
         fingerprint = data.fingerprint
         if self.s.max_examples and self.s.max_examples < len(pool):
-            keep = stratified_take(pool["label"], self.s.max_examples, self.s.seed)
+            keep = stratified_take(self._strata(pool["label"], data.regression), self.s.max_examples, self.s.seed)
             pool = pool.select(keep)
             fingerprint = _hash([fingerprint, "max_examples", self.s.max_examples, self.s.seed])
-        self.pool = LabelledData(pool, pool.select([]), data.label_names, data.source, fingerprint, data.skipped)
+        self.pool = LabelledData(pool, pool.select([]), data.label_names, data.source, fingerprint, data.skipped,
+                                 data.regression)
         self.labels = np.asarray(pool["label"])
+        self.strata = self._strata(self.labels, data.regression)
         self.folds, self.fold_note = make_folds(self.labels, self.s.folds, self.s.seed, data.label_names,
-                                                self.s.allow_fewer_folds)
-        logger.info("Study pool: %d examples, %d classes, %d folds", len(pool), len(data.label_names),
+                                                self.s.allow_fewer_folds, regression=data.regression)
+        logger.info("Study pool: %d examples, %s, %d folds", len(pool),
+                    f"target '{data.label_names[0]}'" if data.regression else f"{len(data.label_names)} classes",
                     len(self.folds))
+
+    @staticmethod
+    def _strata(labels, regression: bool) -> np.ndarray:
+        """What subsets are stratified by: the classes, or one stratum for real-valued targets."""
+        return np.zeros(len(labels), dtype=int) if regression else np.asarray(labels)
 
     def fold_data(self, k: int, budget: float):
         from hftl.data import LabelledData
 
         train_idx, val_idx = self.folds[k]
-        train_idx = budget_subset(train_idx, self.labels, budget, self.s.seed * 1000 + k)
+        train_idx = budget_subset(train_idx, self.strata, budget, self.s.seed * 1000 + k)
         pool = self.pool.train
         fingerprint = _hash([self.pool.fingerprint, "fold", k, len(self.folds), budget, self.s.seed, train_idx, val_idx])
         data = LabelledData(pool.select(train_idx), pool.select(val_idx), self.pool.label_names, self.pool.source,
-                            fingerprint, self.pool.skipped)
+                            fingerprint, self.pool.skipped, self.pool.regression)
         return data, fingerprint
 
     # -- one fold of one arm -------------------------------------------------------------------
@@ -937,8 +841,7 @@ class _Study:
         done = {k: r for k, r in records.items() if r is not None}
         best = None
         if budget == max(self.budgets) and self.s.winner != "none" and done:
-            best = min(done, key=lambda k: (-done[k]["metrics"][self.s.metric] if self.s.metric != "loss"
-                                            else done[k]["metrics"][self.s.metric], k))
+            best = min(done, key=lambda k: (-self.sign * done[k]["metrics"][self.s.metric], k))
         for k in done:
             if k != best:
                 _lighten(self.run_dir(arm, budget, k))
@@ -991,7 +894,7 @@ class _Study:
         stats: dict = {a: {} for a in arms}
         for (arm, budget), recs in all_records.items():
             tag = _budget_tag(budget)
-            scores[arm][tag] = {m: [recs[k]["metrics"][m] for k in sorted(recs)] for m in METRICS}
+            scores[arm][tag] = {m: [recs[k]["metrics"][m] for k in sorted(recs)] for m in self.metrics}
             stats[arm][tag] = {m: describe_scores(v) for m, v in scores[arm][tag].items()}
         comparisons: dict = {}
         for arm in arms:
@@ -1004,14 +907,15 @@ class _Study:
                 ratio = float(np.mean([recs[k]["num_validation"] / recs[k]["num_train"] for k in recs]))
                 comparisons[arm][tag] = compare_paired(
                     scores[arm][tag][s.metric], scores[s.baseline][tag][s.metric], alpha=s.alpha,
-                    higher_is_better=s.metric != "loss", test=s.test, test_train_ratio=ratio, arm=arm,
+                    higher_is_better=higher_is_better(s.metric), test=s.test, test_train_ratio=ratio, arm=arm,
                     baseline=s.baseline, metric=s.metric)
         return StudyReport(
             name=s.name or self.out.name, output_dir=self.out, metric=s.metric, baseline=s.baseline, arms=arms,
             strategies={a.name: a.strategy for a in self.cfg.arms}, budgets=self.budgets, folds=len(self.folds),
             fold_note=self.fold_note, scores=scores, stats=stats, comparisons=comparisons,
             trained=self.trained, skipped=self.skipped, n_examples=len(self.labels),
-            label_names=list(self.pool.label_names),
+            label_names=list(self.pool.label_names), task=self.cfg.base.task, fold_metrics=list(self.metrics),
+            higher_is_better=higher_is_better(s.metric),
             budget_sizes={_budget_tag(b): float(np.mean([r["num_train"] for r in all_records[(s.baseline, b)].values()]))
                           for b in self.budgets})
 
@@ -1027,11 +931,10 @@ class _Study:
             return
         budget = max(self.budgets)
         tag = _budget_tag(budget)
-        sign = -1 if self.s.metric == "loss" else 1
-        winner = max(report.arms, key=lambda a: (sign * report.stats[a][tag][self.s.metric]["mean"],
+        winner = max(report.arms, key=lambda a: (self.sign * report.stats[a][tag][self.s.metric]["mean"],
                                                  -report.arms.index(a)))
         recs = all_records[(winner, budget)]
-        fold = min(recs, key=lambda k: (-sign * recs[k]["metrics"][self.s.metric], k))
+        fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.s.metric], k))
         arm = next(a for a in self.cfg.arms if a.name == winner)
         folder = self.run_dir(arm, budget, fold)
         if not (folder / "hftl.json").is_file():
@@ -1085,232 +988,8 @@ def _shuffled(data, seed: int):
         return ds.remove_columns("label").add_column("label", rng.permutation(labels).tolist())
 
     return LabelledData(permute(data.train), permute(data.validation), data.label_names,
-                        f"{data.source} (labels shuffled)", _hash([data.fingerprint, "shuffled", seed]), data.skipped)
-
-
-# ------------------------------------------------------------------------------------------- rendering
-
-def write_plots(report: StudyReport, out: Path) -> list[Path]:
-    """``metric_by_arm.png`` (mean ± sd with each fold's point) and, with budgets, ``sample_efficiency.png``.
-
-    Uses Matplotlib's object API on the Agg canvas, so no global backend is switched (notebooks keep theirs).
-
-    Example:
-        >>> write_plots(report, Path("outputs/study"))  # doctest: +SKIP
-        [PosixPath('outputs/study/metric_by_arm.png'), PosixPath('outputs/study/sample_efficiency.png')]
-    """
-    from matplotlib.figure import Figure
-
-    metric = report.metric
-    tag = report.full_budget
-    colours = {"positive transfer": "#2e7d32", "negative transfer": "#c62828",
-               "no significant difference": "#757575", "baseline": "#37474f"}
-    paths = []
-    fig = Figure(figsize=(max(5.0, 1.3 * len(report.arms) + 2), 4.2), dpi=130, layout="constrained")
-    ax = fig.subplots()
-    means = [report.stats[a][tag][metric]["mean"] for a in report.arms]
-    sds = [report.stats[a][tag][metric]["std"] for a in report.arms]
-    verdicts = [report.verdict(a) or "baseline" for a in report.arms]
-    x = np.arange(len(report.arms))
-    ax.bar(x, means, yerr=sds, capsize=6, color=[colours[v] for v in verdicts], alpha=0.75, edgecolor="black")
-    rng = np.random.default_rng(0)
-    for i, arm in enumerate(report.arms):
-        pts = report.scores[arm][tag][metric]
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(pts)), pts, color="black", s=14, zorder=3)
-    ax.set_xticks(x, [f"{a}\n{v}" if v != "baseline" else f"{a}\n(baseline)" for a, v in zip(report.arms, verdicts)],
-                  fontsize=8)
-    ax.set_ylabel(f"{metric} on held-out folds")
-    ax.set_title(f"{report.name}\n{metric} on held-out folds, mean ± sd over {report.folds} folds", fontsize=10)
-    if metric == "accuracy" and report.label_names:
-        chance = 1 / len(report.label_names)  # uniform guessing (balanced classes): "learned nothing"
-        ax.axhline(chance, color="#9e9e9e", linestyle=":", linewidth=1)
-        ax.annotate("chance", (len(report.arms) - 0.5, chance), xytext=(0, 2), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=7, color="#757575")
-    lows = [m - s for m, s in zip(means, sds)] + [min(report.scores[a][tag][metric]) for a in report.arms]
-    if metric == "accuracy" and report.label_names:
-        lows.append(1 / len(report.label_names))
-    if metric != "loss":
-        ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.02, max(m + s for m, s in zip(means, sds)) + 0.08))
-    ax.grid(axis="y", alpha=0.3)
-    path = out / "metric_by_arm.png"
-    fig.savefig(path)
-    paths.append(path)
-
-    if len(report.budgets) > 1:
-        fig = Figure(figsize=(6.4, 4.2), dpi=130, layout="constrained")
-        ax = fig.subplots()
-        for i, arm in enumerate(report.arms):
-            ys = [report.stats[arm][_budget_tag(b)][metric]["mean"] for b in report.budgets]
-            es = [report.stats[arm][_budget_tag(b)][metric]["std"] for b in report.budgets]
-            shift = 1 + 0.025 * (i - (len(report.arms) - 1) / 2)  # side by side, so error bars stay readable
-            ax.errorbar([100 * b * shift for b in report.budgets], ys, yerr=es, marker="o", capsize=4, label=arm,
-                        linestyle="--" if arm == report.baseline else "-")
-        ax.set_xscale("log")
-        sizes = report.budget_sizes
-        ax.set_xticks([100 * b for b in report.budgets],
-                      [f"{_pct(b)}\n({sizes[_budget_tag(b)]:.0f})" if _budget_tag(b) in sizes else _pct(b)
-                       for b in report.budgets])
-        ax.minorticks_off()
-        ax.set_xlabel("share of each training fold's labels used (labelled examples per fold)")
-        ax.set_ylabel(f"{metric} on held-out folds")
-        ax.set_title(f"{report.name}\nsample efficiency: mean ± sd over {report.folds} folds", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        path = out / "sample_efficiency.png"
-        fig.savefig(path)
-        paths.append(path)
-    return paths
-
-
-def _verdict_sentence(report: StudyReport) -> str:
-    parts = []
-    for arm in report.arms:
-        c = report.comparisons.get(arm, {}).get(report.full_budget)
-        if c:
-            parts.append(f"**{arm}**: {c.verdict} ({report.metric} {c.mean_diff:+.3f}, {c.confidence:.0%} CI "
-                         f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}], p = {_fmt_p(c.p_value)})")
-    return "; ".join(parts) + "."
-
-
-def card_section(report: StudyReport) -> str:
-    """The study as it appears in the saved model's card: the table, the verdicts and what this model is.
-
-    Example:
-        >>> add_study_to_card(Path("outputs/study/model/README.md"), card_section(report))  # doctest: +SKIP
-    """
-    tag = report.full_budget
-    s = report.stats[report.winner][tag][report.metric] if report.winner else None
-    lines = [
-        f"Cross-validated transfer study `{report.name}`: {len(report.arms)} arms on the same "
-        f"{report.folds} stratified folds of {report.n_examples} examples, compared with `{report.baseline}` by a "
-        "paired test over the folds.",
-        "",
-        report.markdown_table(tag),
-        "",
-        "Verdicts: " + _verdict_sentence(report),
-    ]
-    if report.winner:
-        lines += ["", f"This model is fold {report.winner_fold} of the best arm, `{report.winner}` "
-                      f"(its metrics above are on that fold's held-out examples); the arm's cross-validated "
-                      f"{report.metric} is {s['mean']:.3f} ± {s['std']:.3f}."]
-    if report.fold_note:
-        lines += ["", f"Note: {report.fold_note}"]
-    return "\n".join(lines)
-
-
-def add_study_to_card(readme: Path, section: str) -> None:
-    """Put the study section into a model card (before 'How to use', as the card template places it).
-
-    Example:
-        >>> add_study_to_card(Path("outputs/run/README.md"), "| arm | accuracy |...")  # doctest: +SKIP
-    """
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(readme)
-    text = card.text
-    block = f"## Transfer study\n\n{section}\n\n"
-    if "## Transfer study" in text:  # a rerun replaces the old section
-        start = text.index("## Transfer study")
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + block + (text[end + 1:] if end != -1 else "")
-    elif "## How to use" in text:
-        i = text.index("## How to use")
-        text = text[:i] + block + text[i:]
-    else:
-        text = text.rstrip() + "\n\n" + block
-    card.text = text
-    card.save(readme)
-
-
-def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, sources: dict,
-                    plots: list[Path]) -> str:
-    """report.md: the verdicts first, then the table, the plots, what was run and every fold's numbers.
-
-    Example:
-        >>> Path("report.md").write_text(render_markdown(report, cfg, records, {}, plots))  # doctest: +SKIP
-    """
-    base = cfg.base
-    tag = report.full_budget
-    lines = [f"# Transfer study: {report.name}", "",
-             f"Does transfer beat training from scratch on this data? {_verdict_sentence(report)}", ""]
-    if report.fold_note:
-        lines += [f"> **Note:** {report.fold_note}", ""]
-    lines += [f"## Results ({_pct(max(report.budgets))} of each training fold)", "",
-              report.markdown_table(tag), "",
-              f"Mean ± sample standard deviation over {report.folds} folds; Δ is the arm minus `{report.baseline}`, "
-              "paired by fold.", ""]
-    for p in plots:
-        lines += [f"![{p.stem}]({p.name})", ""]
-    if len(report.budgets) > 1:
-        lines += ["## Sample efficiency", "", f"{report.metric} (mean ± sd) by share of each training fold's labels:",
-                  "", "| arm | " + " | ".join(f"{_pct(b)} ({report.budget_sizes.get(_budget_tag(b), 0):.0f} labels)"
-                                          for b in report.budgets) + " |",
-                  "|---|" + "---|" * len(report.budgets)]
-        for arm in report.arms:
-            cells = []
-            for b in report.budgets:
-                st = report.stats[arm][_budget_tag(b)][report.metric]
-                c = report.comparisons.get(arm, {}).get(_budget_tag(b))
-                mark = {"positive transfer": " ↑", "negative transfer": " ↓"}.get(c.verdict, "") if c else ""
-                cells.append(f"{st['mean']:.3f} ± {st['std']:.3f}{mark}")
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", f"↑ / ↓: significantly better / worse than `{report.baseline}` at that budget.", ""]
-
-    lines += ["## What was run", "",
-              f"- Task: {base.task}; data: `{base.data.id}`"
-              + (f" (classes {', '.join(map(str, base.data.classes))})" if base.data.classes else "")
-              + f"; {report.n_examples} labelled examples, {len(report.label_names)} classes"
-              + (" (a seeded, stratified subset: study.max_examples)" if cfg.study.max_examples else "")
-              + ".",
-              f"- Folds: {report.folds} stratified folds (scikit-learn StratifiedKFold, shuffled, seed "
-              f"{cfg.study.seed}), the same for every arm; each fold trains on the other folds and is scored on "
-              "its own held-out examples (the metric of the final epoch, so no fold is used to pick an epoch).",
-              f"- Training budget per arm and fold (unless an arm overrides it): {base.train.epochs} epochs, global "
-              f"batch {base.train.global_batch_size}, peak lr {base.train.lr:g}, {base.train.scheduler} schedule, "
-              f"seed {base.train.seed} + fold index (the same for every arm).",
-              f"- Verdict: {cfg.study.test} test on {report.metric} at alpha {cfg.study.alpha:g} "
-              f"({'paired t-test, scipy.stats.ttest_rel' if cfg.study.test == 't' else cfg.study.test}); "
-              "Wilcoxon signed-rank where there are enough folds.",
-              "", "| arm | strategy | starts from | epochs | lr |", "|---|---|---|---|---|"]
-    for arm in cfg.arms:
-        c = arm.config
-        start = c.model.id
-        if arm.strategy == "scratch":
-            start = f"{c.model.id} (architecture only, random init)"
-        lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {c.train.lr:g} |")
-    if sources:
-        lines += ["", "Source models the study pretrained itself (`pretrain:NAME`):", "",
-                  "| source | from | data | classes | labels | epochs | its validation accuracy |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, r in sources.items():
-            lines.append(f"| {name} | `{r['model']}` ({r['strategy']}) | `{r['data']}` | {', '.join(r['classes'])} | "
-                         f"{'**shuffled**' if r['shuffle_labels'] else 'true'} | {r['epochs']} | "
-                         f"{r['metrics'].get('accuracy', float('nan')):.3f} |")
-    lines += ["", "## Saved model", ""]
-    if report.model_dir:
-        lines.append(f"`{report.model_dir}`: fold {report.winner_fold} of the best arm `{report.winner}` (highest mean "
-                     f"{report.metric}), saved like any hftl run; its card carries this study's table. It is that "
-                     "fold's model (not a retrain on all data), so its card's metrics are on examples it never saw.")
-    else:
-        lines.append("None (study.winner=none).")
-    lines += ["", "## Every fold", "", "| arm | budget | fold | train | held-out | accuracy | F1 | loss | seconds |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for (arm, budget), recs in all_records.items():
-        for k in sorted(recs):
-            r = recs[k]
-            m = r["metrics"]
-            lines.append(f"| {arm} | {_pct(budget)} | {k} | {r['num_train']} | {r['num_validation']} | "
-                         f"{m['accuracy']:.4f} | {m['f1']:.4f} | {m['loss']:.4f} | {r['seconds']:.1f} |")
-    lines += ["", "## How to read this", "",
-              "- Each verdict compares an arm with the baseline fold by fold (paired), so differences between "
-              "folds' difficulty cancel out.",
-              "- *No significant difference* is not proof of equality: with few folds, small effects go undetected. "
-              "Look at the confidence interval: it bounds the plausible effect.",
-              "- Folds share training data, so the plain paired t-test is somewhat optimistic; "
-              "`study.test=corrected_t` (Nadeau & Bengio) is the conservative alternative.",
-              "", f"Made with hftl in {report.seconds:.0f} s ({report.trained} runs trained, {report.skipped} "
-              "resumed from records)."]
-    return "\n".join(lines) + "\n"
+                        f"{data.source} (labels shuffled)", _hash([data.fingerprint, "shuffled", seed]), data.skipped,
+                        data.regression)
 
 
 # ------------------------------------------------------------------------------------------- entry point

@@ -1,4 +1,5 @@
-"""Cross-validated transfer studies: the statistics, the folds, the report, resume, and every bad input.
+"""Cross-validated transfer studies: the statistics, the folds, the report, resume, and every bad input
+(classification, and text_regression with its own metrics, folds and direction).
 
 Models are tiny (timm test_resnet at 16 px, a 2-layer BERT 32 wide), data a few dozen examples,
 one epoch: these tests check the machinery, not the science (the demo and the negative-transfer
@@ -22,6 +23,7 @@ from hftl.errors import ConfigError, DataError
 from hftl.study import (
     budget_subset,
     compare_paired,
+    higher_is_better,
     load_study_config,
     make_folds,
     run_study,
@@ -29,6 +31,7 @@ from hftl.study import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+TOPICS = REPO / "hftl" / "demo_data" / "topics.jsonl"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REAL_TRAIN = api.train
 
@@ -54,6 +57,26 @@ def tiny_study(out: Path, **study) -> dict:
         "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 12, "output_dir": str(out),
                   **study},
     }
+
+
+def tiny_bert(folder: Path, texts: list[str]) -> Path:
+    """A 2-layer BERT 32 wide, randomly initialised, with a word-level tokenizer of ``texts``, saved to ``folder``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def topic_rows() -> list[dict]:
+    return [json.loads(line) for line in TOPICS.read_text().splitlines()]
 
 
 class CountTrainings:
@@ -294,21 +317,10 @@ def test_too_few_examples_for_the_folds_uses_fewer_folds_and_says_so(tmp_path):
 
 
 def test_text_study_runs_through_the_same_machinery(tmp_path):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    topics = REPO / "hftl" / "demo_data" / "topics.jsonl"
-    words = sorted({w for line in topics.read_text().splitlines()
-                    for w in re.findall(r"[a-z]+", json.loads(line)["text"].lower())})
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
-    bert.save_pretrained(tmp_path / "bert")
-    tokenizer.save_pretrained(tmp_path / "bert")
+    bert = tiny_bert(tmp_path / "bert", [r["text"] for r in topic_rows()])
     cfg = {
-        "base": {"task": "text_classification", "model": {"id": str(tmp_path / "bert")},
-                 "data": {"id": str(topics), "max_length": 24},
+        "base": {"task": "text_classification", "model": {"id": str(bert)},
+                 "data": {"id": str(TOPICS), "max_length": 24},
                  "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.001,
                            "progress": False}},
         "study": {"arms": ["scratch", "linear_probe"], "folds": 2, "max_examples": 16,
@@ -328,3 +340,110 @@ def test_shipped_study_configs_are_valid():
     for path in paths:
         cfg = load_study_config(path)
         assert cfg.study.baseline in [a.name for a in cfg.arms] and len(cfg.arms) >= 2
+
+
+# ------------------------------------------------------------------------------------------ regression
+
+TOPIC_SCORE = {"sport": 0.0, "food": 1.0, "weather": 2.0, "technology": 3.0}
+
+
+def regression_study(out: Path, model: Path, data: Path, **study) -> dict:
+    """A text_regression study: a tiny BERT predicts a real-valued score of each sentence, one epoch per fold."""
+    return {
+        "base": {"task": "text_regression", "model": {"id": str(model)},
+                 "data": {"id": str(data), "label_column": "score", "max_length": 24},
+                 "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.001,
+                           "progress": False}},
+        "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 24, "output_dir": str(out), **study},
+    }
+
+
+def test_regression_folds_are_plain_seeded_kfold():
+    from sklearn.model_selection import KFold
+
+    targets = np.linspace(0.0, 1.0, 9)  # every value once: stratified folds could not split these
+    folds, note = make_folds(targets, 3, seed=0, regression=True)
+    assert note == "" and len(folds) == 3
+    expected = [(sorted(tr.tolist()), sorted(va.tolist()))
+                for tr, va in KFold(3, shuffle=True, random_state=0).split(targets)]
+    assert folds == expected
+    assert sorted(i for _, va in folds for i in va) == list(range(9))  # every example held out exactly once
+    assert make_folds(targets, 3, seed=1, regression=True)[0] != folds
+    with pytest.raises(DataError, match="5 examples are too few for study.folds=3"):
+        make_folds(targets[:5], 3, seed=0, regression=True)
+
+
+def test_regression_verdicts_follow_the_metrics_direction():
+    # Known numbers: the arm's MSE is lower on every fold, its Pearson r higher. Both are positive transfer.
+    arm_mse, base_mse = [0.10, 0.12, 0.11, 0.13, 0.10], [0.30, 0.31, 0.29, 0.33, 0.30]
+    c = compare_paired(arm_mse, base_mse, higher_is_better=higher_is_better("mse"), metric="mse")
+    assert c.verdict == "positive transfer" and c.mean_diff == pytest.approx(-0.194) and c.ci_high < 0
+    c = compare_paired([0.8, 0.7, 0.9, 0.85, 0.75], [0.5, 0.45, 0.6, 0.5, 0.4],
+                       higher_is_better=higher_is_better("pearson"), metric="pearson")
+    assert c.verdict == "positive transfer" and c.mean_diff == pytest.approx(0.31)
+    # A higher MSE is worse: the same numbers the other way round are negative transfer.
+    assert compare_paired(base_mse, arm_mse, higher_is_better=higher_is_better("mse")).verdict == "negative transfer"
+    assert [higher_is_better(m) for m in ("mse", "mae", "loss", "pearson", "accuracy")] == [
+        False, False, False, True, True]
+
+
+def test_regression_study_metrics(tmp_path):
+    data = tmp_path / "d.csv"
+    cfg = regression_study(tmp_path / "out", tmp_path / "bert", data)
+    assert study_config_from_dict(cfg).study.metric == "mse"  # the task's headline metric, not accuracy
+    for metric in ("mae", "pearson", "loss"):
+        assert study_config_from_dict(regression_study(tmp_path, tmp_path, data, metric=metric)).study.metric == metric
+    with pytest.raises(ConfigError, match=r"study.metric 'accuracy' is not computed.*mse, mae, pearson, loss"):
+        study_config_from_dict(regression_study(tmp_path, tmp_path, data, metric="accuracy"))
+
+
+@pytest.fixture(scope="module")
+def finished_regression_study(tmp_path_factory):
+    """Two arms, two label budgets, two folds on 24 sentences scored by topic (and a little by length)."""
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("regression")
+    rows = topic_rows()
+    data = folder / "scores.csv"
+    pd.DataFrame({"text": [r["text"] for r in rows],
+                  "score": [TOPIC_SCORE[r["label"]] + len(r["text"].split()) / 100 for r in rows]}).to_csv(data,
+                                                                                                           index=False)
+    bert = tiny_bert(folder / "bert", [r["text"] for r in rows])
+    out = folder / "study"
+    return run_study(regression_study(out, bert, data, label_budgets=[0.5, 1.0])), out
+
+
+def test_regression_study_end_to_end(finished_regression_study):
+    report, out = finished_regression_study
+    data = json.loads((out / "study.json").read_text())
+    runs = data["runs"]
+    assert len(runs) == 2 * 2 * 2  # arms x budgets x folds
+    for r in runs:
+        assert set(r["metrics"]) >= {"mse", "mae", "pearson", "loss"} and "accuracy" not in r["metrics"]
+        assert r["metrics"]["mse"] >= 0 and -1 <= r["metrics"]["pearson"] <= 1
+        assert r["num_validation"] == 12 and r["num_train"] == (12 if r["budget"] == 1.0 else 6)  # KFold; ceil(0.5 n)
+    assert data["n_examples"] == 24 and data["task"] == "text_regression" and data["metric"] == "mse"
+    assert data["higher_is_better"] is False and data["label_names"] == ["score"]
+    assert sorted(report.scores["finetune"]["b1"]["pearson"]) == sorted(
+        r["metrics"]["pearson"] for r in runs if r["arm"] == "finetune" and r["budget"] == 1.0)
+
+    # Lower MSE is better: the winner is the arm with the lowest mean, and its saved fold its lowest fold.
+    means = {a: report.stats[a]["b1"]["mse"]["mean"] for a in report.arms}
+    assert report.winner == min(means, key=means.get)
+    winner_mse = report.scores[report.winner]["b1"]["mse"]
+    assert report.winner_fold == int(np.argmin(winner_mse))
+    c = report.comparisons["finetune"]["b1"]
+    assert c.metric == "mse" and c.mean_diff == pytest.approx(means["finetune"] - means["scratch"])
+    assert c.verdict == "no significant difference" or (c.verdict == "positive transfer") == (c.mean_diff < 0)
+
+    md = (out / "report.md").read_text()
+    assert "| arm | strategy | MSE | MAE | Pearson r | loss | Δ mse vs scratch" in md
+    assert "| MSE | MAE | Pearson r | loss | seconds |" in md  # every fold's numbers
+    assert "accuracy" not in md and "F1" not in md and "classes" not in md
+    assert "Lower mse is better." in md and "lowest mean mse" in md
+    assert "scikit-learn KFold" in md and "target `score`" in md and "(6 examples)" in md
+    for name in ("metric_by_arm.png", "sample_efficiency.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    summary = report.summary()
+    assert "(target 'score')" in summary and "examples per fold" in summary and "mse (lower is better)" in summary
+    assert "| MSE | MAE | Pearson r | loss |" in (out / "model" / "README.md").read_text()
