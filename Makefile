@@ -1,10 +1,11 @@
-# `make demo` and `make test` each set everything up on a fresh machine: .venv, the package, FFmpeg.
+# `make demo` and `make test` each set everything up on a fresh machine: .venv and the package.
+# (Audio decodes with soundfile, whose wheels bundle libsndfile: no system packages are needed.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean system-deps
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,19 +16,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev,demo]"
 	touch $(STAMP)
 
-# FFmpeg's shared libraries serve audio decoding (datasets.Audio / torchcodec); best effort without root.
-system-deps:
-	@if ! ldconfig -p 2>/dev/null | grep -q libavcodec; then \
-	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
-	      || echo "warning: could not install ffmpeg (audio decoding will be unavailable)"; \
-	  else echo "note: ffmpeg not found; install it for audio (apt-get install ffmpeg)"; fi; \
-	fi
-
 demo: $(STAMP)
 	$(BIN)/hftl demo
 
-test: $(STAMP) system-deps
+test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -36,8 +28,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check hftl tests recipes benchmarks
 
+# Each prints ratios measured side by side in one run (see benchmarks/README.md); ~10-20 min in all.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_vision.py
+	$(BIN)/python benchmarks/vision_probe.py
+	$(BIN)/python benchmarks/loop.py
+	$(BIN)/python benchmarks/flops.py
+	$(BIN)/python benchmarks/text.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

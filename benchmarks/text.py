@@ -206,8 +206,9 @@ def cached_probe(s: dict) -> None:
     def cached(tag: str) -> float:
         model.head.load_state_dict(head_init)
         with C.Timer() as t:
-            tr_x, tr_y, _ = cached_features(model, train_ds, data.fingerprint, "train", progress=False)
-            va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", progress=False)
+            fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
+            tr_x, tr_y, _ = cached_features(model, train_ds, data.fingerprint, "train", progress=False, fingerprint=fingerprint)
+            va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", progress=False, fingerprint=fingerprint)
             fit(HeadOnly(model.head), strategy, FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None,
                 cfg.train, C.SCRATCH / f"probe-cached-{tag}", epochs=epochs)
         return t.seconds

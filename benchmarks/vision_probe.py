@@ -66,8 +66,9 @@ def main() -> None:
     def cached(tag: str) -> float:
         fresh_head()
         with C.Timer() as t:
-            tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", progress=False)
-            va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", progress=False)
+            fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
+            tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", progress=False, fingerprint=fingerprint)
+            va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", progress=False, fingerprint=fingerprint)
             Trainer(cfg, HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y),
                     output_dir=C.SCRATCH / f"cached-{tag}", strategy=strategy).fit()
         return t.seconds

@@ -68,12 +68,16 @@ def _check_output_dir(cfg: Config) -> None:
 
 
 def build_datasets(cfg: Config, model, data: LabelledData):
-    """Torch datasets for the task (images: transforms from the backbone's pretrained config)."""
+    """Torch datasets for the task (images: the backbone's transforms; audio: its feature extractor; text: its tokenizer)."""
     if cfg.task == "image_classification":
         train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
                              random=cfg.data.augment)
         validation = ImageDataset(data.validation, model.transform(train=False), cfg.train.seed, random=False)
         return train, validation, None
+    if cfg.task == "audio_classification":
+        from hftl.audio import build_audio_datasets
+
+        return build_audio_datasets(cfg, model, data)
     from hftl.tasks import build_text_datasets
 
     return build_text_datasets(cfg, model, data)
@@ -138,15 +142,18 @@ def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds):
 
     from hftl.features import FeatureDataset, HeadOnly, cached_features
 
-    if cfg.data.augment:
-        logger.info("linear_probe caches features of the un-augmented images (augmentation would defeat the cache)")
+    if cfg.data.augment and cfg.task in ("image_classification", "audio_classification"):
+        logger.info("linear_probe caches features of the un-augmented inputs (augmentation would defeat the cache)")
     # The cached features are those of the eval transform: a random crop per epoch cannot be cached.
-    plain_train = ImageDataset(data.train, model.transform(train=False), cfg.train.seed, random=False) \
-        if cfg.task == "image_classification" else train_ds
+    if cfg.task == "image_classification":
+        plain_train = ImageDataset(data.train, model.transform(train=False), cfg.train.seed, random=False)
+    else:  # audio: clips cropped at the start, not at a random window
+        plain_train = train_ds.without_augmentation() if hasattr(train_ds, "without_augmentation") else train_ds
     state = PartialState()
     with state.main_process_first():  # rank 0 fills the cache; the others then read it
-        tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress)
-        va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress)
+        fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
+        tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress, fingerprint=fingerprint)
+        va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress, fingerprint=fingerprint)
     return HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None
 
 
@@ -154,6 +161,12 @@ def peak_memory_mb() -> float:
     """Peak resident memory of this process (CPU) or peak allocated (CUDA), in MiB."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:  # Linux: this process's own high-water mark (ru_maxrss carries a larger parent's over fork and exec)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
@@ -246,7 +259,7 @@ def _load_images(paths: list[str | Path], transform) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) for each input: image paths for vision models, strings for text.
+    """Top-k (label, probability) for each input: image or audio file paths, or strings for text.
 
     A text_regression model gives one pair per input: (its target's name, the predicted value).
 
@@ -261,6 +274,11 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
                           "(causal LMs), or fine-tune it for classification first (task text_classification).")
     if model.modality == "image":
         batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
+    elif model.modality == "audio":
+        from hftl.audio import fit_length, read_audio
+
+        rate, seconds = model.sampling_rate, model.max_duration or 10.0
+        batch = model.encode_audio([fit_length(read_audio(p, rate), int(seconds * rate)) for p in inputs])
     else:
         batch = model.encode_texts(list(inputs))
     logits = model(batch).float()

@@ -31,11 +31,14 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
-                 "text_regression": "text-classification", "causal_lm": "text-generation", "masked_lm": "fill-mask"}
+                 "text_regression": "text-classification", "audio_classification": "audio-classification",
+                 "causal_lm": "text-generation", "masked_lm": "fill-mask"}
 TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
-              "text_regression": "Text Regression", "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
+              "text_regression": "Text Regression", "audio_classification": "Audio Classification",
+              "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
 AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification",
-                "text_regression": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM",
+                "text_regression": "AutoModelForSequenceClassification",
+                "audio_classification": "AutoModelForAudioClassification", "causal_lm": "AutoModelForCausalLM",
                 "masked_lm": "AutoModelForMaskedLM"}
 # Our metric names -> the Hub's metric ids (the ids of huggingface/evaluate's metrics).
 HUB_METRICS = {"accuracy": "accuracy", "f1": "f1", "perplexity": "perplexity", "mse": "mse", "mae": "mae",
@@ -181,7 +184,7 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
             auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
             where = base or meta.get("base_model", "<base folder>")
             pinned = f", revision=\"{commit}\"" if base and commit else ""
-            labels = f", num_labels={n}" if task in ("text_classification", "text_regression") and n else ""
+            labels = f", num_labels={n}" if task in ("text_classification", "text_regression", "audio_classification") and n else ""
             peft = [f"from transformers import {auto}", "from peft import PeftModel", "",
                     f"base = {auto}.from_pretrained(\"{where}\"{pinned}{labels})", *peft]
         lines += ["", "# Or with peft directly, on the base model:" if base else
@@ -196,6 +199,11 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
                   "# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
     else:
         auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+        if task == "audio_classification":
+            lines += ["from transformers import pipeline", "",
+                      f"classifier = pipeline(\"audio-classification\", model=\"{repo}\"{rev})",
+                      "# classifier(\"clip.wav\")  -> [{'label': ..., 'score': ...}, ...]"]
+            return "\n".join(lines)
         lines += [f"from transformers import AutoTokenizer, {auto}", "",
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\"{rev})",
                   f"model = {auto}.from_pretrained(\"{repo}\"{rev}).eval()"]
@@ -211,7 +219,8 @@ def usage_block(library: str, task: str, repo: str, is_adapter: bool, revision: 
                 meta: dict | None = None) -> str:
     """The marked "how to use" block of a card: the snippet and the hftl command line."""
     code = usage_snippet(library, task, repo, is_adapter, revision, meta)
-    inputs = "image.png" if library == "timm" or task == "image_classification" else "\"some text\""
+    inputs = "image.png" if library == "timm" or task == "image_classification" else \
+        "clip.wav" if task == "audio_classification" else "\"some text\""
     rev = f" --revision {revision}" if revision else ""
     cli = "hftl generate" if task == "causal_lm" else "hftl predict"
     arg = "\"Once upon a time\"" if task == "causal_lm" else inputs

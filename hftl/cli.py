@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="Top-k labels for images or texts (the value, for text regression).")
     pr.add_argument("model", help="output folder of a run")
-    pr.add_argument("inputs", nargs="+", help="image files (vision) or texts (text models)")
+    pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
     pr.add_argument("--top-k", type=int, default=3)
 
     ev = sub.add_parser("eval", help="Metrics of a trained model on data (perplexity for language models).")

@@ -53,13 +53,15 @@ class DataConfig:
     id: str = _f(
         "builtin:digits",
         "Data to train on: builtin:digits, a Hub dataset id, a local image folder (one subfolder per "
-        "class), a CSV file of paths and labels; text tasks: a CSV/JSON-lines file, or a folder of data files "
-        "named by split (train.jsonl, validation.jsonl).",
+        "class; audio: of clips), a CSV file of paths and labels; text tasks: a CSV/JSON-lines file, or a folder "
+        "of data files named by split (train.jsonl, validation.jsonl).",
     )
     revision: str | None = _f(None, "Hub dataset revision.")
+    config_name: str | None = _f(None, "Hub dataset configuration (subset), e.g. v0.02 for google/speech_commands.")
     image_column: str = _f("image", "Column holding the image (or its path, for CSV files).")
     text_column: str = _f("text", "Column holding the text (text tasks).")
     text_pair_column: str | None = _f(None, "Second text column for pair tasks (text tasks).")
+    audio_column: str = _f("audio", "Column holding the audio (a Hub Audio column, or file paths in a CSV).")
     label_column: str = _f("label", "Column holding the class label (text_regression: the number to predict).")
     train_split: str = _f("train", "Split to train on.")
     validation_split: str | None = _f(
@@ -73,6 +75,7 @@ class DataConfig:
     augment: bool = _f(True, "Random train-time augmentation (timm's train transform).")
     max_length: int = _f(128, "Text: maximum tokens per example (longer texts are truncated).")
     block_size: int = _f(128, "Causal LM: tokens per packed training block.")
+    max_duration: float = _f(10.0, "Audio: seconds per clip; longer clips are cropped (a random window when augment).")
     num_workers: int = _f(0, "DataLoader worker processes.")
 
 
@@ -92,6 +95,8 @@ class StrategyConfig:
     lora_dropout: float = _f(0.0, "lora: dropout on the adapter input.")
     lora_target_modules: list = _f([], "lora: module names to adapt; empty picks defaults for the backbone.")
     merge_lora: bool = _f(False, "lora: also save the adapter merged into the base weights.")
+    freeze_feature_encoder: bool = _f(
+        True, "audio (wav2vec2, HuBERT, WavLM): keep the pretrained convolutional feature encoder frozen.")
 
 
 @dataclass
@@ -131,8 +136,8 @@ class HubConfig:
 class Config:
     task: str = _f(
         "image_classification",
-        "image_classification, text_classification, text_regression (one real-valued output, MSE loss), causal_lm, "
-        "or masked_lm (domain-adaptive pretraining of an encoder on unlabelled text).",
+        "image_classification, text_classification, text_regression (one real-valued output, MSE loss), "
+        "audio_classification, causal_lm, or masked_lm (domain-adaptive pretraining of an encoder on unlabelled text).",
     )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
@@ -145,10 +150,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("image_classification", "text_classification", "text_regression", "causal_lm", "masked_lm")
+TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification", "causal_lm",
+         "masked_lm")
 # The metrics each task's evaluation computes (train.metric must be one of them).
 TASK_METRICS = {"image_classification": ("accuracy", "f1"), "text_classification": ("accuracy", "f1"),
-                "text_regression": ("mse", "mae", "pearson"), "causal_lm": ("perplexity",),
+                "text_regression": ("mse", "mae", "pearson"), "audio_classification": ("accuracy", "f1"),
+                "causal_lm": ("perplexity",),
                 "masked_lm": ("perplexity",)}
 STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
 

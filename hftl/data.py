@@ -108,30 +108,44 @@ def _image_folder(root: Path):
     return paths, labels, classes, corrupt
 
 
-def _csv_images(path: Path, cfg: DataConfig):
+def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
+    """(paths, labels, names, unreadable count) from a CSV of file paths (relative to it) and labels."""
     import pandas as pd
 
     table = pd.read_csv(path)
-    for column in (cfg.image_column, cfg.label_column):
-        if column not in table.columns:
+    for name in (column, cfg.label_column):
+        if name not in table.columns:
             raise DataError(
-                f"Column '{column}' is not in '{path}'. Its columns are: {', '.join(map(str, table.columns))}. "
-                f"Set data.image_column / data.label_column."
+                f"Column '{name}' is not in '{path}'. Its columns are: {', '.join(map(str, table.columns))}. "
+                f"Set data.{kind}_column / data.label_column."
             )
     paths, raw_labels, corrupt = [], [], 0
-    for file, label in zip(table[cfg.image_column], table[cfg.label_column]):
+    for file, label in zip(table[column], table[cfg.label_column]):
         full = (path.parent / str(file)).resolve()
-        if not full.is_file() or not _verify_image(full):
-            logger.warning("Skipping missing or corrupt image %s", full)
+        if not full.is_file() or not readable(full):
+            logger.warning("Skipping missing or unreadable %s file %s", kind, full)
             corrupt += 1
             continue
         paths.append(str(full))
         raw_labels.append(label)
     if not paths:
-        raise DataError(f"'{path}' lists no readable images ({corrupt} missing or corrupt).")
+        raise DataError(f"'{path}' lists no readable {kind} files ({corrupt} missing or unreadable).")
     names = sorted({str(v) for v in raw_labels})
     index = {n: i for i, n in enumerate(names)}
     return paths, [index[str(v)] for v in raw_labels], names, corrupt
+
+
+DATA_FILE_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
+
+
+def _is_class_folder(path: Path) -> bool:
+    """A folder of class subfolders (audio clips), not a folder of data files that ``datasets`` reads by split."""
+    if not path.is_dir():
+        return False
+    top = [p for p in path.iterdir() if not p.name.startswith(".")]
+    data_dir = path / "data"
+    return not any(p.suffix.lower() in DATA_FILE_SUFFIXES for p in top) and not (
+        data_dir.is_dir() and any(p.suffix.lower() in DATA_FILE_SUFFIXES for p in data_dir.iterdir()))
 
 
 def _file_fingerprint(paths: list[str]) -> str:
@@ -206,11 +220,20 @@ def _labels_for(ds, column: str, regression: bool, names: list[str] | None = Non
     return _numeric_labels(ds, column) if regression else _encode_labels(ds, column, names)
 
 
+def _encoded_audio(ds, column: str):
+    """The audio column as ``audio``, left encoded (hftl.audio decodes it with soundfile, not FFmpeg)."""
+    import datasets
+
+    if isinstance(ds.features[column], datasets.Audio):
+        ds = ds.cast_column(column, datasets.Audio(decode=False))
+    return ds.rename_column(column, "audio") if column != "audio" else ds
+
+
 def _hub_dataset(cfg: DataConfig):
     import datasets
 
     try:
-        return datasets.load_dataset(cfg.id, revision=cfg.revision)
+        return datasets.load_dataset(cfg.id, cfg.config_name, revision=cfg.revision)
     except FileNotFoundError as e:
         raise DataError(f"Dataset '{cfg.id}' was not found (as a local path or on the Hub): {e}") from e
     except (ConnectionError, OSError) as e:
@@ -273,13 +296,28 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         fingerprint = f"builtin:{name}:v1"
+    elif task == "audio_classification" and (Path(cfg.id).suffix.lower() == ".csv" or _is_class_folder(Path(cfg.id))):
+        from hftl.audio import audio_folder, is_readable_audio
+
+        path = Path(cfg.id)
+        if not path.exists():
+            raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
+        paths, labels, names, bad = _csv_files(path, cfg, cfg.audio_column, is_readable_audio, "audio") \
+            if path.is_file() else audio_folder(path)
+        if bad:
+            skipped["unreadable or missing audio"] = bad
+        full = datasets.Dataset.from_dict({"audio": paths, "label": labels},
+                                          features=datasets.Features({"audio": datasets.Value("string"),
+                                                                      "label": datasets.Value("int64")}))
+        fingerprint = _file_fingerprint(paths)
     elif task != "image_classification" and Path(cfg.id).suffix.lower() in (".csv", ".jsonl", ".json", ".txt"):
         return _load_text_table(cfg, Path(cfg.id), seed, task)
     elif Path(cfg.id).suffix.lower() == ".csv" or (task == "image_classification" and Path(cfg.id).is_dir()):
         path = Path(cfg.id)
         if path.suffix.lower() == ".csv" and not path.is_file():
             raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
-        paths, labels, names, corrupt = _csv_images(path, cfg) if path.is_file() else _image_folder(path)
+        paths, labels, names, corrupt = _csv_files(path, cfg, cfg.image_column, _verify_image, "image") \
+            if path.is_file() else _image_folder(path)
         if corrupt:
             skipped["corrupt or missing image"] = corrupt
         full = datasets.Dataset.from_dict(
@@ -307,6 +345,9 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
             full = full.rename_column(cfg.image_column, "image")
             if validation is not None:
                 validation = validation.rename_column(cfg.image_column, "image")
+        if task == "audio_classification":
+            full = _encoded_audio(full, cfg.audio_column)
+            validation = _encoded_audio(validation, cfg.audio_column) if validation is not None else None
     return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped, regression)
 
 
@@ -341,11 +382,13 @@ def _check_columns(ds, cfg: DataConfig, task: str) -> None:
         needed.append(cfg.image_column)
     elif task in ("text_classification", "text_regression"):
         needed += [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    elif task == "audio_classification":
+        needed.append(cfg.audio_column)
     for column in needed:
         if column not in ds.column_names:
             raise DataError(
                 f"Column '{column}' is not in data '{cfg.id}'. Its columns are: {', '.join(ds.column_names)}. "
-                "Set data.image_column / data.text_column / data.label_column."
+                "Set data.image_column / data.text_column / data.audio_column / data.label_column."
             )
 
 

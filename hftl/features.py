@@ -6,7 +6,8 @@ split). Change any of them and the key changes, so a stale cache is never served
 safetensors, written to a temporary name and renamed into place.
 
 Example:
-    >>> feats, labels = cached_features(model, dataset, data_key="abc")  # doctest: +SKIP
+    >>> fingerprint = model.fingerprint()  # doctest: +SKIP
+    >>> feats, labels, hit = cached_features(model, dataset, "abc", "train", fingerprint=fingerprint)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -48,11 +49,16 @@ def compute_features(model, dataset, batch_size: int = 64, progress: bool = True
     return torch.cat(feats), torch.cat(labels)
 
 
-def cached_features(model, dataset, data_key: str, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Features for ``dataset`` from the cache, or computed and stored; returns (features, labels, hit)."""
+def cached_features(model, dataset, data_key: str, split: str, progress: bool = True, *,
+                    fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Features for ``dataset`` from the cache, or computed and stored; returns (features, labels, hit).
+
+    ``fingerprint``: ``model.fingerprint()`` if the caller has it. It hashes every backbone weight, so a
+    caller caching several splits of one model computes it once and passes it to each call.
+    """
     from safetensors.torch import load_file, save_file
 
-    key = feature_key(model.fingerprint(), data_key, split)
+    key = feature_key(fingerprint or model.fingerprint(), data_key, split)
     path = cache_dir() / f"{key}.safetensors"
     if path.is_file():
         stored = load_file(str(path))

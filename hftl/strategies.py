@@ -44,7 +44,15 @@ class Strategy:
     def prepare(self, model: TransferModel) -> TransferModel:
         for p in model.parameters():
             p.requires_grad_(True)
+        _freeze_fixed(model, self)
         return model
+
+    def fixed_parameter_names(self, model: TransferModel) -> set[str]:
+        """Parameters no schedule thaws: a pretrained audio model's convolutional feature encoder."""
+        if self.name == "scratch" or not self.cfg.freeze_feature_encoder:
+            return set()
+        names = getattr(model, "feature_encoder_parameter_names", None)
+        return names() if names else set()
 
     def group_lrs(self, num_groups: int, lr: float, backbone_scale: float) -> list[float]:
         """Learning rate per backbone group, input first; layer_decay shrinks it with depth."""
@@ -53,8 +61,9 @@ class Strategy:
 
     def param_groups(self, model: TransferModel, lr: float, weight_decay: float,
                      backbone_scale: float = 1.0) -> list[dict]:
-        named = dict(model.net.named_parameters())
-        layer_groups = model.layer_groups()
+        fixed = self.fixed_parameter_names(model)
+        named = {n: p for n, p in model.net.named_parameters() if n not in fixed}
+        layer_groups = [g for g in ([n for n in names if n in named] for names in model.layer_groups()) if g]
         lrs = self.group_lrs(len(layer_groups), lr, backbone_scale)
         groups, self.lr_table = [], []
         for i, (names, group_lr) in enumerate(zip(layer_groups, lrs)):
@@ -85,9 +94,16 @@ class Scratch(Strategy):
     name = "scratch"
 
 
-def _set_trainable(model: TransferModel, frozen: list[int]) -> None:
+def _freeze_fixed(model: TransferModel, strategy: Strategy) -> None:
+    fixed = strategy.fixed_parameter_names(model)
+    for name, p in model.net.named_parameters():
+        if name in fixed:
+            p.requires_grad_(False)
+
+
+def _set_trainable(model: TransferModel, frozen: list[int], strategy: Strategy) -> None:
     groups = model.layer_groups()
-    frozen_names = {n for i in frozen for n in groups[i]}
+    frozen_names = {n for i in frozen for n in groups[i]} | strategy.fixed_parameter_names(model)
     for name, p in model.net.named_parameters():
         p.requires_grad_(name not in frozen_names)
 
@@ -101,7 +117,7 @@ class Partial(Strategy):
         n = len(model.layer_groups())
         if not 0 <= self.cfg.frozen_groups <= n:
             raise ConfigError(f"strategy.frozen_groups must be between 0 and {n} for this backbone.")
-        _set_trainable(model, self.frozen_groups(model))
+        _set_trainable(model, self.frozen_groups(model), self)
         return model
 
     def frozen_groups(self, model: TransferModel, epoch: int | None = None) -> list[int]:
@@ -132,7 +148,7 @@ class GradualUnfreeze(Strategy):
 
     def on_epoch_start(self, model, epoch):
         self._epoch = epoch
-        _set_trainable(model, self.frozen_groups(model, epoch))
+        _set_trainable(model, self.frozen_groups(model, epoch), self)
 
     def describe(self, model):
         info = super().describe(model)

@@ -83,7 +83,7 @@ logger = logging.getLogger(__name__)
 
 TESTS = ("t", "corrected_t", "wilcoxon")
 VERDICTS = ("positive transfer", "no significant difference", "negative transfer")
-STUDY_TASKS = ("image_classification", "text_classification", "text_regression")
+STUDY_TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification")
 PRETRAIN_PREFIX = "pretrain:"
 # What a fold's run folder keeps once its weights are no longer needed (the record holds the numbers).
 KEEP_LIGHT = {"metrics.json", "log.jsonl", "hftl_config.yaml"}

@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -108,10 +109,11 @@ class Trainer:
         self.run_config = run_config or {}
         self.history: list[dict] = []
         self.global_step = 0
+        self._log_file = None  # log.jsonl, opened once per fit
 
     # ------------------------------------------------------------------------------ set-up
     def _accelerator(self):
-        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
         from accelerate.utils import ProjectConfiguration
 
         cfg = self.cfg
@@ -144,6 +146,10 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             # A seedable sampler makes each epoch's order a function of (seed, epoch): exact resume.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            # Models that skip parameters at random in training (wav2vec2's LayerDrop, SpecAugment's mask
+            # embedding) need DDP to look for unused ones, or the ranks' gradient all-reduces fall out of step.
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=bool(getattr(self.model, "ddp_find_unused_parameters", False)))],
         )
 
     def _loader(self, dataset, shuffle: bool):
@@ -165,6 +171,9 @@ class Trainer:
         acc = self._accelerator()
         self.accelerator = acc
         set_seed(cfg.seed)
+        self.history, self.global_step = [], 0  # each fit trains cfg.epochs afresh (resume restores both)
+        # A model trained before (by an earlier fit) still carries Accelerate's marks: prepare() would skip it.
+        self.model = _release(self.model)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         groups = self.strategy.param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale) \
@@ -176,12 +185,13 @@ class Trainer:
         eval_dl = self._loader(self.eval_dataset, shuffle=False)
         model, optimizer, train_dl, eval_dl = acc.prepare(self.model, optimizer, train_dl, eval_dl)
         self._prepared = model
+        stepper = _plain_optimizer(acc, optimizer)
         if cfg.compile:
             model = torch.compile(model)
         steps_per_epoch = math.ceil(len(train_dl) / self.grad_accum)
         total_steps = steps_per_epoch * cfg.epochs
         # Stepped by hand once per optimizer step (not prepared): counts are then the same on any world size.
-        scheduler = make_scheduler(optimizer, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
+        scheduler = make_scheduler(stepper, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
         acc.register_for_checkpointing(scheduler)
 
         start_epoch, skip_batches = 0, 0
@@ -197,6 +207,36 @@ class Trainer:
         progress = tqdm(total=total_steps, initial=self.global_step, desc="train", unit="step",
                         disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
         started = time.perf_counter()
+        try:
+            metrics = self._epochs(acc, model, stepper, scheduler, train_dl, eval_dl, start_epoch, skip_batches,
+                                   progress)
+        finally:
+            progress.close()
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+        self.train_seconds = time.perf_counter() - started
+        # The plain module again: no autocast forward or compile wrapper left from this run's settings.
+        self.model = _release(model)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)  # what save_pretrained/safetensors expect
+        # Each rank's weights, summarised: DDP must leave them identical (recorded in metrics.json).
+        total, squares = 0.0, 0.0
+        for p in self.model.parameters():  # one parameter at a time: no float64 copy of the whole model
+            value = p.detach().double()
+            total += value.sum().item()
+            squares += (value * value).sum().item()
+        summary = torch.tensor([[total, squares]], dtype=torch.float64, device=acc.device)
+        self.world_size = acc.num_processes
+        self.rank_checksums = acc.gather(summary).cpu().tolist()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return metrics
+
+    def _epochs(self, acc, model, optimizer, scheduler, train_dl, eval_dl, start_epoch: int, skip_batches: int,
+                progress) -> dict:
+        """The epochs of one fit; returns the last evaluation's metrics."""
+        cfg = self.cfg
         metrics: dict = {}
         for epoch in range(start_epoch, cfg.epochs):
             if self.strategy:
@@ -213,22 +253,22 @@ class Trainer:
                 with acc.accumulate(model):
                     logits = model(batch)
                     loss = self.loss_fn(logits, batch)
-                    self._check_finite(acc, loss, "loss", epoch)
+                    running += self._loss_value(acc, loss, epoch)
+                    seen += 1
                     acc.backward(loss)
                     if acc.sync_gradients:
                         norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
                             if cfg.max_grad_norm else None
                         if norm is not None:
                             self._check_finite(acc, norm, "gradient norm", epoch)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running += loss.detach().float().item()
-                seen += 1
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                 if acc.sync_gradients:
                     scheduler.step()
                     self.global_step += 1
+                    if not progress.disable:  # set_postfix costs ~25 us even on a disabled bar
+                        progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}", refresh=False)
                     progress.update(1)
-                    progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
                     self._log(acc, {"step": self.global_step, "epoch": epoch, "loss": running / seen,
                                     "lr": scheduler.get_last_lr()[-1]})
                     if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
@@ -240,22 +280,6 @@ class Trainer:
             self._log(acc, {"step": self.global_step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
             if not cfg.checkpoint_every or epoch == cfg.epochs - 1:
                 self._save_checkpoint(acc, epoch + 1, 0)
-        progress.close()
-        self.train_seconds = time.perf_counter() - started
-        self.model = acc.unwrap_model(model)
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.contiguous_format)  # what save_pretrained/safetensors expect
-        # Each rank's weights, summarised: DDP must leave them identical (recorded in metrics.json).
-        total, squares = 0.0, 0.0
-        for p in self.model.parameters():  # one parameter at a time: no float64 copy of the whole model
-            value = p.detach().double()
-            total += value.sum().item()
-            squares += (value * value).sum().item()
-        summary = torch.tensor([[total, squares]], dtype=torch.float64, device=acc.device)
-        self.world_size = acc.num_processes
-        self.rank_checksums = acc.gather(summary).cpu().tolist()
-        acc.wait_for_everyone()
-        acc.end_training()
         return metrics
 
     def evaluate(self, model, eval_dl) -> dict:
@@ -291,18 +315,36 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------ faults
+    def _loss_value(self, acc, loss: torch.Tensor, epoch: int) -> float:
+        """The loss as a number for the running mean, after stopping the run if it is NaN/inf anywhere."""
+        if acc.num_processes > 1:  # every process must stop together: the check is reduced over all of them
+            self._check_finite(acc, loss, "loss", epoch)
+            return loss.detach().float().item()
+        value = loss.detach().float().item()  # one host sync serves both the guard and the running loss
+        if not math.isfinite(value):
+            self._stop("loss", epoch)
+        return value
+
     def _check_finite(self, acc, value: torch.Tensor, what: str, epoch: int) -> None:
-        bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1)
         if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            last = self._last_checkpoint()
-            kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
-            raise NonFiniteLossError(
-                f"The {what} became NaN/inf at optimizer step {self.global_step} (epoch {epoch}); the run stopped "
-                f"before the weights were updated. {kept} Lower train.lr, keep train.max_grad_norm set, "
-                "or check the data for bad values."
-            )
+            # A NaN on one process stops all of them (one stopping alone would hang the others' next all-reduce).
+            bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1)
+            finite = acc.reduce(bad, reduction="sum").item() == 0
+        elif value.numel() == 1:  # the gradient norm: one sync, no reduction kernels
+            finite = math.isfinite(value.item())
+        else:
+            finite = bool(torch.isfinite(value.detach()).all())
+        if not finite:
+            self._stop(what, epoch)
+
+    def _stop(self, what: str, epoch: int) -> NoReturn:
+        last = self._last_checkpoint()
+        kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+        raise NonFiniteLossError(
+            f"The {what} became NaN/inf at optimizer step {self.global_step} (epoch {epoch}); the run stopped "
+            f"before the weights were updated. {kept} Lower train.lr, keep train.max_grad_norm set, "
+            "or check the data for bad values."
+        )
 
     def _last_checkpoint(self) -> Path | None:
         try:
@@ -351,9 +393,38 @@ class Trainer:
         if self.cfg.tracker != "none":
             acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         if acc.is_main_process:
-            row = {**row, "time": round(time.time(), 3)}
-            with open(self.output_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if self._log_file is None:  # closed at the end of fit; line-buffered: a killed run keeps every row
+                self._log_file = open(self.output_dir / "log.jsonl", "a", buffering=1)
+            self._log_file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+def _release(model: nn.Module) -> nn.Module:
+    """``model`` without what Accelerate attached to it (wrappers, autocast forward, the 'prepared' mark).
+
+    A model that keeps the mark is returned as is by the next ``prepare``: a second fit would then skip
+    device placement and keep the first fit's mixed-precision forward.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    model.__dict__.pop("_is_accelerate_prepared", None)
+    return model
+
+
+def _plain_optimizer(acc, optimizer):
+    """The optimizer to step: the wrapped one itself where Accelerate's wrapper adds nothing but cost.
+
+    Without a gradient scaler (fp16) or XLA, ``AcceleratedOptimizer`` only forwards step/zero_grad on
+    synchronising steps (the loop steps only then); its step looks up lomo_optim twice (importlib,
+    ~0.2 ms) and its zero_grad inspects a signature, on every call.
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.utils import DistributedType
+
+    if type(optimizer) is AcceleratedOptimizer and optimizer.scaler is None \
+            and acc.distributed_type != DistributedType.XLA:
+        return optimizer.optimizer
+    return optimizer
 
 
 def _channels_last(batch: dict) -> dict:

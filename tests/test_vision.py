@@ -240,6 +240,51 @@ def test_named_architectures_train_a_step(arch):
     assert losses[-1] < losses[0]
 
 
+class _InMemory(torch.utils.data.Dataset):
+    """Images and labels as hftl's datasets yield them."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+def test_second_fit_of_the_same_model_trains_in_its_own_precision(tmp_path):
+    """Two fits of one model object in a row (as probe-then-fine-tune does): bf16, then fp32.
+
+    The first fit used to leave Accelerate's 'prepared' mark and its autocast forward on the model, so the
+    second fit skipped prepare and silently ran in bf16.
+    """
+    from hftl.config import TrainConfig
+    from hftl.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    data = _InMemory(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 4, (64,), generator=g))
+    torch.manual_seed(0)
+    model = create_model("timm:test_resnet", ["a", "b", "c", "d"], image_size=32)
+    dtypes = []
+    model.head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    for run, precision in enumerate(("bf16", "no")):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(epochs=2, global_batch_size=16, per_device_batch_size=16, lr=0.01, progress=False,
+                          mixed_precision=precision)
+        dtypes.clear()
+        trainer = Trainer(cfg, model, data, data, output_dir=tmp_path / f"fit{run}")
+        trainer.fit()
+        assert trainer.model is model
+        assert set(dtypes) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
+        assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"], precision
+        assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), precision
+        dtypes.clear()
+        with torch.no_grad():
+            model({"pixel_values": data.images[:2]})
+        assert dtypes == [torch.float32]  # after training, the model runs in the precision it is called in
+
+
 def test_local_hub_layout_folder_as_source(tmp_path):
     """A folder in timm's Hub layout (as save_for_hf/push_to_hub write it) is a pretrained source."""
     from timm.models import save_for_hf

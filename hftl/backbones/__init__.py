@@ -43,6 +43,14 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
         if task == "text_regression":
             return TextClassifier.create(ref, label_names, pretrained=pretrained, problem_type="regression", **kwargs)
         return LanguageModel.create(ref, task, pretrained=pretrained, **kwargs)
+    if task == "audio_classification":
+        if ref.library != "transformers":
+            raise ConfigError(f"audio_classification reads transformers audio models; '{ref.describe()}' is a "
+                              f"{ref.library} model. Use a Hub id (facebook/wav2vec2-base, MIT/ast-finetuned-"
+                              "audioset-10-10-0.4593, openai/whisper-tiny) or a save_pretrained folder.")
+        from hftl.backbones.hf_audio import AudioClassifier
+
+        return AudioClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
     raise ConfigError(f"No backbone adapter for task '{task}' yet.")
 
 
@@ -65,7 +73,25 @@ def load_output(folder: str | Path) -> TransferModel:
 
         return TimmModel.from_output(folder)
     if library == "transformers":
+        if _is_audio_output(folder):
+            from hftl.backbones.hf_audio import AudioClassifier
+
+            return AudioClassifier.from_output(folder)
         from hftl.backbones.hf_text import load_transformers_output
 
         return load_transformers_output(folder)
     raise ConfigError(f"Loading {library} outputs is not supported yet ({folder}).")
+
+
+def _is_audio_output(folder: Path) -> bool:
+    """An audio classifier: hftl.json says so, or (a plain save_pretrained folder) transformers' audio table does."""
+    import json
+
+    meta = folder / "hftl.json"
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("task") == "audio_classification"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES as AUDIO
+
+    config = folder / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return model_type in AUDIO and (folder / "preprocessor_config.json").is_file()

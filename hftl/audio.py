@@ -1,0 +1,171 @@
+"""Audio in: decode, mix to mono, resample, crop, and batch clips for an audio model.
+
+Files are decoded with ``soundfile`` (libsndfile: WAV, FLAC, OGG/Vorbis, MP3, AIFF, ...) and
+resampled with a polyphase filter (scipy) to the rate the model's feature extractor expects, so
+a folder may mix rates and channel counts. Hub datasets with an ``Audio`` column are read as
+encoded bytes (``Audio(decode=False)``) and decoded the same way: no FFmpeg needed.
+
+Clips longer than ``data.max_duration`` seconds are cropped: a random window in training (drawn
+from (seed, epoch, index), so resumed runs and workers see the same crops), the start in
+evaluation. Clips shorter than the model's smallest input are padded with silence.
+
+Example:
+    >>> wave = read_audio("dog_bark.wav", sampling_rate=16000)  # doctest: +SKIP
+    >>> wave.dtype, wave.ndim  # doctest: +SKIP
+    (dtype('float32'), 1)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hftl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus"}
+MIN_SAMPLES = 800  # 50 ms at 16 kHz: wav2vec2's convolutions need 400 samples for one frame
+
+
+def read_audio(source, sampling_rate: int) -> np.ndarray:
+    """Decode a file path or encoded bytes to a mono float32 waveform at ``sampling_rate``.
+
+    Example:
+        >>> read_audio("clip.flac", 16000).shape  # doctest: +SKIP
+        (24000,)
+    """
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source),
+                             dtype="float32", always_2d=True)
+    except FileNotFoundError as e:
+        raise DataError(f"Audio file '{source}' does not exist.") from e
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError on bad data
+        name = "audio bytes" if isinstance(source, (bytes, bytearray)) else f"'{source}'"
+        raise DataError(f"{name} could not be decoded as audio: {e}") from e
+    wave = data.mean(axis=1)  # mono: the models take one channel
+    if rate != sampling_rate:
+        from scipy.signal import resample_poly
+
+        g = gcd(int(rate), int(sampling_rate))
+        wave = resample_poly(wave, sampling_rate // g, int(rate) // g).astype(np.float32)
+    if not np.isfinite(wave).all():
+        raise DataError(f"'{source}' decodes to NaN/inf samples.")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def fit_length(wave: np.ndarray, max_samples: int, start: int = 0) -> np.ndarray:
+    """Crop to ``max_samples`` from ``start``; pad with silence to the models' smallest input."""
+    wave = wave[start:start + max_samples]
+    return np.pad(wave, (0, MIN_SAMPLES - len(wave))) if len(wave) < MIN_SAMPLES else wave
+
+
+def is_readable_audio(path: Path) -> bool:
+    """Whether a file decodes in full (a header check misses truncated data)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return f.frames > 0 and len(f.read(dtype="float32")) > 0
+    except Exception:
+        return False
+
+
+def audio_folder(root: Path) -> tuple[list[str], list[int], list[str], int]:
+    """(paths, labels, class names, unreadable count) of a folder with one subfolder of clips per class."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"Audio folder '{root}' has no class subfolders. Expected one subfolder per class: "
+                        f"{root}/<class_name>/<audio files>.")
+    paths, labels, bad = [], [], 0
+    for index, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            if not is_readable_audio(path):
+                logger.warning("Skipping unreadable audio file %s", path)
+                bad += 1
+                continue
+            paths.append(str(path))
+            labels.append(index)
+    if not paths:
+        raise DataError(f"Audio folder '{root}' holds no readable audio ({bad} unreadable) in its class subfolders "
+                        f"({', '.join(classes)}). Supported extensions: {', '.join(sorted(AUDIO_EXTENSIONS))}.")
+    return paths, labels, classes, bad
+
+
+def audio_source(value):
+    """What ``read_audio`` takes, from a dataset cell: a path string, or an ``Audio(decode=False)`` dict."""
+    if isinstance(value, dict):
+        return value.get("bytes") or value.get("path")
+    return value
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Clips from a ``datasets.Dataset`` (``audio`` and ``label`` columns) as model-ready batches.
+
+    ``collate`` runs the model's feature extractor over a batch of waveforms (hftl.features uses it
+    for cached probes too). ``random`` crops long training clips at a seeded random offset.
+    """
+
+    def __init__(self, hf_dataset, model, max_duration: float, seed: int = 0, random: bool = False):
+        self.ds = hf_dataset
+        self.model = model
+        self.max_samples = max(MIN_SAMPLES, int(max_duration * model.sampling_rate))
+        self.seed, self.random, self.epoch = seed, random, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def without_augmentation(self) -> AudioDataset:
+        """The same clips, cropped at the start (what a feature cache may store)."""
+        return AudioDataset(self.ds, self.model, self.max_samples / self.model.sampling_rate, self.seed, random=False)
+
+    def waveform(self, index: int) -> np.ndarray:
+        row = self.ds[int(index)]
+        try:
+            wave = read_audio(audio_source(row["audio"]), self.model.sampling_rate)
+        except DataError as e:
+            raise DataError(f"Example {index}: {e}") from e
+        start = 0
+        if self.random and len(wave) > self.max_samples:
+            rng = random.Random(hash((self.seed, self.epoch, int(index))))
+            start = rng.randrange(len(wave) - self.max_samples + 1)
+        return fit_length(wave, self.max_samples, start)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"audio": self.waveform(index), "labels": self.ds[int(index)]["label"]}
+
+    def collate(self, examples: list[dict]) -> dict:
+        batch = self.model.encode_audio([e["audio"] for e in examples])
+        labels = [e["labels"] for e in examples]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+        return batch
+
+
+def build_audio_datasets(cfg, model, data):
+    """(train, validation, collate) for audio classification: decoded, resampled, cropped, featurized per batch.
+
+    Example:
+        >>> train_ds, eval_ds, collate = build_audio_datasets(cfg, model, data)  # doctest: +SKIP
+        >>> collate([train_ds[0]])["input_values"].shape  # doctest: +SKIP
+        torch.Size([1, 16000])
+    """
+    dc = cfg.data
+    if dc.max_duration <= 0:
+        raise DataError("data.max_duration must be a positive number of seconds.")
+    model.max_duration = dc.max_duration
+    train = AudioDataset(data.train, model, dc.max_duration, cfg.train.seed, random=dc.augment)
+    validation = AudioDataset(data.validation, model, dc.max_duration, cfg.train.seed, random=False)
+    return train, validation, train.collate

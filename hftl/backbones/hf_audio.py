@@ -1,0 +1,188 @@
+"""transformers audio models (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder, ...) behind hftl's interface.
+
+:class:`AudioClassifier` wraps ``AutoModelForAudioClassification`` and the model's feature
+extractor (``preprocessor_config.json``); ``save`` writes both, so an output loads with
+``AutoModelForAudioClassification.from_pretrained(out)`` and ``AutoFeatureExtractor``, or with
+``pipeline("audio-classification", model=out)``.
+
+**What ``forward_features`` returns.** The input of the final projection (``classifier``, or
+AST's ``classifier.dense``): for wav2vec2/HuBERT/WavLM/Whisper the time-pooled output of the
+``projector``; for AST the normalised pooled [CLS]/distillation tokens. So a linear probe trains
+exactly that projection, and ``forward_head(forward_features(x))`` equals ``forward(x)``.
+
+Layer groups, from the input up: the convolutional feature encoder (wav2vec2, HuBERT) or the
+patch/conv embeddings (AST, Whisper), each transformer layer, then what sits above the layers;
+the head excluded. Starting from a pretrained checkpoint, the convolutional feature encoder stays
+frozen by default (``strategy.freeze_feature_encoder``), as in transformers' audio-classification
+example: it is already good at its job and costly to train.
+
+Any checkpoint with an encoder loads: a speech-recognition (CTC) or pretraining checkpoint such
+as ``facebook/wav2vec2-base`` gets a new head; ``openai/whisper-tiny`` gives its encoder.
+
+Example:
+    >>> model = AudioClassifier.create(resolve_model("facebook/wav2vec2-base"), ["yes", "no"])  # doctest: +SKIP
+    >>> model(model.encode_audio([wave])).shape  # doctest: +SKIP
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hftl.backbones.hf_common import (
+    TransformersModel,
+    config_kwargs,
+    from_pretrained_or_config,
+    head_input,
+    new_modules,
+    remote_kwargs,
+)
+from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.hub import ModelRef
+
+FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+
+
+def load_feature_extractor(folder: str | Path, trust_remote_code: bool = False, name: str | None = None):
+    """The feature extractor saved in a model folder; a clear error when the folder has none.
+
+    Example:
+        >>> fe = load_feature_extractor("outputs/wav2vec2_finetune")  # doctest: +SKIP
+        >>> fe.sampling_rate  # doctest: +SKIP
+        16000
+    """
+    from transformers import AutoFeatureExtractor
+
+    folder = Path(folder)
+    name = name or str(folder)
+    if not (folder / FEATURE_EXTRACTOR_FILE).is_file():
+        raise ModelNotFoundError(
+            f"'{name}' has no feature extractor ({FEATURE_EXTRACTOR_FILE} is missing in {folder}). Save it next to "
+            "the weights (feature_extractor.save_pretrained(folder)) or copy the file from the source model."
+        )
+    try:
+        return AutoFeatureExtractor.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"The feature extractor in '{name}' could not be loaded: {e}") from e
+
+
+class AudioClassifier(TransformersModel):
+    """An audio encoder with a classification head sized to the labels, and its feature extractor."""
+
+    modality = "audio"
+    # Transformer layers only: the convolutional feature encoder's numbered conv_layers are not layers.
+    layer_pattern = r"\.(?:layers?|h|blocks?)\.(\d+)\."
+
+    def __init__(self, net: nn.Module, label_names: list[str] | None = None, feature_extractor=None):
+        super().__init__(net, label_names)
+        self.feature_extractor = feature_extractor
+        self.max_duration: float | None = None  # seconds; set from data.max_duration (part of the fingerprint)
+
+    @classmethod
+    def create(cls, ref: ModelRef, label_names: list[str], pretrained: bool = True, **kwargs) -> AudioClassifier:
+        """Build from a resolved reference with a new head for ``label_names``."""
+        from transformers import AutoConfig, AutoModelForAudioClassification
+
+        trust, kwargs = config_kwargs(kwargs)
+        names = [str(n) for n in label_names]
+        if not names:
+            raise ConfigError("audio_classification needs at least one label; the data has none.")
+        extractor = load_feature_extractor(ref.path, trust, ref.describe())
+        config = AutoConfig.from_pretrained(
+            str(ref.path), num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, **remote_kwargs(trust), **kwargs)
+        net, missing = from_pretrained_or_config(AutoModelForAudioClassification, ref, config, pretrained, trust)
+        model = cls(net, names, extractor)
+        model.new_modules = new_modules(net, missing)
+        return model
+
+    @classmethod
+    def from_output(cls, folder: Path) -> AudioClassifier:
+        """Load a folder hftl (or ``save_pretrained``) wrote for audio classification."""
+        from transformers import AutoModelForAudioClassification
+
+        net = AutoModelForAudioClassification.from_pretrained(str(folder), dtype=torch.float32)
+        names = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
+        model = cls(net, names, load_feature_extractor(folder))
+        model.restore_settings(folder)
+        return model
+
+    # -- structure -------------------------------------------------------------------------------
+    def input_keys(self) -> tuple[str, ...]:
+        return ("input_values", "input_features", "attention_mask")
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """LayerDrop and SpecAugment leave parameters unused at random in training steps (see hftl.trainer)."""
+        config = self.inner.config
+        return bool(getattr(config, "layerdrop", 0) or getattr(config, "encoder_layerdrop", 0)
+                    or getattr(config, "apply_spec_augment", False))
+
+    @property
+    def backbone_name(self) -> str:
+        """The child of ``net`` that holds the pretrained encoder (``wav2vec2``, ``encoder``, ...)."""
+        inner = self.inner
+        prefix = getattr(inner, "base_model_prefix", "")
+        return prefix if hasattr(inner, prefix) else "encoder"
+
+    def feature_encoder_parameter_names(self) -> set[str]:
+        """The convolutional feature encoder (wav2vec2, HuBERT, WavLM): frozen unless the strategy says not."""
+        return {n for n, _ in self.net.named_parameters() if ".feature_extractor." in f".{n}"}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(**self._inputs(batch)).logits
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        """The final projection's input, captured with a forward pre-hook (see the module docs)."""
+        return head_input(self, batch)
+
+    def lora_options(self) -> dict:
+        """peft settings: every module outside the encoder (projector, head) trained and saved in full."""
+        backbone = self.backbone_name
+        extra = [n for n, m in self.inner.named_children() if n != backbone and any(True for _ in m.parameters())]
+        inside = [n for n in self.new_modules if not any(n == e or n.startswith(e + ".") for e in extra)]
+        # peft has no audio-classification task type; the plain PeftModel saves and reloads the same way.
+        return {"modules_to_save": (extra or [self.head_name.split(".")[0]]) + inside}
+
+    # -- audio in ----------------------------------------------------------------------------------
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.feature_extractor.sampling_rate)
+
+    def encode_audio(self, waves: list) -> dict:
+        """A model-ready batch for mono float waveforms at ``sampling_rate``: the feature extractor's tensors.
+
+        Example:
+            >>> batch = model.encode_audio([read_audio("clip.wav", model.sampling_rate)])  # doctest: +SKIP
+        """
+        fe = self.feature_extractor
+        kwargs = {"sampling_rate": self.sampling_rate, "return_tensors": "pt"}
+        if "attention_mask" in getattr(fe, "model_input_names", ()):
+            kwargs["return_attention_mask"] = True
+        if type(fe).__name__ != "WhisperFeatureExtractor":  # Whisper pads to its fixed window itself
+            kwargs["padding"] = True
+        out = fe([w for w in waves], **kwargs)
+        return {k: v for k, v in out.items() if k in self.input_keys()}
+
+    # -- saving --------------------------------------------------------------------------------
+    def save_preprocessing(self, folder: str | Path) -> None:
+        if self.feature_extractor is not None:
+            self.feature_extractor.save_pretrained(str(folder))
+
+    def restore_settings(self, folder: str | Path) -> None:
+        """Take the run's clip length (``data.max_duration``) from its ``hftl_config.yaml``."""
+        import yaml
+
+        path = Path(folder) / "hftl_config.yaml"
+        if path.is_file():
+            self.max_duration = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("max_duration")
+
+    def fingerprint(self) -> str:
+        """Backbone weights (head excluded), the feature extractor's settings and the clip length."""
+        h = self.weights_digest()
+        h.update(self.feature_extractor.to_json_string().encode())
+        h.update(f"{self.max_duration}".encode())
+        return h.hexdigest()[:24]

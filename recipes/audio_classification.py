@@ -1,0 +1,16 @@
+"""Audio classification by transfer learning (wav2vec2, HuBERT, WavLM, AST, Whisper encoder).
+
+    accelerate launch recipes/audio_classification.py recipes/configs/audio_classification/wav2vec2_finetune.yaml [key=value ...]
+    accelerate launch --cpu --num_processes 2 recipes/audio_classification.py CONFIG   # DDP on gloo
+
+Identical to `hftl train CONFIG [key=value ...]`; the loop lives in hftl.trainer.
+"""
+
+import sys
+
+from hftl.cli import main
+from hftl.launch import relaunch_cpu_multiprocess
+
+if __name__ == "__main__":
+    code = relaunch_cpu_multiprocess(sys.argv[1:])
+    sys.exit(code if code is not None else main(["train", *sys.argv[1:]]))
