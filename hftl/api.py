@@ -104,7 +104,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     extra_card_info = chain_card_info(cfg, extra_card_info)
     if cfg.task in ("causal_lm", "masked_lm"):
         return train_language_model(cfg, extra_card_info)
-    from hftl.trainer import Trainer
+    from hftl.trainer import Trainer, classification_loss
 
     _check_output_dir(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -127,8 +127,17 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     trained = model
     if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
         trained, train_ds, eval_ds, collate = _cached_probe(cfg, model, data, train_ds, eval_ds)
+    loss_fn = classification_loss
+    if cfg.distill.teacher:
+        from hftl.distill import WithTeacher, distillation_loss, teacher_logits
+
+        logits, teacher_info = teacher_logits(cfg, data, cfg.train.progress)
+        train_ds = WithTeacher(train_ds, logits)
+        collate, loss_fn = train_ds.collate, distillation_loss(cfg.distill.temperature, cfg.distill.alpha)
+        extra_card_info = {**(extra_card_info or {}), "distillation": teacher_info}
     trainer = Trainer(cfg.train, trained, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      metrics=metrics_for_task(cfg.task), collate_fn=collate, run_config=cfg.to_dict())
+                      loss_fn=loss_fn, metrics=metrics_for_task(cfg.task), collate_fn=collate,
+                      run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

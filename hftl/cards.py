@@ -272,6 +272,8 @@ def render_card(info: dict):
     tags = ["hftl", "transfer-learning", info.get("strategy", "finetune"), info["library"]]
     if is_adapter:
         tags += ["lora", "peft"]
+    if info.get("distillation"):
+        tags.append("knowledge-distillation")
     data_kwargs = dict(
         library_name="peft" if is_adapter else info["library"],
         pipeline_tag=PIPELINE_TAGS[task],
@@ -324,6 +326,7 @@ def render_card(info: dict):
         train_time=f"{info.get('train_seconds', 0):.1f} s",
         peak_memory=info.get("peak_memory", "n/a"),
         chain=info.get("chain"),
+        distillation=info.get("distillation"),
         lr_groups=desc.get("lr_groups"),
         lora=lora,
         metrics=metrics,

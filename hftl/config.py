@@ -125,6 +125,16 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = _f(
+        None, "Knowledge distillation: a trained classifier for the same classes (an hftl output folder or a Hub id "
+              "of one) whose softened predictions the student learns from; empty: no distillation.")
+    teacher_revision: str | None = _f(None, "Hub revision of the teacher.")
+    temperature: float = _f(2.0, "Softmax temperature for teacher and student (higher: softer targets).")
+    alpha: float = _f(0.5, "Weight of the distillation loss; 1 - alpha weights the loss on the true labels.")
+
+
+@dataclass
 class HubConfig:
     push: bool = _f(False, "Push the output folder to the Hub at the end of training.")
     repo_id: str | None = _f(None, "Hub repository to push to (user/name).")
@@ -144,6 +154,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "What to train on."})
     strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata={"help": "How to transfer."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
+    distill: DistillConfig = field(default_factory=DistillConfig,
+                                   metadata={"help": "Knowledge distillation from a teacher (classification)."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
 
     def to_dict(self) -> dict:
@@ -292,6 +304,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be at least 1.")
     if not 0 < cfg.data.validation_fraction < 1:
         raise ConfigError("data.validation_fraction must be between 0 and 1.")
+    d = cfg.distill
+    if d.teacher:
+        if cfg.task not in ("image_classification", "text_classification", "audio_classification"):
+            raise ConfigError(f"distill.teacher works for classification tasks, not {cfg.task}.")
+        if not 0.0 <= d.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha must be between 0 and 1, not {d.alpha}.")
+        if d.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be positive, not {d.temperature}.")
     if cfg.hub.push and not cfg.hub.repo_id:
         raise ConfigError("hub.push is true but hub.repo_id is not set (e.g. hub.repo_id=user/name).")
 

@@ -28,13 +28,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HFTL_CACHE", Path.home() / ".cache" / "hftl")) / "features"
 
 
-def feature_key(model_fingerprint: str, data_key: str, split: str) -> str:
-    return hashlib.sha256(f"{model_fingerprint}|{data_key}|{split}".encode()).hexdigest()[:32]
+def feature_key(model_fingerprint: str, data_key: str, split: str, output: str = "features") -> str:
+    extra = "" if output == "features" else f"|{output}"  # keys of feature files predate the option
+    return hashlib.sha256(f"{model_fingerprint}|{data_key}|{split}{extra}".encode()).hexdigest()[:32]
 
 
 @torch.inference_mode()
-def compute_features(model, dataset, batch_size: int = 64, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen backbone over ``dataset`` once; returns (features, labels) on the CPU."""
+def compute_features(model, dataset, batch_size: int = 64, progress: bool = True,
+                     output: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen model over ``dataset`` once; returns (features, labels) on the CPU.
+
+    ``output="logits"`` keeps the whole model's outputs instead (a distillation teacher's predictions).
+    """
     from tqdm.auto import tqdm
 
     model.eval()
@@ -42,15 +47,15 @@ def compute_features(model, dataset, batch_size: int = 64, progress: bool = True
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=getattr(dataset, "collate", None))
     feats, labels = [], []
-    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=output, disable=not progress, leave=False):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        feats.append(model.forward_features(batch).float().cpu())
+        feats.append((model(batch) if output == "logits" else model.forward_features(batch)).float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(feats), torch.cat(labels)
 
 
 def cached_features(model, dataset, data_key: str, split: str, progress: bool = True, *,
-                    fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+                    fingerprint: str | None = None, output: str = "features") -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Features for ``dataset`` from the cache, or computed and stored; returns (features, labels, hit).
 
     ``fingerprint``: ``model.fingerprint()`` if the caller has it. It hashes every backbone weight, so a
@@ -58,14 +63,14 @@ def cached_features(model, dataset, data_key: str, split: str, progress: bool = 
     """
     from safetensors.torch import load_file, save_file
 
-    key = feature_key(fingerprint or model.fingerprint(), data_key, split)
+    key = feature_key(fingerprint or model.fingerprint(), data_key, split, output)
     path = cache_dir() / f"{key}.safetensors"
     if path.is_file():
         stored = load_file(str(path))
         if stored["features"].shape[0] == len(dataset):
-            logger.info("Feature cache hit for %s (%s)", split, path)
+            logger.info("Cache hit for the %s %s (%s)", split, output, path)
             return stored["features"], stored["labels"], True
-    feats, labels = compute_features(model, dataset, progress=progress)
+    feats, labels = compute_features(model, dataset, progress=progress, output=output)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))
