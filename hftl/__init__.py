@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "load", "predict", "evaluate", "load_config", "Config", "run_study", "push"]
+__all__ = ["train", "load", "predict", "caption", "evaluate", "load_config", "Config", "run_study", "push"]
 
 
 def __getattr__(name: str):
@@ -35,6 +35,10 @@ def __getattr__(name: str):
         from hftl.study import run_study
 
         return run_study
+    if name == "caption":
+        from hftl.captioning import caption
+
+        return caption
     if name == "push":
         from hftl.hub import push
 

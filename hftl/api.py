@@ -104,6 +104,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     extra_card_info = chain_card_info(cfg, extra_card_info)
     if cfg.task in ("causal_lm", "masked_lm"):
         return train_language_model(cfg, extra_card_info)
+    if cfg.task == "image_captioning":
+        from hftl.captioning import train_captioner
+
+        return train_captioner(cfg, extra_card_info)
     from hftl.trainer import Trainer, classification_loss
 
     _check_output_dir(cfg)
@@ -281,6 +285,9 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
     if getattr(model, "kind", None) in ("causal", "masked"):
         raise ConfigError(f"'{model_or_folder}' is a language model, not a classifier: use `hftl generate` "
                           "(causal LMs), or fine-tune it for classification first (task text_classification).")
+    if getattr(model, "kind", None) == "captioner":
+        raise ConfigError(f"'{model_or_folder}' is an image captioner: use hftl.caption (the CLI's `hftl predict` "
+                          "prints captions for it).")
     if model.modality == "image":
         batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
     elif model.modality == "audio":
@@ -305,7 +312,7 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
     """Metrics of a trained model on data (its own validation split unless ``data.*`` overrides say).
 
     Classifiers report loss, accuracy and macro-F1; text_regression models mse, mae and Pearson
-    correlation; language models (causal or masked) the held-out loss and perplexity.
+    correlation; language models (causal or masked) and image captioners the held-out loss and perplexity.
 
     Example:
         >>> evaluate("outputs/run", ["data.id=path/to/images"])  # doctest: +SKIP
@@ -320,6 +327,11 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
     meta = json.loads((folder / META_FILE).read_text())
     model = load(folder)
     model.eval()
+    if cfg.task == "image_captioning":
+        from hftl.captioning import caption_datasets, caption_loss, load_caption_data
+
+        _, eval_ds, collate = caption_datasets(cfg, model, load_caption_data(cfg.data, cfg.train.seed))
+        return _evaluate_batches(model, eval_ds, collate, caption_loss, ("perplexity",), cfg.train.per_device_batch_size)
     if cfg.task in ("causal_lm", "masked_lm"):
         from hftl.tasks import causal_lm_loss, lm_datasets, masked_lm_loss
 

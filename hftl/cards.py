@@ -32,13 +32,16 @@ TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
                  "text_regression": "text-classification", "audio_classification": "audio-classification",
+                 "image_captioning": "image-to-text",
                  "causal_lm": "text-generation", "masked_lm": "fill-mask"}
 TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
               "text_regression": "Text Regression", "audio_classification": "Audio Classification",
+              "image_captioning": "Image Captioning",
               "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
 AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification",
                 "text_regression": "AutoModelForSequenceClassification",
-                "audio_classification": "AutoModelForAudioClassification", "causal_lm": "AutoModelForCausalLM",
+                "audio_classification": "AutoModelForAudioClassification",
+                "image_captioning": "VisionEncoderDecoderModel", "causal_lm": "AutoModelForCausalLM",
                 "masked_lm": "AutoModelForMaskedLM"}
 # Our metric names -> the Hub's metric ids (the ids of huggingface/evaluate's metrics).
 HUB_METRICS = {"accuracy": "accuracy", "f1": "f1", "perplexity": "perplexity", "mse": "mse", "mae": "mae",
@@ -199,6 +202,15 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
                   "# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
     else:
         auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+        if task == "image_captioning":
+            lines += ["from PIL import Image",
+                      "from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel", "",
+                      f"model = VisionEncoderDecoderModel.from_pretrained(\"{repo}\"{rev}).eval()",
+                      f"processor = AutoImageProcessor.from_pretrained(\"{repo}\"{rev})",
+                      f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\"{rev})",
+                      "pixels = processor(images=Image.open(\"image.png\").convert(\"RGB\"), return_tensors=\"pt\").pixel_values",
+                      "caption = tokenizer.decode(model.generate(pixel_values=pixels)[0], skip_special_tokens=True)"]
+            return "\n".join(lines)
         if task == "audio_classification":
             lines += ["from transformers import pipeline", "",
                       f"classifier = pipeline(\"audio-classification\", model=\"{repo}\"{rev})",
@@ -219,7 +231,7 @@ def usage_block(library: str, task: str, repo: str, is_adapter: bool, revision: 
                 meta: dict | None = None) -> str:
     """The marked "how to use" block of a card: the snippet and the hftl command line."""
     code = usage_snippet(library, task, repo, is_adapter, revision, meta)
-    inputs = "image.png" if library == "timm" or task == "image_classification" else \
+    inputs = "image.png" if library == "timm" or task in ("image_classification", "image_captioning") else \
         "clip.wav" if task == "audio_classification" else "\"some text\""
     rev = f" --revision {revision}" if revision else ""
     cli = "hftl generate" if task == "causal_lm" else "hftl predict"
@@ -327,6 +339,7 @@ def render_card(info: dict):
         peak_memory=info.get("peak_memory", "n/a"),
         chain=info.get("chain"),
         distillation=info.get("distillation"),
+        caption_samples=info.get("caption_samples"),
         lr_groups=desc.get("lr_groups"),
         lora=lora,
         metrics=metrics,

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.id=timm:vgg11")
     t.add_argument("-h", "--help", action="store_true", help="list every config key with its help")
 
-    pr = sub.add_parser("predict", help="Top-k labels for images or texts (the value, for text regression).")
+    pr = sub.add_parser("predict", help="Top-k labels for images, audio or texts (the value for text regression, "
+                                        "a caption for image captioners).")
     pr.add_argument("model", help="output folder of a run")
     pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
     pr.add_argument("--top-k", type=int, default=3)
@@ -88,6 +89,12 @@ def run(argv: list[str]) -> int:
         from hftl.model import load
 
         model = load(args.model)
+        if getattr(model, "kind", None) == "captioner":
+            from hftl.captioning import caption
+
+            for item, text in zip(args.inputs, caption(model, args.inputs)):
+                print(f"{item}: {text}")
+            return 0
         for item, top in zip(args.inputs, predict(model, args.inputs, top_k=args.top_k)):
             if getattr(model, "is_regression", False):  # one predicted value, not class probabilities
                 print(f"{item}: {top[0][0]} = {top[0][1]:.4g}")

@@ -42,6 +42,10 @@ class ModelConfig:
         "(transformers models: the same id with model.pretrained=false or strategy.name=scratch).",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit sha) to pin the download to.")
+    decoder_id: str | None = _f(
+        None, "image_captioning: the text decoder (GPT-2 family, BERT-style ...) joined to the vision encoder "
+              "model.id; empty when model.id is already a vision-encoder-decoder captioner.")
+    decoder_revision: str | None = _f(None, "Hub revision of model.decoder_id.")
     pretrained: bool = _f(True, "Load pretrained weights; false trains the same architecture from scratch.")
     kwargs: dict = _f({}, "Extra keyword arguments for the model constructor (e.g. drop_path_rate).")
     trust_remote_code: bool = _f(False, "Allow code from the model repository to run. Off unless you trust it.")
@@ -59,7 +63,7 @@ class DataConfig:
     revision: str | None = _f(None, "Hub dataset revision.")
     config_name: str | None = _f(None, "Hub dataset configuration (subset), e.g. v0.02 for google/speech_commands.")
     image_column: str = _f("image", "Column holding the image (or its path, for CSV files).")
-    text_column: str = _f("text", "Column holding the text (text tasks).")
+    text_column: str = _f("text", "Column holding the text (text tasks; image_captioning: the caption).")
     text_pair_column: str | None = _f(None, "Second text column for pair tasks (text tasks).")
     audio_column: str = _f("audio", "Column holding the audio (a Hub Audio column, or file paths in a CSV).")
     label_column: str = _f("label", "Column holding the class label (text_regression: the number to predict).")
@@ -73,7 +77,7 @@ class DataConfig:
     max_eval_samples: int | None = _f(None, "Evaluate on only this many validation examples (seeded, stratified).")
     image_size: int | None = _f(None, "Override the backbone's input size (pixels, square).")
     augment: bool = _f(True, "Random train-time augmentation (timm's train transform).")
-    max_length: int = _f(128, "Text: maximum tokens per example (longer texts are truncated).")
+    max_length: int = _f(128, "Text: maximum tokens per example (longer texts are truncated; captions too).")
     block_size: int = _f(128, "Causal LM: tokens per packed training block.")
     max_duration: float = _f(10.0, "Audio: seconds per clip; longer clips are cropped (a random window when augment).")
     num_workers: int = _f(0, "DataLoader worker processes.")
@@ -147,7 +151,8 @@ class Config:
     task: str = _f(
         "image_classification",
         "image_classification, text_classification, text_regression (one real-valued output, MSE loss), "
-        "audio_classification, causal_lm, or masked_lm (domain-adaptive pretraining of an encoder on unlabelled text).",
+        "audio_classification, image_captioning (a vision encoder joined to a text decoder), causal_lm, or masked_lm "
+        "(domain-adaptive pretraining of an encoder on unlabelled text).",
     )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
@@ -162,12 +167,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification", "causal_lm",
-         "masked_lm")
+TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification",
+         "image_captioning", "causal_lm", "masked_lm")
 # The metrics each task's evaluation computes (train.metric must be one of them).
 TASK_METRICS = {"image_classification": ("accuracy", "f1"), "text_classification": ("accuracy", "f1"),
                 "text_regression": ("mse", "mae", "pearson"), "audio_classification": ("accuracy", "f1"),
-                "causal_lm": ("perplexity",),
+                "image_captioning": ("perplexity",), "causal_lm": ("perplexity",),
                 "masked_lm": ("perplexity",)}
 STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
 

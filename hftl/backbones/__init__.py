@@ -51,6 +51,14 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
         from hftl.backbones.hf_audio import AudioClassifier
 
         return AudioClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
+    if task == "image_captioning":
+        if ref.library != "transformers":
+            raise ConfigError(f"image_captioning joins a transformers vision encoder to a text decoder; "
+                              f"'{ref.describe()}' is a {ref.library} model. Use e.g. "
+                              "google/vit-base-patch16-224-in21k with model.decoder_id=openai-community/gpt2.")
+        from hftl.backbones.hf_captioning import ImageCaptioner
+
+        return ImageCaptioner.create(ref, pretrained=pretrained, **kwargs)
     raise ConfigError(f"No backbone adapter for task '{task}' yet.")
 
 
@@ -73,7 +81,12 @@ def load_output(folder: str | Path) -> TransferModel:
 
         return TimmModel.from_output(folder)
     if library == "transformers":
-        if _is_audio_output(folder):
+        task = _transformers_task(folder)
+        if task == "image_captioning":
+            from hftl.backbones.hf_captioning import ImageCaptioner
+
+            return ImageCaptioner.from_output(folder)
+        if task == "audio_classification":
             from hftl.backbones.hf_audio import AudioClassifier
 
             return AudioClassifier.from_output(folder)
@@ -83,15 +96,19 @@ def load_output(folder: str | Path) -> TransferModel:
     raise ConfigError(f"Loading {library} outputs is not supported yet ({folder}).")
 
 
-def _is_audio_output(folder: Path) -> bool:
-    """An audio classifier: hftl.json says so, or (a plain save_pretrained folder) transformers' audio table does."""
+def _transformers_task(folder: Path) -> str | None:
+    """The task hftl.json records; for a plain save_pretrained folder, captioner or audio model by its model type."""
     import json
 
     meta = folder / "hftl.json"
     if meta.is_file():
-        return json.loads(meta.read_text()).get("task") == "audio_classification"
+        return json.loads(meta.read_text()).get("task")
     from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES as AUDIO
 
     config = folder / "config.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    return model_type in AUDIO and (folder / "preprocessor_config.json").is_file()
+    if model_type == "vision-encoder-decoder":
+        return "image_captioning"
+    if model_type in AUDIO and (folder / "preprocessor_config.json").is_file():
+        return "audio_classification"
+    return None  # hf_text tells text classifiers and language models apart by their architectures

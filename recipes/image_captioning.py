@@ -1,0 +1,16 @@
+"""Image captioning by transfer learning: a pretrained vision encoder joined to a pretrained text decoder.
+
+    accelerate launch recipes/image_captioning.py recipes/configs/image_captioning/vit_gpt2_finetune.yaml [key=value ...]
+    accelerate launch --cpu --num_processes 2 recipes/image_captioning.py CONFIG   # DDP on gloo
+
+Identical to `hftl train CONFIG [key=value ...]`; the loop lives in hftl.trainer.
+"""
+
+import sys
+
+from hftl.cli import main
+from hftl.launch import relaunch_cpu_multiprocess
+
+if __name__ == "__main__":
+    code = relaunch_cpu_multiprocess(sys.argv[1:])
+    sys.exit(code if code is not None else main(["train", *sys.argv[1:]]))
