@@ -108,6 +108,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         from hftl.captioning import train_captioner
 
         return train_captioner(cfg, extra_card_info)
+    if cfg.task == "simclr":
+        from hftl.contrastive import train_simclr
+
+        return train_simclr(cfg, extra_card_info)
     from hftl.trainer import Trainer, classification_loss
 
     _check_output_dir(cfg)
@@ -288,6 +292,9 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
     if getattr(model, "kind", None) == "captioner":
         raise ConfigError(f"'{model_or_folder}' is an image captioner: use hftl.caption (the CLI's `hftl predict` "
                           "prints captions for it).")
+    if not model.label_names:
+        raise ConfigError(f"'{model_or_folder}' has no classes (a self-supervised encoder): train a classifier from "
+                          "it first (task image_classification with model.id set to it).")
     if model.modality == "image":
         batch = {"pixel_values": _load_images(inputs, model.transform(train=False))}
     elif model.modality == "audio":
@@ -325,6 +332,9 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
                           "`hftl eval` needs the folder a run wrote.")
     cfg = as_config(folder / "hftl_config.yaml", overrides)
     meta = json.loads((folder / META_FILE).read_text())
+    if cfg.task == "simclr":
+        raise ConfigError(f"'{folder}' is a self-supervised encoder (task simclr): it has no task to score. Probe or "
+                          "fine-tune it (task image_classification, model.id set to it) and evaluate that run.")
     model = load(folder)
     model.eval()
     if cfg.task == "image_captioning":

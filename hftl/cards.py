@@ -32,11 +32,11 @@ TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
                  "text_regression": "text-classification", "audio_classification": "audio-classification",
-                 "image_captioning": "image-to-text",
+                 "image_captioning": "image-to-text", "simclr": "image-feature-extraction",
                  "causal_lm": "text-generation", "masked_lm": "fill-mask"}
 TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
               "text_regression": "Text Regression", "audio_classification": "Audio Classification",
-              "image_captioning": "Image Captioning",
+              "image_captioning": "Image Captioning", "simclr": "Self-supervised Image Pretraining",
               "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
 AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification",
                 "text_regression": "AutoModelForSequenceClassification",

@@ -139,6 +139,12 @@ class DistillConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    temperature: float = _f(0.2, "simclr: temperature of the NT-Xent loss (lower: sharper).")
+    projection_dim: int = _f(128, "simclr: width of the projection head's output (the head is dropped on saving).")
+
+
+@dataclass
 class HubConfig:
     push: bool = _f(False, "Push the output folder to the Hub at the end of training.")
     repo_id: str | None = _f(None, "Hub repository to push to (user/name).")
@@ -151,8 +157,9 @@ class Config:
     task: str = _f(
         "image_classification",
         "image_classification, text_classification, text_regression (one real-valued output, MSE loss), "
-        "audio_classification, image_captioning (a vision encoder joined to a text decoder), causal_lm, or masked_lm "
-        "(domain-adaptive pretraining of an encoder on unlabelled text).",
+        "audio_classification, image_captioning (a vision encoder joined to a text decoder), simclr (self-supervised "
+        "pretraining of an image encoder on unlabelled images), causal_lm, or masked_lm (domain-adaptive "
+        "pretraining of an encoder on unlabelled text).",
     )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
@@ -161,6 +168,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
     distill: DistillConfig = field(default_factory=DistillConfig,
                                    metadata={"help": "Knowledge distillation from a teacher (classification)."})
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig,
+                                           metadata={"help": "Self-supervised pretraining (task simclr)."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
 
     def to_dict(self) -> dict:
@@ -168,11 +177,11 @@ class Config:
 
 
 TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification",
-         "image_captioning", "causal_lm", "masked_lm")
+         "image_captioning", "simclr", "causal_lm", "masked_lm")
 # The metrics each task's evaluation computes (train.metric must be one of them).
 TASK_METRICS = {"image_classification": ("accuracy", "f1"), "text_classification": ("accuracy", "f1"),
                 "text_regression": ("mse", "mae", "pearson"), "audio_classification": ("accuracy", "f1"),
-                "image_captioning": ("perplexity",), "causal_lm": ("perplexity",),
+                "image_captioning": ("perplexity",), "simclr": ("loss",), "causal_lm": ("perplexity",),
                 "masked_lm": ("perplexity",)}
 STRATEGIES = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
 
