@@ -119,14 +119,23 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     data = data or load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
     logger.info("Data: %s", data.summary())
     model, ref = build_model(cfg, data.label_names)
-    if cfg.strategy.name in ("lora", "linear_probe", "partial", "gradual_unfreeze") and ref.source == "arch":
+    random_base = ref.source == "arch" and not cfg.model.init_from
+    if cfg.strategy.name in ("lora", "linear_probe", "partial", "gradual_unfreeze") and random_base:
         logger.warning("strategy %s on a randomly initialised %s: nothing pretrained is being transferred",
                        cfg.strategy.name, ref.describe())
-    if cfg.strategy.name == "lora" and ref.source == "arch":
+    if cfg.strategy.name == "lora" and random_base:
         raise ConfigError(
             f"strategy.name=lora adapts pretrained weights, but model.id '{cfg.model.id}' has none (random init), "
             "and an adapter over random weights could not be reloaded. Give a pretrained model (Hub id or "
-            "folder), or use strategy.name=scratch."
+            "folder, or model.init_from), or use strategy.name=scratch."
+        )
+    report = getattr(model, "transfer_report", None)
+    unfilled = [n for n in (report.kept if report else []) if n not in set(model.head_parameter_names())]
+    if cfg.strategy.name == "lora" and ref.source == "arch" and unfilled:
+        raise ConfigError(
+            f"strategy.name=lora freezes the base weights, but {len(unfilled)} of them ({', '.join(unfilled[:3])}, ...) "
+            f"did not come from model.init_from '{cfg.model.init_from}': they would be drawn anew when the adapter "
+            "is reloaded. Use strategy.name=finetune, or a source that fills them."
         )
     strategy = get_strategy(cfg.strategy)
     model = strategy.prepare(model)
@@ -218,6 +227,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         "model_kwargs": model_kwargs(cfg),
         "strategy": cfg.strategy.name,
         "library": model.library,
+        "init_from": {"id": cfg.model.init_from, "revision": cfg.model.init_from_revision} if cfg.model.init_from
+        else None,
     }
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
@@ -248,6 +259,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         "peak_memory": f"{peak_memory_mb():.0f} MiB",
         "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},
         "repo_id": cfg.hub.repo_id,
+        "weights_from": f"`{cfg.model.init_from}`: {model.transfer_report.summary()}"
+        if getattr(model, "transfer_report", None) else None,
         **(extra_info or {}),
     }
     render_card(info).save(out / "README.md")

@@ -339,6 +339,7 @@ def render_card(info: dict):
         peak_memory=info.get("peak_memory", "n/a"),
         chain=info.get("chain"),
         distillation=info.get("distillation"),
+        weights_from=info.get("weights_from"),
         caption_samples=info.get("caption_samples"),
         lr_groups=desc.get("lr_groups"),
         lora=lora,

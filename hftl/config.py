@@ -47,6 +47,10 @@ class ModelConfig:
               "model.id; empty when model.id is already a vision-encoder-decoder captioner.")
     decoder_revision: str | None = _f(None, "Hub revision of model.decoder_id.")
     pretrained: bool = _f(True, "Load pretrained weights; false trains the same architecture from scratch.")
+    init_from: str | None = _f(
+        None, "Copy the weights that fit from another model (another depth, library or modality: e.g. a transformers "
+              "ViT or an audio spectrogram transformer into a timm ViT); the card lists what was transferred.")
+    init_from_revision: str | None = _f(None, "Hub revision of model.init_from.")
     kwargs: dict = _f({}, "Extra keyword arguments for the model constructor (e.g. drop_path_rate).")
     trust_remote_code: bool = _f(False, "Allow code from the model repository to run. Off unless you trust it.")
     allow_pickle: bool = _f(False, "Allow loading weights from pickle files (.bin/.pth). Off: safetensors only.")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.config import Config
-from hftl.errors import ModelNotFoundError
+from hftl.errors import ConfigError, ModelNotFoundError
 from hftl.hub import ModelRef, resolve_model
 
 META_FILE = "hftl.json"
@@ -28,7 +28,18 @@ def build_model(cfg: Config, label_names: list[str]) -> tuple[TransferModel, Mod
     ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
     pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
     model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
+    if cfg.model.init_from:
+        if cfg.strategy.name == "scratch":
+            raise ConfigError("model.init_from transfers weights; strategy scratch trains from random ones. Drop one.")
+        init_weights_from(model, cfg.model.init_from, cfg.model.init_from_revision)
     return model, ref
+
+
+def init_weights_from(model: TransferModel, model_id: str, revision: str | None = None) -> None:
+    """Partial / converted weight transfer from another model (hftl.convert); the report goes on the model."""
+    from hftl.convert import transfer_weights
+
+    model.transfer_report = transfer_weights(model.net, model_id, revision, skip=tuple(model.head_parameter_names()))
 
 
 def model_kwargs(cfg: Config) -> dict:
@@ -98,6 +109,8 @@ def _load_adapter(folder: Path, meta: dict) -> TransferModel:
     ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"))
     base = create_from_ref(ref, meta["task"], meta["label_names"], pretrained=meta.get("base_pretrained", True),
                            **meta.get("model_kwargs", {}))
+    if meta.get("init_from"):  # the adapter was trained on these transferred weights: rebuild them first
+        init_weights_from(base, meta["init_from"]["id"], meta["init_from"].get("revision"))
     base.net = PeftModel.from_pretrained(base.net, str(folder))
     if hasattr(base, "restore_settings"):  # preprocessing the run recorded (text: truncation length)
         base.restore_settings(folder)

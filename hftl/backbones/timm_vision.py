@@ -31,13 +31,16 @@ class TimmModel(TransferModel):
         import timm
 
         num_classes = len(label_names)
-        if ref.source == "arch":
-            net = timm.create_model(ref.name, pretrained=False, num_classes=num_classes, **kwargs)
-        else:
-            # local-dir: reads config.json (architecture, preprocessing) and model.safetensors; timm drops
-            # the source classifier when num_classes differs, so the new head starts fresh.
-            net = timm.create_model(f"local-dir:{ref.path}", pretrained=pretrained, num_classes=num_classes,
-                                    **kwargs)
+        # local-dir: reads config.json (architecture, preprocessing) and model.safetensors; timm drops the
+        # source classifier when num_classes differs, so the new head starts fresh.
+        name, load = (ref.name, False) if ref.source == "arch" else (f"local-dir:{ref.path}", pretrained)
+        net = timm.create_model(name, pretrained=load, num_classes=num_classes, **kwargs)
+        patch_embed = getattr(net, "patch_embed", None)
+        if image_size and "img_size" not in kwargs and patch_embed is not None and \
+                tuple(getattr(patch_embed, "img_size", None) or ()) not in ((image_size, image_size), ()):
+            # ViT-style models take one input size: build it for data.image_size (timm resamples the
+            # pretrained position embeddings to the new patch grid).
+            net = timm.create_model(name, pretrained=load, num_classes=num_classes, img_size=image_size, **kwargs)
         model = cls(net, label_names)
         model.image_size = image_size
         return model
