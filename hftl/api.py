@@ -94,6 +94,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
     """
     cfg = as_config(config, overrides)
+    if cfg.multitask.label_columns:
+        from hftl.multitask import check_multitask
+
+        check_multitask(cfg)
     if cfg.hub.push:  # a missing token or a bad repo id fails now, not after the training
         from hftl.hub import check_push_ready
 
@@ -138,13 +142,21 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
             "is reloaded. Use strategy.name=finetune, or a source that fills them."
         )
     strategy = get_strategy(cfg.strategy)
-    model = strategy.prepare(model)
-    train_ds, eval_ds, collate = build_datasets(cfg, model, data)
+    if cfg.multitask.label_columns:  # the tasks' classes come from the data; the heads then join the model
+        from hftl.multitask import MultiTaskModel, add_task_labels, multitask_loss
+
+        train_ds, eval_ds, collate = build_datasets(cfg, model, data)
+        model = strategy.prepare(MultiTaskModel(model, add_task_labels(cfg, data, train_ds, eval_ds)))
+    else:
+        model = strategy.prepare(model)
+        train_ds, eval_ds, collate = build_datasets(cfg, model, data)
 
     trained = model
     if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
         trained, train_ds, eval_ds, collate = _cached_probe(cfg, model, data, train_ds, eval_ds)
     loss_fn = classification_loss
+    if cfg.multitask.label_columns:
+        loss_fn = multitask_loss(model.slices, cfg.multitask.weights or [1.0] * len(model.slices))
     if cfg.distill.teacher:
         from hftl.distill import WithTeacher, distillation_loss, teacher_logits
 
@@ -156,6 +168,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
                       loss_fn=loss_fn, metrics=metrics_for_task(cfg.task), collate_fn=collate,
                       run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
+    trainer.tasks = getattr(model, "slices", None)  # multi-task: per-task metrics (also for a cached probe's head)
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
         write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_card_info)
@@ -232,6 +245,10 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     }
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
+    if getattr(model, "tasks", None):  # multi-task: each task's folder loads, predicts and evaluates alone
+        from hftl.multitask import write_task_meta
+
+        write_task_meta(out, meta, model.tasks, cfg.to_dict())
     record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric), "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,

@@ -143,6 +143,13 @@ class DistillConfig:
 
 
 @dataclass
+class MultitaskConfig:
+    label_columns: list = _f([], "Multi-task learning (text_classification): one head per label column on the shared "
+                                 "backbone, trained together; empty: one task (data.label_column).")
+    weights: list = _f([], "Loss weight per label column (default 1 each).")
+
+
+@dataclass
 class ContrastiveConfig:
     temperature: float = _f(0.2, "simclr: temperature of the NT-Xent loss (lower: sharper).")
     projection_dim: int = _f(128, "simclr: width of the projection head's output (the head is dropped on saving).")
@@ -172,6 +179,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
     distill: DistillConfig = field(default_factory=DistillConfig,
                                    metadata={"help": "Knowledge distillation from a teacher (classification)."})
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig,
+                                       metadata={"help": "Several label columns, one shared backbone."})
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig,
                                            metadata={"help": "Self-supervised pretraining (task simclr)."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})

@@ -162,6 +162,15 @@ def _encode_labels(ds, column: str, names: list[str] | None = None):
     ``names`` (the training split's classes) encodes another split with the same integers; a value
     outside them is an error, never a silently shifted class.
     """
+    values, names = encode_class_values(ds, column, names)
+    if column != "label" and "label" in ds.column_names:
+        ds = ds.remove_columns("label")
+    ds = ds.remove_columns(column).add_column("label", list(values))
+    return ds, names
+
+
+def encode_class_values(ds, column: str, names: list[str] | None = None) -> tuple[list[int], list[str]]:
+    """A label column's class indices and class names (see ``_encode_labels``); the dataset is unchanged."""
     from datasets import ClassLabel
 
     feature = ds.features[column]
@@ -188,10 +197,7 @@ def _encode_labels(ds, column: str, names: list[str] | None = None):
                 f"{', '.join(unseen[:5])}. The training classes are {', '.join(names)}. Fix or drop those rows."
             )
         values = [index[str(v)] for v in values]
-    if column != "label" and "label" in ds.column_names:
-        ds = ds.remove_columns("label")
-    ds = ds.remove_columns(column).add_column("label", list(values))
-    return ds, names
+    return list(values), names
 
 
 def _numeric_labels(ds, column: str):

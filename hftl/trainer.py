@@ -109,6 +109,8 @@ class Trainer:
         self.run_config = run_config or {}
         self.history: list[dict] = []
         self.global_step = 0
+        # Multi-task runs: (task name, slice of the logits) per task; labels then hold one column per task.
+        self.tasks: list[tuple[str, slice]] | None = None
         self._log_file = None  # log.jsonl, opened once per fit
 
     # ------------------------------------------------------------------------------ set-up
@@ -300,14 +302,22 @@ class Trainer:
                     predictions += preds.cpu().tolist()
                     references += refs.cpu().tolist()
                 elif "accuracy" in self.metrics or "f1" in self.metrics:
-                    preds, refs = acc.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+                    preds = logits.argmax(-1) if not self.tasks else \
+                        torch.stack([logits[:, s].argmax(-1) for _, s in self.tasks], dim=-1)
+                    preds, refs = acc.gather_for_metrics((preds, batch["labels"]))
                     predictions += preds.cpu().tolist()
                     references += refs.cpu().tolist()
         total = sum(l_[0].sum().item() for l_ in losses)
         n = sum(l_[1].sum().item() for l_ in losses)
         out = {"loss": total / max(1, n)}
         names = [m for m in self.metrics if m != "perplexity"]
-        if names:
+        if names and self.tasks:  # multi-task: each task's metrics, and their mean under the plain name
+            per_task = {task: compute_metrics(names, [p[i] for p in predictions], [r[i] for r in references])
+                        for i, (task, _) in enumerate(self.tasks)}
+            for key in next(iter(per_task.values())):
+                out[key] = sum(m[key] for m in per_task.values()) / len(per_task)
+                out.update({f"{key}/{task}": m[key] for task, m in per_task.items()})
+        elif names:
             out.update(compute_metrics(names, predictions, references))
         if "perplexity" in self.metrics:
             out["perplexity"] = perplexity(out["loss"])

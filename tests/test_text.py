@@ -738,3 +738,50 @@ def test_pretrained_minilm_regression_beats_scratch_on_unseen_words(tmp_path):
         pearson[strategy] = result.metrics["pearson"]
     assert pearson["finetune"] > 0.7, pearson
     assert pearson["finetune"] > pearson["scratch"] + 0.3, pearson
+
+
+# ----------------------------------------------------------------------------------- multi-task
+
+def test_multitask_learns_two_label_columns_on_one_backbone(models, tmp_path, capsys):
+    """Sentiment and aspect (does the review talk about the story?) from the same texts, one shared GPT-2.
+
+    (The tiny BERT's random tanh pooler is a bottleneck where whichever task is learnt first takes
+    over, measured: the other stays at 0.625; the decoder's last-token features carry both.)
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    texts, labels = reviews(160, seed=3)
+    aspects = ["story" if any(w in t.split() for w in ("plot", "story", "ending")) else "screen" for t in texts]
+    data = write_csv(tmp_path / "two.csv", texts, labels, {"aspect": aspects})
+    out = tmp_path / "multi"
+    result = hftl.train(None, clf_overrides(models["gpt2"], data, out, **{
+        "multitask.label_columns": "[label, aspect]", "train.epochs": 6}))
+    final = result.metrics
+    assert final["accuracy/label"] > 0.8 and final["accuracy/aspect"] > 0.8, result.history
+    assert final["accuracy"] == pytest.approx((final["accuracy/label"] + final["accuracy/aspect"]) / 2)
+
+    # Each task is a complete model of its own, loading with transformers and with hftl.
+    aspect_dir = out / "tasks" / "aspect"
+    native = AutoModelForSequenceClassification.from_pretrained(aspect_dir)
+    assert native.config.id2label == {0: "screen", 1: "story"}
+    assert cli(["eval", str(aspect_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(final["accuracy/aspect"])
+    top = hftl.predict(aspect_dir, ["i found the plot dull"])[0][0]
+    assert top[0] == "story"
+    assert hftl.predict(out, ["a wonderful film"])[0][0][0] == "pos"  # the root folder is the first task
+
+
+def test_multitask_cached_probe_and_errors(models, review_csv, tmp_path):
+    texts, labels = reviews(80, seed=4)
+    data = write_csv(tmp_path / "two.csv", texts, labels, {"first_word": [t.split()[0] for t in texts]})
+    probe = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "probe", **{
+        "multitask.label_columns": "[label, first_word]", "strategy.name": "linear_probe", "train.lr": 0.05}))
+    assert {"accuracy/label", "accuracy/first_word", "f1/first_word"} <= set(probe.metrics)
+    with pytest.raises(ConfigError, match="two or more label columns"):
+        hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "a", **{"multitask.label_columns": "[label]"}))
+    with pytest.raises(DataError, match="names 'nope', which is not in"):
+        hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "b", **{
+            "multitask.label_columns": "[label, nope]"}))
+    with pytest.raises(ConfigError, match="lora is not supported"):
+        hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "c", **{
+            "multitask.label_columns": "[label, first_word]", "strategy.name": "lora"}))
