@@ -95,9 +95,8 @@ class MultiTaskModel(TransferModel):
         """The first task's model at ``folder``; every task's complete model under ``folder/tasks/<column>``."""
         folder = Path(folder)
         self.base.save(folder)
-        for column, names in self.tasks.items():
-            task_model = self.task_model(column)
-            task_model.save(folder / "tasks" / column)
+        for column in self.tasks:
+            self.task_model(column).save(folder / "tasks" / column)
 
     def task_model(self, column: str) -> TransferModel:
         """A single-task copy: the shared backbone with ``column``'s head as its final projection."""
