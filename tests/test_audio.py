@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import hftl
+from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ModelNotFoundError
 
@@ -151,6 +153,7 @@ def test_output_loads_with_transformers_and_predicts_the_same(wav2vec2_finetuned
         assert float(row.max()) == pytest.approx(top[0][1], abs=1e-5)
     assert set(native.config.id2label.values()) == set(CLASSES)
     card = (out / "README.md").read_text()
+    check_metadata(ModelCard.load(out / "README.md").data.to_dict())  # what the Hub would accept
     assert "pipeline_tag: audio-classification" in card and 'pipeline("audio-classification"' in card
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import hftl
 from hftl.captioning import DIGIT_TEMPLATES, DIGIT_WORDS
+from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 
@@ -140,6 +142,7 @@ def test_output_loads_with_transformers(captioner, captions_csv):
     text = tokenizer.decode(model.generate(pixel_values=pixels, max_new_tokens=12)[0], skip_special_tokens=True)
     assert text.strip() == hftl.caption(out, [image])[0]
     card = (out / "README.md").read_text()
+    check_metadata(ModelCard.load(out / "README.md").data.to_dict())  # what the Hub would accept
     assert "pipeline_tag: image-to-text" in card and "Captions of validation images" in card
 
 

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 from conftest import tiny_train_overrides
+from huggingface_hub import ModelCard
 
 import hftl
+from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 
@@ -65,6 +67,7 @@ def test_output_is_the_encoder_in_timm_layout(pretrained):
     assert net.num_classes == 5
     assert json.loads((out / "hftl.json").read_text())["task"] == "simclr"
     assert "image-feature-extraction" in (out / "README.md").read_text()
+    check_metadata(ModelCard.load(out / "README.md").data.to_dict())  # what the Hub would accept
 
 
 def test_a_folder_of_unlabelled_images(tmp_path):

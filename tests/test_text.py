@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import hftl
 import hftl.tasks
+from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError, DataError, ModelNotFoundError
 
@@ -407,6 +409,7 @@ def test_regression_on_text_pairs_learns_one_output(regression_run):
         expected = ours(ours.encode_texts(["the movie was great"], ["a wonderful film"]))
     assert torch.allclose(value, expected, atol=1e-5)
     card = (result.output_dir / "README.md").read_text()
+    check_metadata(ModelCard.load(result.output_dir / "README.md").data.to_dict())  # what the Hub would accept
     assert "target `similarity`" in card and "| pearson |" in card and "pipeline_tag: text-classification" in card
 
 
