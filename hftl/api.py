@@ -331,7 +331,8 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
         from hftl.audio import fit_length, read_audio
 
         rate, seconds = model.sampling_rate, model.max_duration or 10.0
-        batch = model.encode_audio([fit_length(read_audio(p, rate), int(seconds * rate)) for p in inputs])
+        batch = model.encode_audio([fit_length(read_audio(p, rate, max_seconds=seconds), int(seconds * rate))
+                                    for p in inputs])
     else:
         batch = model.encode_texts(list(inputs))
     logits = model(batch).float()
@@ -396,7 +397,7 @@ def _evaluate_batches(model, dataset, collate, loss_fn, metric_names, batch_size
     for batch in loader:
         logits = model(batch)
         labels = batch["labels"]
-        n = labels.numel()  # the trainer's weighting, so a run's reported loss is reproduced exactly
+        n = int((labels != -100).sum())  # scored positions, as the trainer counts them: its loss is reproduced
         loss_sum += loss_fn(logits, batch).item() * n
         count += n
         if "regression" in metric_names:

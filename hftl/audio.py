@@ -34,8 +34,12 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".
 MIN_SAMPLES = 800  # 50 ms at 16 kHz: wav2vec2's convolutions need 400 samples for one frame
 
 
-def read_audio(source, sampling_rate: int) -> np.ndarray:
+def read_audio(source, sampling_rate: int, max_seconds: float | None = None, rng: random.Random | None = None,
+               name: str | None = None) -> np.ndarray:
     """Decode a file path or encoded bytes to a mono float32 waveform at ``sampling_rate``.
+
+    With ``max_seconds``, only a window that long is read (from the start, or at an offset drawn
+    from ``rng``): a long recording costs its window, not the whole file.
 
     Example:
         >>> read_audio("clip.flac", 16000).shape  # doctest: +SKIP
@@ -43,13 +47,22 @@ def read_audio(source, sampling_rate: int) -> np.ndarray:
     """
     import soundfile as sf
 
+    is_bytes = isinstance(source, (bytes, bytearray))
+    name = name or ("audio bytes" if is_bytes else f"'{source}'")
+    if source is None or isinstance(source, dict):
+        raise DataError(f"{name}: expected a file path or encoded audio bytes, got {type(source).__name__}.")
     try:
-        data, rate = sf.read(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source),
-                             dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(source) if is_bytes else str(source)) as f:
+            rate, frames = f.samplerate, f.frames
+            window = frames if max_seconds is None else min(frames, max(1, int(max_seconds * rate)))
+            start = rng.randrange(frames - window + 1) if rng is not None and frames > window else 0
+            f.seek(start)
+            data = f.read(window, dtype="float32", always_2d=True)
     except FileNotFoundError as e:
         raise DataError(f"Audio file '{source}' does not exist.") from e
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError on bad data
-        name = "audio bytes" if isinstance(source, (bytes, bytearray)) else f"'{source}'"
+        if not is_bytes and not Path(str(source)).exists():
+            raise DataError(f"Audio file '{source}' does not exist.") from e
         raise DataError(f"{name} could not be decoded as audio: {e}") from e
     wave = data.mean(axis=1)  # mono: the models take one channel
     if rate != sampling_rate:
@@ -58,7 +71,7 @@ def read_audio(source, sampling_rate: int) -> np.ndarray:
         g = gcd(int(rate), int(sampling_rate))
         wave = resample_poly(wave, sampling_rate // g, int(rate) // g).astype(np.float32)
     if not np.isfinite(wave).all():
-        raise DataError(f"'{source}' decodes to NaN/inf samples.")
+        raise DataError(f"{name} decodes to NaN/inf samples.")
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
@@ -132,20 +145,16 @@ class AudioDataset(torch.utils.data.Dataset):
         """The same clips, cropped at the start (what a feature cache may store)."""
         return AudioDataset(self.ds, self.model, self.max_samples / self.model.sampling_rate, self.seed, random=False)
 
-    def waveform(self, index: int) -> np.ndarray:
-        row = self.ds[int(index)]
-        try:
-            wave = read_audio(audio_source(row["audio"]), self.model.sampling_rate)
-        except DataError as e:
-            raise DataError(f"Example {index}: {e}") from e
-        start = 0
-        if self.random and len(wave) > self.max_samples:
-            rng = random.Random(hash((self.seed, self.epoch, int(index))))
-            start = rng.randrange(len(wave) - self.max_samples + 1)
-        return fit_length(wave, self.max_samples, start)
+    def waveform(self, row: dict, index: int) -> np.ndarray:
+        # Only the clip's window is decoded: from the start, or (training) at an offset from (seed, epoch, index).
+        rng = random.Random(hash((self.seed, self.epoch, int(index)))) if self.random else None
+        wave = read_audio(audio_source(row["audio"]), self.model.sampling_rate,
+                          max_seconds=self.max_samples / self.model.sampling_rate, rng=rng, name=f"Example {index}")
+        return fit_length(wave, self.max_samples)
 
     def __getitem__(self, index: int) -> dict:
-        return {"audio": self.waveform(index), "labels": self.ds[int(index)]["label"]}
+        row = self.ds[int(index)]
+        return {"audio": self.waveform(row, index), "labels": row["label"]}
 
     def collate(self, examples: list[dict]) -> dict:
         batch = self.model.encode_audio([e["audio"] for e in examples])
@@ -165,6 +174,10 @@ def build_audio_datasets(cfg, model, data):
     dc = cfg.data
     if dc.max_duration <= 0:
         raise DataError("data.max_duration must be a positive number of seconds.")
+    if "audio" not in data.train.column_names:
+        raise DataError(f"'{data.source}' holds no audio (columns: {', '.join(data.train.column_names)}). Give "
+                        "audio_classification a folder of clips per class, a CSV of paths, or a dataset with an "
+                        "Audio column (data.audio_column).")
     model.max_duration = dc.max_duration
     train = AudioDataset(data.train, model, dc.max_duration, cfg.train.seed, random=dc.augment)
     validation = AudioDataset(data.validation, model, dc.max_duration, cfg.train.seed, random=False)

@@ -97,6 +97,8 @@ def load_caption_data(cfg: DataConfig, seed: int = 42) -> LabelledData:
         if cfg.train_split not in splits:
             raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
         val_name = cfg.validation_split or ("validation" if "validation" in splits else None)
+        if val_name and val_name not in splits:
+            raise DataError(f"Split '{val_name}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
         full = _caption_columns(splits[cfg.train_split], cfg)
         validation = _caption_columns(splits[val_name], cfg) if val_name else None
     if validation is None:
@@ -127,6 +129,16 @@ def _caption_columns(ds, cfg: DataConfig):
     ds = ds.select_columns([cfg.image_column, cfg.text_column])
     ds = ds.rename_columns({cfg.image_column: "image", cfg.text_column: "caption"})
     if not isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image())
+    if isinstance(ds.features["caption"], (datasets.Sequence, datasets.List, list)):
+        # COCO / Flickr layout: several captions per image -> one row per (image, caption)
+        def explode(batch):
+            pairs = [(img, c) for img, caps in zip(batch["image"], batch["caption"]) for c in (caps or [])]
+            return {"image": [p[0] for p in pairs], "caption": [p[1] for p in pairs]}
+
+        ds = ds.cast_column("image", datasets.Image(decode=False)).map(
+            explode, batched=True, features=datasets.Features({"image": datasets.Image(decode=False),
+                                                               "caption": datasets.Value("string")}))
         ds = ds.cast_column("image", datasets.Image())
     return ds
 

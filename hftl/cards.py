@@ -169,6 +169,18 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
     meta = meta or {}
     rev = f", revision=\"{revision}\"" if revision else ""
     lines = []
+    if task == "simclr":  # an encoder with no classes: features, or a starting point for a classifier
+        at = f"@{revision}" if revision else ""
+        return "\n".join([
+            "import timm", "",
+            f"encoder = timm.create_model(\"hf-hub:{repo}{at}\", pretrained=True, num_classes=0).eval()",
+            "# features = encoder(images)  -> (batch, num_features)",
+            f"# or fine-tune it: hftl train <config> model.id=hf-hub:{repo}"])
+    if is_adapter and task == "image_captioning":  # its base is an encoder + a decoder joined by hftl
+        return "\n".join(["import hftl", "",
+                           "# Rebuilds the captioner the adapter was trained on (encoder + decoder) and applies it.",
+                           f"captioner = hftl.load(\"{repo}\"{rev})",
+                           "captions = hftl.caption(captioner, [\"image.png\"])"])
     if is_adapter:
         lines += ["import hftl", "",
                   "# Downloads the adapter, rebuilds its base model (at the recorded revision) and applies it.",
@@ -237,7 +249,7 @@ def usage_block(library: str, task: str, repo: str, is_adapter: bool, revision: 
     cli = "hftl generate" if task == "causal_lm" else "hftl predict"
     arg = "\"Once upon a time\"" if task == "causal_lm" else inputs
     note = "" if repo != REPO_PLACEHOLDER else "\nOnce pushed (`hftl push <folder> --repo-id user/name`), the id replaces `<user>/<model>`; before that, `hftl.load(\"<folder>\")` loads it.\n"
-    hftl_line = "" if rev else f"\nOr from the command line: `{cli} {repo} {arg}`.\n"
+    hftl_line = "" if rev or task == "simclr" else f"\nOr from the command line: `{cli} {repo} {arg}`.\n"
     return f"{USAGE_START}\n```python\n{code}\n```\n{hftl_line}{note}{USAGE_END}"
 
 

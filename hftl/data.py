@@ -109,10 +109,10 @@ def _image_folder(root: Path):
 
 
 def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
-    """(paths, labels, names, unreadable count) from a CSV of file paths (relative to it) and labels."""
+    """(paths, labels, names, unreadable count) from a CSV / JSON(-lines) file of paths (relative to it) and labels."""
     import pandas as pd
 
-    table = pd.read_csv(path)
+    table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
     for name in (column, cfg.label_column):
         if name not in table.columns:
             raise DataError(
@@ -230,6 +230,7 @@ def _encoded_audio(ds, column: str):
     """The audio column as ``audio``, left encoded (hftl.audio decodes it with soundfile, not FFmpeg)."""
     import datasets
 
+    ds = ds.select_columns([column, "label"])  # other Audio/Image columns would be decoded (needing FFmpeg) per row
     if isinstance(ds.features[column], datasets.Audio):
         ds = ds.cast_column(column, datasets.Audio(decode=False))
     return ds.rename_column(column, "audio") if column != "audio" else ds
@@ -302,12 +303,13 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         fingerprint = f"builtin:{name}:v1"
-    elif task == "audio_classification" and (Path(cfg.id).suffix.lower() == ".csv" or _is_class_folder(Path(cfg.id))):
+    elif task == "audio_classification" and (Path(cfg.id).suffix.lower() in (".csv", ".json", ".jsonl")
+                                             or _is_class_folder(Path(cfg.id))):
         from hftl.audio import audio_folder, is_readable_audio
 
         path = Path(cfg.id)
         if not path.exists():
-            raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
+            raise DataError(f"Data file '{path}' does not exist. Check data.id.")
         paths, labels, names, bad = _csv_files(path, cfg, cfg.audio_column, is_readable_audio, "audio") \
             if path.is_file() else audio_folder(path)
         if bad:
@@ -376,9 +378,10 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
     if len(train) == 0:
         raise DataError(f"No training examples left in '{source}'.")
     key = hashlib.sha256(
-        # The label column and its kind belong in the key: cached probe features store the labels with them.
+        # The input and label columns belong in the key: cached probe features store the labels with them.
         f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
-        f"|{cfg.label_column}|{regression}".encode()).hexdigest()[:24]
+        f"|{cfg.label_column}|{regression}|{cfg.image_column}|{cfg.audio_column}|{cfg.text_column}|{cfg.text_pair_column}"
+        .encode()).hexdigest()[:24]
     return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression)
 
 

@@ -103,8 +103,11 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
     # The backbone's fingerprint leaves the head out (probes replace it); a teacher's predictions depend on it.
     head = hashlib.sha256(b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                                    for t in teacher.head.state_dict().values())).hexdigest()[:16]
-    logits, _, hit = cached_features(teacher, train_ds, data.fingerprint, "train", progress,
-                                     fingerprint=f"{teacher.fingerprint()}|{head}", output="logits")
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # rank 0 computes and caches; the other ranks then read the cache
+        logits, _, hit = cached_features(teacher, train_ds, data.fingerprint, "train", progress,
+                                         fingerprint=f"{teacher.fingerprint()}|{head}", output="logits")
     accuracy = float((logits.argmax(-1) == torch.as_tensor(data.train["label"])).float().mean())
     logger.info("Teacher %s: %.3f accuracy on the %d training examples%s", d.teacher, accuracy, len(logits),
                 " (cached predictions)" if hit else "")

@@ -295,7 +295,8 @@ class Trainer:
                     batch = _channels_last(batch)
                 logits = model(batch)
                 loss = self.loss_fn(logits, batch)
-                count = torch.tensor([batch["labels"].numel()], device=logits.device)
+                # Scored positions only: padding and unmasked tokens (-100) carry no loss.
+                count = (batch["labels"] != -100).sum().reshape(1)
                 losses.append(acc.gather_for_metrics((loss.detach().float().reshape(1) * count, count)))
                 if "regression" in self.metrics:  # one output: the value itself is the prediction
                     preds, refs = acc.gather_for_metrics((logits.float().squeeze(-1), batch["labels"]))

@@ -326,3 +326,24 @@ def test_recipe_under_accelerate_launch_on_two_processes(models, clips, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert metrics["rank_weight_checksums"][0] == metrics["rank_weight_checksums"][1]
+
+
+def test_jsonl_random_init_and_wrong_sources(models, clips, tmp_path, capsys):
+    """JSON-lines clip lists resolve paths next to the file; random convolutions train; clear errors otherwise."""
+    rows = [{"file": str(p.relative_to(clips)), "sound": p.parent.name} for p in sorted(clips.rglob("*.wav"))]
+    table = clips / "clips.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "jsonl"
+    hftl.train(None, overrides(models["wav2vec2"], table, out, **{
+        "data.audio_column": "file", "data.label_column": "sound", "train.epochs": 1, "model.pretrained": "false"}))
+    # model.pretrained=false: nothing pretrained to keep, so the (random) convolutional encoder trains too.
+    from hftl.backbones import create_model
+
+    for pretrained, frozen in ((True, True), (False, False)):
+        model = create_model(str(models["wav2vec2"]), ["a", "b"], task="audio_classification", pretrained=pretrained)
+        assert bool(model.feature_encoder_parameter_names()) == frozen
+
+    with pytest.raises(hftl.errors.DataError, match="holds no audio"):
+        hftl.train(None, overrides(models["wav2vec2"], "builtin:digits", tmp_path / "digits"))
+    assert cli(["predict", str(models["wav2vec2"]), str(next(clips.rglob("*.wav")))]) == 2
+    assert "without a classification head" in capsys.readouterr().err

@@ -181,3 +181,54 @@ def test_captioning_errors(models, captions_csv, tmp_path):
         hftl.train(None, overrides(models, captions_csv, tmp_path / "b", **{"strategy.name": "linear_probe"}))
     with pytest.raises(hftl.errors.DataError, match="Column 'picture' is not in"):
         hftl.train(None, overrides(models, captions_csv, tmp_path / "c", **{"data.image_column": "picture"}))
+
+
+def test_hub_layout_with_several_captions_per_image(models, captions_csv, tmp_path):
+    """COCO/Flickr layout (a list of captions per image, in parquet): one training pair per caption."""
+    import datasets
+    import pandas as pd
+
+    table = pd.read_csv(captions_csv).head(40)
+    ds = datasets.Dataset.from_dict({
+        "img": [{"bytes": (captions_csv.parent / f).read_bytes(), "path": f} for f in table["file"]],
+        "sentences": [[t, t.upper()] for t in table["text"]]}).cast_column("img", datasets.Image())
+    folder = tmp_path / "hub_layout"
+    (folder / "data").mkdir(parents=True)
+    ds.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    from hftl.captioning import load_caption_data
+    from hftl.config import DataConfig
+
+    data = load_caption_data(DataConfig(id=str(folder), image_column="img", text_column="sentences"), seed=0)
+    assert len(data.train) + len(data.validation) == 80 and isinstance(data.train[0]["caption"], str)
+    with pytest.raises(hftl.errors.DataError, match="Split 'val' is not in"):
+        load_caption_data(DataConfig(id=str(folder), image_column="img", text_column="sentences",
+                                     validation_split="val"))
+
+
+def test_scratch_from_an_existing_captioner(captioner, tmp_path):
+    result = hftl.train(None, ["task=image_captioning", f"model.id={captioner.output_dir}", "strategy.name=scratch",
+                               "data.id=builtin:digits", "data.max_train_samples=32", "data.max_eval_samples=16",
+                               "data.max_length=12", "train.epochs=1", "train.progress=false",
+                               "train.global_batch_size=16", "train.per_device_batch_size=16",
+                               f"output_dir={tmp_path / 'scratch'}"])
+    assert len(result.history) == 1
+
+
+@pytest.mark.slow
+def test_recipe_under_accelerate_launch_on_two_processes(models, captions_csv, tmp_path):
+    """The ViT's unused pooler must not stall DDP's gradient all-reduce."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "image_captioning.py"
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(recipe),
+           *overrides(models, captions_csv, out, **{"train.epochs": 1, "train.per_device_batch_size": 8})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["rank_weight_checksums"][0] == metrics["rank_weight_checksums"][1]

@@ -110,5 +110,10 @@ def _transformers_task(folder: Path) -> str | None:
     if model_type == "vision-encoder-decoder":
         return "image_captioning"
     if model_type in AUDIO and (folder / "preprocessor_config.json").is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if not any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in architectures):
+            raise ConfigError(f"'{folder}' holds an audio model without a classification head "
+                              f"({', '.join(architectures) or 'no architectures'}): train a classifier from it "
+                              "(task audio_classification, model.id set to it).")
         return "audio_classification"
     return None  # hf_text tells text classifiers and language models apart by their architectures

@@ -97,6 +97,7 @@ class AudioClassifier(TransformersModel):
         net, missing = from_pretrained_or_config(AutoModelForAudioClassification, ref, config, pretrained, trust)
         model = cls(net, names, extractor)
         model.new_modules = new_modules(net, missing)
+        model.pretrained = pretrained
         return model
 
     @classmethod
@@ -129,7 +130,12 @@ class AudioClassifier(TransformersModel):
         return prefix if hasattr(inner, prefix) else "encoder"
 
     def feature_encoder_parameter_names(self) -> set[str]:
-        """The convolutional feature encoder (wav2vec2, HuBERT, WavLM): frozen unless the strategy says not."""
+        """The convolutional feature encoder (wav2vec2, HuBERT, WavLM): frozen unless the strategy says not.
+
+        Only a pretrained one: random convolutions (model.pretrained=false) must train.
+        """
+        if not getattr(self, "pretrained", True):
+            return set()
         return {n for n, _ in self.net.named_parameters() if ".feature_extractor." in f".{n}"}
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -96,7 +96,10 @@ class ImageCaptioner(TransformersModel):
         if _model_type(ref.path) == "vision-encoder-decoder":
             tokenizer = load_tokenizer(ref.path, trust, ref.describe())
             config = AutoConfig.from_pretrained(str(ref.path), **remote_kwargs(trust), **kwargs)
-            net, missing = from_pretrained_or_config(VisionEncoderDecoderModel, ref, config, pretrained, trust)
+            if pretrained:
+                net, missing = from_pretrained_or_config(VisionEncoderDecoderModel, ref, config, True, trust)
+            else:  # the same captioner architecture, randomly initialised (it has no from_config)
+                net, missing = VisionEncoderDecoderModel(config=config), set()
         else:
             if not decoder_id:
                 raise ConfigError(
@@ -120,8 +123,14 @@ class ImageCaptioner(TransformersModel):
                 missing = set()
         model = cls(net, processor, tokenizer)
         model._set_special_tokens()
-        model.new_modules = new_modules(net, missing)
+        # The encoder's pooler (when it has one) is never used by the decoder: not a layer to train or save.
+        model.new_modules = [m for m in new_modules(net, missing) if not m.startswith("encoder.pooler")]
         return model
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """An encoder's pooler gets no gradient (the decoder reads every token): DDP must not wait for it."""
+        return getattr(self.inner.encoder, "pooler", None) is not None
 
     @classmethod
     def from_output(cls, folder: Path) -> ImageCaptioner:

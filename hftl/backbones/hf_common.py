@@ -32,6 +32,7 @@ def remote_kwargs(trust_remote_code: bool) -> dict:
     """``trust_remote_code`` is passed to transformers only when the user set it."""
     return {"trust_remote_code": True} if trust_remote_code else {}
 
+
 def unwrap_peft(net: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or ``net`` itself)."""
     get_base = getattr(net, "get_base_model", None)
