@@ -191,8 +191,11 @@ def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds):
     state = PartialState()
     with state.main_process_first():  # rank 0 fills the cache; the others then read it
         fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
-        tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress, fingerprint=fingerprint)
-        va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress, fingerprint=fingerprint)
+        batch = cfg.train.per_device_batch_size  # evaluation batches are made up the same way (padding)
+        tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress,
+                                        fingerprint=fingerprint, batch_size=batch)
+        va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress,
+                                        fingerprint=fingerprint, batch_size=batch)
     return HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None
 
 

@@ -55,22 +55,25 @@ def compute_features(model, dataset, batch_size: int = 64, progress: bool = True
 
 
 def cached_features(model, dataset, data_key: str, split: str, progress: bool = True, *,
-                    fingerprint: str | None = None, output: str = "features") -> tuple[torch.Tensor, torch.Tensor, bool]:
+                    fingerprint: str | None = None, output: str = "features",
+                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Features for ``dataset`` from the cache, or computed and stored; returns (features, labels, hit).
 
     ``fingerprint``: ``model.fingerprint()`` if the caller has it. It hashes every backbone weight, so a
     caller caching several splits of one model computes it once and passes it to each call.
+    ``batch_size``: use the evaluation's, so that padded batches are made up as they would be there.
     """
     from safetensors.torch import load_file, save_file
 
-    key = feature_key(fingerprint or model.fingerprint(), data_key, split, output)
+    # The batch size is in the key: padded inputs (audio clips) pass group norms whose statistics see the padding.
+    key = feature_key(fingerprint or model.fingerprint(), f"{data_key}|{batch_size}", split, output)
     path = cache_dir() / f"{key}.safetensors"
     if path.is_file():
         stored = load_file(str(path))
         if stored["features"].shape[0] == len(dataset):
             logger.info("Cache hit for the %s %s (%s)", split, output, path)
             return stored["features"], stored["labels"], True
-    feats, labels = compute_features(model, dataset, progress=progress, output=output)
+    feats, labels = compute_features(model, dataset, batch_size=batch_size, progress=progress, output=output)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))

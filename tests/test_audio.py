@@ -206,6 +206,39 @@ def test_every_architecture_and_strategy(models, clips, tmp_path, name, strategy
         assert "classifier" in adapter["modules_to_save"]
 
 
+@pytest.mark.parametrize("name", ["wav2vec2", "hubert", "ast", "whisper"])
+def test_head_on_features_is_the_forward_pass(models, name):
+    """forward_head(forward_features(x)) == forward(x), padding included: what a cached probe relies on.
+
+    For models that project each frame and then average (all but AST), the head is projector +
+    classifier, so a linear probe trains both.
+    """
+    from hftl.backbones import create_model
+
+    model = create_model(str(models[name]), ["a", "b", "c"], task="audio_classification").eval()
+    rng = np.random.default_rng(0)
+    batch = model.encode_audio([tone(rng, (300, 400), 0.3, 16000), tone(rng, (900, 1000), 0.9, 16000)])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(batch)), model(batch), atol=1e-5, rtol=1e-4)
+    has_projector = name != "ast"
+    assert any(n.startswith("projector.") for n in model.head_parameter_names()) == has_projector
+
+
+def test_linear_probe_trains_projector_and_classifier(models, clips, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "probe"
+    hftl.train(None, overrides(models["hubert"], clips, out, **{"strategy.name": "linear_probe", "train.epochs": 2,
+                                                                 "train.lr": 0.05}))
+    first = hftl.backbones.create_model(str(models["hubert"]), sorted(CLASSES), task="audio_classification")
+    trained = load_file(str(out / "model.safetensors"))
+    assert not torch.equal(trained["projector.weight"], first.inner.projector.weight.detach())  # trained (not random)
+    encoder_key = next(k for k in trained if k.endswith("encoder.layers.0.attention.k_proj.weight"))
+    source = load_file(str(models["hubert"] / "model.safetensors"))
+    assert torch.equal(trained[encoder_key], source[next(k for k in source if k.endswith(
+        "encoder.layers.0.attention.k_proj.weight"))])  # the backbone stayed frozen
+
+
 def test_whisper_encoder_weights_transfer_from_a_speech_recognition_checkpoint(models):
     from safetensors.torch import load_file
 
@@ -215,9 +248,9 @@ def test_whisper_encoder_weights_transfer_from_a_speech_recognition_checkpoint(m
     source = load_file(str(models["whisper"] / "model.safetensors"))
     key = next(k for k in source if k.endswith("encoder.layers.1.fc1.weight"))
     torch.testing.assert_close(model.inner.encoder.layers[1].fc1.weight, source[key])
-    assert model.head_name == "classifier" and model.num_features == 16
+    assert model.head_name == "classifier" and model.num_features == 32  # the encoder's width: the head projects
     groups = model.layer_groups()
-    assert len(groups) == 4  # conv/positional embeddings, two layers, the final norm + projector
+    assert len(groups) == 4  # conv/positional embeddings, two layers, the final norm (projector: in the head)
     assert any("conv1" in n for n in groups[0]) and all("layers.1." in n for n in groups[2])
 
 

@@ -141,9 +141,44 @@ class AudioClassifier(TransformersModel):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.net(**self._inputs(batch)).logits
 
+    # -- the head: wav2vec2/HuBERT/WavLM/Whisper project each frame, average over time, then classify.
+    # Both maps are linear, so averaging the encoder's frames first and then applying projector and
+    # classifier gives the same logits: the head is projector + classifier, both new, and a linear
+    # probe trains the two of them on cached time-averaged features.
+    @property
+    def projector(self) -> nn.Module | None:
+        return getattr(self.inner, "projector", None)
+
+    @property
+    def head(self) -> nn.Module:
+        classifier = super().head
+        return nn.Sequential(self.projector, classifier) if self.projector is not None else classifier
+
+    @property
+    def num_features(self) -> int:
+        return self.projector.in_features if self.projector is not None else super().num_features
+
+    def head_parameter_names(self) -> list[str]:
+        named = {n for n, _ in self.net.named_parameters()}
+        modules = (["projector"] if self.projector is not None else []) + [self.head_name]
+        owned = [f"{m}.{p}" for m in modules for p, _ in self.inner.get_submodule(m).named_parameters()]
+        return [n for n in owned if n in named]
+
     def forward_features(self, batch: dict) -> torch.Tensor:
-        """The final projection's input, captured with a forward pre-hook (see the module docs)."""
-        return head_input(self, batch)
+        """What the head sees (see above): the time-averaged encoder frames, or AST's pooled tokens."""
+        if self.projector is None:
+            return head_input(self, batch)
+        captured = {}
+        handle = self.projector.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+        try:
+            self.net(**self._inputs(batch))
+        finally:
+            handle.remove()
+        frames, mask = captured["x"], batch.get("attention_mask")
+        if mask is None or not hasattr(self.inner, "_get_feature_vector_attention_mask"):
+            return frames.mean(dim=1)  # Whisper (fixed window) or no padding: a plain mean, as the model does
+        keep = self.inner._get_feature_vector_attention_mask(frames.shape[1], mask).unsqueeze(-1).to(frames.dtype)
+        return (frames * keep).sum(dim=1) / keep.sum(dim=1)
 
     def lora_options(self) -> dict:
         """peft settings: every module outside the encoder (projector, head) trained and saved in full."""
