@@ -28,6 +28,42 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread (two threads mostly wait on each other).
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def launch_two_processes(recipe: str, overrides: list[str], cwd: Path) -> dict:
+    """``accelerate launch --cpu --num_processes 2 recipes/<recipe>.py``; returns the run's metrics.json.
+
+    Asserts what every such run must show: two ranks, and identical weights on both (DDP kept them in step).
+    """
+    import json
+    import subprocess
+    import sys
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(REPO / "recipes" / f"{recipe}.py"), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["rank_weight_checksums"][0] == metrics["rank_weight_checksums"][1]
+    metrics["stdout"] = proc.stdout
+    return metrics
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

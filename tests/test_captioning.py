@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import launch_two_processes
 from huggingface_hub import ModelCard
 
 import hftl
@@ -21,15 +22,9 @@ from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 CLASSES = [0, 1, 2, 3]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -217,18 +212,5 @@ def test_scratch_from_an_existing_captioner(captioner, tmp_path):
 @pytest.mark.slow
 def test_recipe_under_accelerate_launch_on_two_processes(models, captions_csv, tmp_path):
     """The ViT's unused pooler must not stall DDP's gradient all-reduce."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path / "ddp"
-    accelerate = Path(sys.executable).parent / "accelerate"
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "image_captioning.py"
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(recipe),
-           *overrides(models, captions_csv, out, **{"train.epochs": 1, "train.per_device_batch_size": 8})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    assert metrics["rank_weight_checksums"][0] == metrics["rank_weight_checksums"][1]
+    launch_two_processes("image_captioning", overrides(models, captions_csv, tmp_path / "ddp", **{
+        "train.epochs": 1, "train.per_device_batch_size": 8}), cwd=tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from conftest import tiny_train_overrides
 from huggingface_hub import ModelCard
 
@@ -14,13 +13,7 @@ from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 def simclr(out, **extra) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 from conftest import tiny_train_overrides
 
 import hftl
@@ -13,13 +12,7 @@ from hftl.config import DataConfig
 from hftl.data import LabelledData, load_labelled_data
 from hftl.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -1,33 +1,19 @@
 """Scale out: the recipe under `accelerate launch --cpu --num_processes 2` trains on two ranks (gloo)."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_train_overrides
+from conftest import launch_two_processes, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_two_process_cpu_launch_trains_identical_replicas(tmp_path):
-    out = tmp_path / "ddp"
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(REPO / "recipes" / "image_classification.py"),
-           *tiny_train_overrides(out, **{"train.epochs": 1, "train.global_batch_size": 16,
-                                         "train.per_device_batch_size": 8})]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    first, second = metrics["rank_weight_checksums"]
-    assert first == second  # DDP kept the replicas identical
+    metrics = launch_two_processes("image_classification", tiny_train_overrides(tmp_path / "ddp", **{
+        "train.epochs": 1, "train.global_batch_size": 16, "train.per_device_batch_size": 8}), cwd=tmp_path)
     assert set(metrics["final"]) >= {"accuracy", "f1", "loss"}
-    assert proc.stdout.count('"output_dir"') == 1  # one summary, from rank 0
+    assert metrics["stdout"].count('"output_dir"') == 1  # one summary, from rank 0
 
 
 def test_tensorboard_tracker_writes_events(tmp_path):

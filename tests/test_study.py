@@ -30,19 +30,12 @@ from hftl.study import (
     study_config_from_dict,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = REPO / "hftl" / "demo_data" / "topics.jsonl"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REAL_TRAIN = api.train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (two threads mostly wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_study(out: Path, **study) -> dict:

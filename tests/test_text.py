@@ -21,6 +21,8 @@ from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError, DataError, ModelNotFoundError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 POSITIVE = ["great", "good", "wonderful", "excellent", "lovely", "brilliant"]
 NEGATIVE = ["awful", "bad", "terrible", "boring", "dull", "poor"]
 FILLER = ["the", "movie", "film", "was", "plot", "acting", "a", "and", "i", "found", "really", "story", "it",
@@ -65,15 +67,6 @@ def _bpe(corpus: list[str]):
     data = json.loads(bpe._tokenizer.to_str())
     return data["model"]["vocab"], [tuple(m.split()) if isinstance(m, str) else tuple(m)
                                     for m in data["model"]["merges"]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread (two threads mostly wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def plant_sentiment(embeddings: torch.nn.Embedding, tokenizer) -> None:
