@@ -5,10 +5,12 @@ extractor (``preprocessor_config.json``); ``save`` writes both, so an output loa
 ``AutoModelForAudioClassification.from_pretrained(out)`` and ``AutoFeatureExtractor``, or with
 ``pipeline("audio-classification", model=out)``.
 
-**What ``forward_features`` returns.** The input of the final projection (``classifier``, or
-AST's ``classifier.dense``): for wav2vec2/HuBERT/WavLM/Whisper the time-pooled output of the
-``projector``; for AST the normalised pooled [CLS]/distillation tokens. So a linear probe trains
-exactly that projection, and ``forward_head(forward_features(x))`` equals ``forward(x)``.
+**What ``forward_features`` returns.** What the head sees. wav2vec2/HuBERT/WavLM/Whisper project
+each frame, average the frames over time and classify; both maps are linear, so the head is
+``projector`` + ``classifier`` and the features are the encoder's time-averaged frames (padding
+left out as the model leaves it out). AST's head is ``classifier.dense`` on its normalised pooled
+tokens. Either way ``forward_head(forward_features(x))`` equals ``forward(x)``, and a linear probe
+trains every new layer on cached features.
 
 Layer groups, from the input up: the convolutional feature encoder (wav2vec2, HuBERT) or the
 patch/conv embeddings (AST, Whisper), each transformer layer, then what sits above the layers;
