@@ -284,6 +284,12 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         **(extra_info or {}),
     }
     render_card(info).save(out / "README.md")
+    for task in getattr(model, "tasks", None) or {}:  # multi-task: each task's folder gets its own card
+        task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
+        render_card({**info, "model_name": f"{out.name}-{task}", "metrics": task_metrics, "num_labels": len(
+            model.tasks[task]), "summary": f"{info['summary']} Task `{task}` of a multi-task run "
+                                            f"({', '.join(model.tasks)}) sharing one backbone."}
+                    ).save(out / "tasks" / task / "README.md")
     if cfg.hub.push:
         from hftl.hub import push
 

@@ -762,6 +762,8 @@ def test_multitask_learns_two_label_columns_on_one_backbone(models, tmp_path, ca
     assert native.config.id2label == {0: "screen", 1: "story"}
     assert cli(["eval", str(aspect_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(final["accuracy/aspect"])
+    card = (aspect_dir / "README.md").read_text()
+    assert "multi-task run (label, aspect)" in card and "| accuracy |" in card
     top = hftl.predict(aspect_dir, ["i found the plot dull"])[0][0]
     assert top[0] == "story"
     assert hftl.predict(out, ["a wonderful film"])[0][0][0] == "pos"  # the root folder is the first task
