@@ -39,10 +39,11 @@ from hftl.backbones.hf_common import (
     config_kwargs,
     from_pretrained_or_config,
     head_input,
+    load_preprocessing,
     new_modules,
     remote_kwargs,
 )
-from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.errors import ConfigError
 from hftl.hub import ModelRef
 
 FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
@@ -58,17 +59,9 @@ def load_feature_extractor(folder: str | Path, trust_remote_code: bool = False, 
     """
     from transformers import AutoFeatureExtractor
 
-    folder = Path(folder)
-    name = name or str(folder)
-    if not (folder / FEATURE_EXTRACTOR_FILE).is_file():
-        raise ModelNotFoundError(
-            f"'{name}' has no feature extractor ({FEATURE_EXTRACTOR_FILE} is missing in {folder}). Save it next to "
-            "the weights (feature_extractor.save_pretrained(folder)) or copy the file from the source model."
-        )
-    try:
-        return AutoFeatureExtractor.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelNotFoundError(f"The feature extractor in '{name}' could not be loaded: {e}") from e
+    present = (Path(folder) / FEATURE_EXTRACTOR_FILE).is_file()
+    return load_preprocessing(AutoFeatureExtractor, folder, present, "feature extractor",
+                              f"{FEATURE_EXTRACTOR_FILE} is missing", trust_remote_code, name)
 
 
 class AudioClassifier(TransformersModel):

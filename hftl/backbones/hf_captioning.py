@@ -35,11 +35,12 @@ from hftl.backbones.hf_common import (
     config_kwargs,
     from_pretrained_or_config,
     group_parameter_names,
+    load_preprocessing,
     new_modules,
     remote_kwargs,
 )
 from hftl.backbones.hf_text import load_tokenizer
-from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.errors import ConfigError
 from hftl.hub import ModelRef
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
@@ -49,15 +50,9 @@ def load_image_processor(folder: str | Path, name: str | None = None):
     """The image processor saved in a model folder; a clear error when the folder has none."""
     from transformers import AutoImageProcessor
 
-    folder = Path(folder)
-    if not (folder / IMAGE_PROCESSOR_FILE).is_file():
-        raise ModelNotFoundError(
-            f"'{name or folder}' has no image processor ({IMAGE_PROCESSOR_FILE} is missing in {folder}). Save it "
-            "next to the weights (image_processor.save_pretrained(folder)) or copy the file from the source model.")
-    try:
-        return AutoImageProcessor.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelNotFoundError(f"The image processor in '{name or folder}' could not be loaded: {e}") from e
+    present = (Path(folder) / IMAGE_PROCESSOR_FILE).is_file()
+    return load_preprocessing(AutoImageProcessor, folder, present, "image processor",
+                              f"{IMAGE_PROCESSOR_FILE} is missing", name=name)
 
 
 def _model_type(folder: Path) -> str:

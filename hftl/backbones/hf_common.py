@@ -33,6 +33,24 @@ def remote_kwargs(trust_remote_code: bool) -> dict:
     return {"trust_remote_code": True} if trust_remote_code else {}
 
 
+def load_preprocessing(auto, folder: str | Path, present: bool, what: str, files: str,
+                       trust_remote_code: bool = False, name: str | None = None):
+    """A tokenizer, feature extractor or image processor saved in a model folder (``auto.from_pretrained``).
+
+    ``present`` says whether its files are there (``files`` names them in the error): transformers would
+    otherwise build an empty one, or fail deep inside; a missing or unreadable one is a clear error.
+    """
+    folder = Path(folder)
+    name = name or str(folder)
+    if not present:
+        raise ModelNotFoundError(f"'{name}' has no {what} ({files} in {folder}). Save the {what} next to the weights "
+                                 "(save_pretrained(folder)) or copy its files there from the source model.")
+    try:
+        return auto.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"The {what} in '{name}' could not be loaded: {e}") from e
+
+
 def unwrap_peft(net: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or ``net`` itself)."""
     get_base = getattr(net, "get_base_model", None)

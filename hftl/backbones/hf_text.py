@@ -46,10 +46,11 @@ from hftl.backbones.hf_common import (
     config_kwargs,
     from_pretrained_or_config,
     head_input,
+    load_preprocessing,
     new_modules,
     remote_kwargs,
 )
-from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.errors import ConfigError
 from hftl.hub import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -75,17 +76,8 @@ def load_tokenizer(folder: str | Path, trust_remote_code: bool = False, name: st
     """
     from transformers import AutoTokenizer
 
-    folder = Path(folder)
-    name = name or str(folder)
-    if not has_tokenizer(folder):
-        raise ModelNotFoundError(
-            f"'{name}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ... in {folder}). Save the "
-            "tokenizer next to the weights (tokenizer.save_pretrained(folder)) or copy its files there."
-        )
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelNotFoundError(f"The tokenizer in '{name}' could not be loaded: {e}") from e
+    return load_preprocessing(AutoTokenizer, folder, has_tokenizer(Path(folder)), "tokenizer",
+                              f"none of {', '.join(TOKENIZER_FILES[:4])}, ...", trust_remote_code, name)
 
 
 class HFTextModel(TransformersModel):
