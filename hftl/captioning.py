@@ -77,7 +77,7 @@ def load_caption_data(cfg: DataConfig, seed: int = 42) -> LabelledData:
     """Train and validation ``datasets`` with ``image`` and ``caption`` columns (see the module docs)."""
     import datasets
 
-    from hftl.data import _hub_dataset
+    from hftl.data import _hub_dataset, split_names
 
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     skipped, validation = {}, None
@@ -94,11 +94,7 @@ def load_caption_data(cfg: DataConfig, seed: int = 42) -> LabelledData:
         full = datasets.Dataset.from_dict({"image": paths, "caption": captions}, features=features)
     else:
         splits = _hub_dataset(cfg)
-        if cfg.train_split not in splits:
-            raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
-        val_name = cfg.validation_split or ("validation" if "validation" in splits else None)
-        if val_name and val_name not in splits:
-            raise DataError(f"Split '{val_name}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
+        val_name = split_names(splits, cfg)
         full = _caption_columns(splits[cfg.train_split], cfg)
         validation = _caption_columns(splits[val_name], cfg) if val_name else None
     if validation is None:

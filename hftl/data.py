@@ -236,6 +236,19 @@ def _encoded_audio(ds, column: str):
     return ds.rename_column(column, "audio") if column != "audio" else ds
 
 
+def split_names(splits, cfg: DataConfig) -> str | None:
+    """Check ``data.train_split`` (and ``data.validation_split``) exist; returns the validation split's name.
+
+    Without ``data.validation_split``, a split named ``validation`` is used when there is one (else None:
+    the caller holds out a share of train).
+    """
+    val_name = cfg.validation_split or ("validation" if "validation" in splits else None)
+    for name in (cfg.train_split, val_name):
+        if name is not None and name not in splits:
+            raise DataError(f"Split '{name}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
+    return val_name
+
+
 def _hub_dataset(cfg: DataConfig):
     import datasets
 
@@ -337,12 +350,8 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
         raise DataError(f"Data folder or file '{cfg.id}' does not exist. Check data.id.")
     else:
         dsdict = _hub_dataset(cfg)  # also a local folder of data files (train.jsonl, validation.jsonl, ...)
-        if cfg.train_split not in dsdict:
-            raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
+        val_name = split_names(dsdict, cfg)
         full = dsdict[cfg.train_split]
-        val_name = cfg.validation_split or ("validation" if "validation" in dsdict else None)
-        if cfg.validation_split and cfg.validation_split not in dsdict:
-            raise DataError(f"Split '{cfg.validation_split}' is not in '{cfg.id}'. Splits: {', '.join(dsdict)}.")
         _check_columns(full, cfg, task)
         full, names = _labels_for(full, cfg.label_column, regression)
         if val_name:

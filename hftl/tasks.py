@@ -149,6 +149,8 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     """
     import datasets
 
+    from hftl.data import _hub_dataset, split_names
+
     path = Path(cfg.id).expanduser()
     validation = None
     if cfg.id.startswith("builtin:"):
@@ -170,14 +172,8 @@ def load_corpus(cfg: DataConfig) -> Corpus:
             kind = "csv" if path.suffix.lower() == ".csv" else "json"
             splits = {"train": datasets.load_dataset(kind, data_files=str(path), split="train")}
         else:
-            from hftl.data import _hub_dataset
-
             splits = _hub_dataset(cfg)
-        if cfg.train_split not in splits:
-            raise DataError(f"Split '{cfg.train_split}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
-        val_name = cfg.validation_split or ("validation" if "validation" in splits else None)
-        if val_name and val_name not in splits:
-            raise DataError(f"Split '{val_name}' is not in '{cfg.id}'. Splits: {', '.join(splits)}.")
+        val_name = split_names(splits, cfg)
         columns = splits[cfg.train_split].column_names
         if cfg.text_column not in columns:
             raise DataError(f"Column '{cfg.text_column}' is not in '{cfg.id}'. Its columns are: {', '.join(columns)}. "
