@@ -314,8 +314,11 @@ def test_audio_transfer_study(models, clips, tmp_path):
     assert data["task"] == "audio_classification" and len(data["runs"]) == 2 * 2
     for arm in ("scratch", "linear_probe"):  # 48 clips, the same two stratified folds for each arm
         assert sorted(r["num_validation"] for r in data["runs"] if r["arm"] == arm) == [24, 24]
-    assert report.comparisons["linear_probe"]["b1"].verdict in (
-        "positive transfer", "negative transfer", "no significant difference")
+    c = report.comparisons["linear_probe"]["b1"]  # the verdict follows the paired test on the two arms' folds
+    assert c.n == 2 and c.metric == "accuracy"
+    expected = "no significant difference" if c.p_value >= 0.05 else \
+        ("positive transfer" if c.mean_diff > 0 else "negative transfer")
+    assert c.verdict == expected, c
     assert "audio-classification" in (out / "model" / "README.md").read_text()
 
 
@@ -335,6 +338,10 @@ def test_hub_layout_dataset_with_an_audio_column(models, clips, tmp_path):
         "data.audio_column": "clip", "data.label_column": "kind", "train.epochs": 1}))
     assert len(result.history) == 1
     assert json.loads((out / "hftl.json").read_text())["label_names"] == sorted(CLASSES)
+    # Every clip decoded from the parquet bytes: all of them counted, none skipped, a finite loss.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not metrics["skipped_examples"] and np.isfinite(metrics["final"]["loss"])
+    assert result.history[0]["train_loss"] > 0
 
 
 @pytest.mark.slow
