@@ -126,9 +126,13 @@ def _resample_pos_embed(pos: torch.Tensor, target: torch.Tensor, layout: dict, t
 
     src_prefix = layout.get("prefix_tokens", target_prefix)
     grid = layout.get("grid")
-    if grid is None:  # a square grid after the prefix tokens
-        side = int(math.isqrt(pos.shape[1] - src_prefix))
-        grid = (side, pos.shape[1] // max(1, side)) if side * side != pos.shape[1] - src_prefix else (side, side)
+    if grid is None:  # timm sources: a square grid after the prefix tokens
+        patches = pos.shape[1] - src_prefix
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise ConfigError(f"model.init_from: cannot tell the source's patch grid from {patches} position embeddings "
+                              "(not a square); use a source with a square grid or the same input size.")
+        grid = (side, side)
     patches = resample_abs_pos_embed(pos[:, src_prefix:], new_size=list(target_grid), old_size=list(grid),
                                      num_prefix_tokens=0)
     prefix = target[:, :target_prefix].clone()
