@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from hftl.config import Config, load_config, to_yaml
+from hftl.config import Config, load_config, redact_secrets, to_yaml
 from hftl.data import ImageDataset, LabelledData, load_labelled_data
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import metrics_for_task
-from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, save_output
+from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, read_meta, save_output
 from hftl.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
         "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
         "base_source": ref.source,
         "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
-        "model_kwargs": model_kwargs(cfg),
+        "model_kwargs": redact_secrets(model_kwargs(cfg)),  # a token given as a kwarg is never written
         "strategy": cfg.strategy.name,
         "library": model.library,
         "init_from": {"id": cfg.model.init_from, "revision": cfg.model.init_from_revision} if cfg.model.init_from
@@ -355,7 +355,8 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
 
 
 @torch.inference_mode()
-def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
+def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_remote_code: bool = False,
+             allow_pickle: bool = False) -> dict:
     """Metrics of a trained model on data (its own validation split unless ``data.*`` overrides say).
 
     Classifiers report loss, accuracy and macro-F1; text_regression models mse, mae and Pearson
@@ -371,11 +372,14 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"'{folder}' is not an hftl output folder (no hftl_config.yaml / {META_FILE}); "
                           "`hftl eval` needs the folder a run wrote.")
     cfg = as_config(folder / "hftl_config.yaml", overrides)
-    meta = json.loads((folder / META_FILE).read_text())
+    # The folder's own config may not switch on code execution or pickles: only the user's overrides can.
+    cfg.model.trust_remote_code = _user_flag(overrides, "model.trust_remote_code") or trust_remote_code
+    cfg.model.allow_pickle = _user_flag(overrides, "model.allow_pickle") or allow_pickle
+    meta = read_meta(folder)
     if cfg.task == "simclr":
         raise ConfigError(f"'{folder}' is a self-supervised encoder (task simclr): it has no task to score. Probe or "
                           "fine-tune it (task image_classification, model.id set to it) and evaluate that run.")
-    model = load(folder)
+    model = load(folder, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     model.eval()
     if cfg.task == "image_captioning":
         from hftl.captioning import caption_datasets, caption_loss, load_caption_data
@@ -395,6 +399,16 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None) -> dict:
     _, eval_ds, collate = build_datasets(cfg, model, data)
     return _evaluate_batches(model, eval_ds, collate, classification_loss, metrics_for_task(cfg.task),
                              cfg.train.per_device_batch_size)
+
+
+def _user_flag(overrides: list[str] | None, key: str) -> bool:
+    """Whether the user's own overrides set a boolean ``key`` to true."""
+    from hftl.config import parse_overrides
+
+    node = parse_overrides([o for o in overrides or [] if o.startswith(f"{key}=")])
+    for part in key.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node is True
 
 
 def _evaluate_batches(model, dataset, collate, loss_fn, metric_names, batch_size: int) -> dict:

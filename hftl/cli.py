@@ -33,10 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="output folder of a run")
     pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
     pr.add_argument("--top-k", type=int, default=3)
+    _add_trust_flags(pr)
 
     ev = sub.add_parser("eval", help="Metrics of a trained model on data (perplexity for language models).")
     ev.add_argument("model", help="output folder of a run")
     ev.add_argument("overrides", nargs="*", help="e.g. data=path/to/folder or data.id=...")
+    _add_trust_flags(ev)
 
     g = sub.add_parser("generate", help="Sample text from a causal LM run.")
     g.add_argument("model")
@@ -61,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--merged", action="store_true", help="push a LoRA run's merged model instead of the adapter")
     pu.add_argument("--license", default=None, help="license for the card (a Hub license id, e.g. mit)")
     return p
+
+
+def _add_trust_flags(p: argparse.ArgumentParser) -> None:
+    # A received folder can switch neither on: only the person running the command can.
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow Python code shipped with the model to run (only for sources you trust)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow weights stored as pickle (.bin/.pth), which can run code when loaded")
 
 
 def _normalise_eval_overrides(overrides: list[str]) -> list[str]:
@@ -88,7 +98,7 @@ def run(argv: list[str]) -> int:
         from hftl.api import predict
         from hftl.model import load
 
-        model = load(args.model)
+        model = load(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         if getattr(model, "kind", None) == "captioner":
             from hftl.captioning import caption
 
@@ -103,7 +113,8 @@ def run(argv: list[str]) -> int:
     elif args.command == "eval":
         from hftl.api import evaluate
 
-        print(json.dumps(evaluate(args.model, _normalise_eval_overrides(args.overrides)), indent=2))
+        print(json.dumps(evaluate(args.model, _normalise_eval_overrides(args.overrides),
+                                  trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle), indent=2))
     elif args.command == "generate":
         from hftl.tasks import generate
 

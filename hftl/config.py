@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,7 +187,38 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data, secrets left out: what is written, tracked, hashed and pushed."""
+        return redact_secrets(dataclasses.asdict(self))
+
+
+# Keys whose values are credentials, wherever they sit (model.kwargs={token: ...}, a tracker's api_key).
+SECRET_KEY_RE = re.compile(r"(^|[_-])(token|auth|password|passwd|secret|secret_key|api_?key|credentials?|private_?key)$",
+                           re.IGNORECASE)
+# Values shaped like a credential whatever their key: Hugging Face user/org tokens, other services' keys.
+SECRET_VALUE_RE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})$")
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` with every secret-like entry dropped (by key name or by the value's shape).
+
+    hftl writes configs next to results and pushes them; a token given as a model argument must never
+    travel with them (pass it as HF_TOKEN or through ``hf auth login`` instead).
+
+    Example:
+        >>> redact_secrets({"kwargs": {"token": "hf_x", "drop_rate": 0.1}})
+        {'kwargs': {'drop_rate': 0.1}}
+    """
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items()
+                if not (isinstance(k, str) and SECRET_KEY_RE.search(k)) and not is_secret_value(v)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_secrets(v) for v in value if not is_secret_value(v))
+    return value
+
+
+def is_secret_value(value: Any) -> bool:
+    """Whether a value is shaped like a credential (an ``hf_...`` token and the like)."""
+    return isinstance(value, str) and bool(SECRET_VALUE_RE.match(value.strip()))
 
 
 TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification",

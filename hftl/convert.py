@@ -70,8 +70,11 @@ def load_source(model_id: str, revision: str | None = None) -> tuple[dict[str, t
     if ref.library == "transformers":
         from transformers import AutoConfig, AutoModel
 
-        config = AutoConfig.from_pretrained(str(ref.path))
-        net = AutoModel.from_pretrained(str(ref.path), dtype=torch.float32)
+        from hftl.backbones.hf_common import refuse_remote_code
+
+        with refuse_remote_code(ref.describe()):  # init_from never runs a source folder's code
+            config = AutoConfig.from_pretrained(str(ref.path), trust_remote_code=False)
+            net = AutoModel.from_pretrained(str(ref.path), dtype=torch.float32, trust_remote_code=False)
         info = {"library": "transformers", "model_type": config.model_type, "config": config,
                 "describe": ref.describe()}
         return net.state_dict(), info

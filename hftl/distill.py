@@ -93,7 +93,9 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
     from hftl.model import load
 
     d = cfg.distill
-    teacher = load(d.teacher, revision=d.teacher_revision)
+    # The user's own settings decide what the teacher's folder may do, never the folder itself.
+    teacher = load(d.teacher, revision=d.teacher_revision, trust_remote_code=cfg.model.trust_remote_code,
+                   allow_pickle=cfg.model.allow_pickle)
     if list(teacher.label_names) != list(data.label_names):
         raise ConfigError(f"The teacher '{d.teacher}' predicts {teacher.label_names}, but the data's classes are "
                           f"{data.label_names}. A teacher must have the same classes, in the same order.")

@@ -67,14 +67,40 @@ def detect_library(folder: Path) -> str:
     raise ModelNotFoundError(f"Cannot tell which library wrote '{config}' (no model_type or architecture).")
 
 
+# Where a library finds pickle weights in a folder, and the safetensors file it reads first when present.
+# A pickle is safe to leave in a folder only when its safetensors twin is there: the library then never
+# opens it. Any other *.safetensors beside it does not count (it would not stop the pickle being read).
+PICKLE_WEIGHTS = {"pytorch_model.bin": "model.safetensors", "adapter_model.bin": "adapter_model.safetensors",
+                  "pytorch_model.bin.index.json": "model.safetensors.index.json"}
+
+
 def check_safe_weights(folder: Path, allow_pickle: bool) -> None:
-    """Refuse a folder whose only weights are pickle files unless the user opted in."""
-    has_safetensors = any(folder.glob("*.safetensors"))
-    pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)]
-    if pickles and not has_safetensors and not allow_pickle:
+    """Refuse a folder whose weights a library would read from a pickle file, unless the user opted in.
+
+    The one rule for every entry point (train, predict, eval, a teacher, an adapter's base, init_from):
+    a loader picks ``model.safetensors`` over ``pytorch_model.bin`` (timm, transformers) and
+    ``adapter_model.safetensors`` over ``adapter_model.bin`` (peft), so each pickle weights file needs its
+    twin; a folder with pickles and no safetensors weights at all is refused too.
+
+    Example:
+        >>> check_safe_weights(Path("outputs/run"), allow_pickle=False)  # doctest: +SKIP
+    """
+    if allow_pickle or not folder.is_dir():
+        return
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    pickles = sorted(n for n in names if any(Path(n).match(pattern) for pattern in PICKLE_PATTERNS))
+    sharded = {n for n in names if n.startswith("pytorch_model-") and n.endswith(".bin")}
+    unsafe = [n for n in pickles if PICKLE_WEIGHTS.get(n) and PICKLE_WEIGHTS[n] not in names]
+    if sharded and "model.safetensors.index.json" not in names and "model.safetensors" not in names:
+        unsafe += sorted(sharded)
+    has_safe = bool(names & set(PICKLE_WEIGHTS.values())) or any(n.endswith(".safetensors") for n in names)
+    if pickles and not has_safe:
+        unsafe = pickles
+    if unsafe:
         raise UnsafeWeightsError(
-            f"'{folder}' holds weights only as pickle ({', '.join(sorted(pickles))}); loading pickle can run "
-            "arbitrary code. Convert them to safetensors, or set model.allow_pickle=true if you trust the source."
+            f"'{folder}' holds weights as pickle ({', '.join(sorted(set(unsafe)))}) with no safetensors file a "
+            "loader would read instead; loading pickle can run arbitrary code. Convert them to safetensors, or set "
+            "model.allow_pickle=true (hftl predict/eval: --allow-pickle) if you trust the source."
         )
 
 
@@ -335,7 +361,21 @@ def plan_push(output_dir: str | Path, merged: bool = False) -> PushPlan:
     meta_path = root / "hftl.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    _refuse_secrets({**files, "README.md": card_path} if card is not None else files)
     return PushPlan(folder, root, kind, files, card, meta)
+
+
+TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".md", ".txt", ".jsonl", ".csv", ".cfg", ".toml"}
+TOKEN_RE = re.compile(r"(hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z0-9]{30,})")
+
+
+def _refuse_secrets(files: dict) -> None:
+    """Refuse a push whose text files hold a token (an older run, or a file the user added by hand)."""
+    for rel, path in files.items():
+        if Path(rel).suffix in TEXT_SUFFIXES and path.stat().st_size < 50 * 2**20:
+            if TOKEN_RE.search(path.read_text(encoding="utf-8", errors="replace")):
+                raise HubError(f"'{path}' holds what looks like a Hugging Face token; remove it before pushing "
+                               "(hftl never writes tokens; nothing was uploaded).")
 
 
 def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -437,7 +477,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def output_folder(model: str | Path, revision: str | None = None) -> Path:
+def output_folder(model: str | Path, revision: str | None = None, allow_pickle: bool = False) -> Path:
     """The local folder of an hftl output: a folder as given, or a Hub repo id downloaded (pinned to
     ``revision`` when given) through the Hub cache, honouring ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT``.
 
@@ -454,4 +494,4 @@ def output_folder(model: str | Path, revision: str | None = None) -> Path:
     looks_local = text.startswith(("/", "./", "../", "~")) or repo_id.count("/") != 1 or local.parent.is_dir()
     if looks_local or not REPO_ID_RE.match(repo_id):
         raise ModelNotFoundError(f"Output folder '{model}' does not exist (and it is not a Hub id user/name).")
-    return download(repo_id, revision=revision)
+    return download(repo_id, revision=revision, allow_pickle=allow_pickle)

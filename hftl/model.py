@@ -18,6 +18,7 @@ from pathlib import Path
 from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.config import Config
 from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.backbones.hf_common import refuse_remote_code
 from hftl.hub import ModelRef, resolve_model
 
 META_FILE = "hftl.json"
@@ -27,7 +28,8 @@ def build_model(cfg: Config, label_names: list[str]) -> tuple[TransferModel, Mod
     """The task's model from ``cfg.model``; scratch runs get the same architecture, randomly initialised."""
     ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
     pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
-    model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
+    with refuse_remote_code(ref.describe()):
+        model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
     if cfg.model.init_from:
         if cfg.strategy.name == "scratch":
             raise ConfigError("model.init_from transfers weights; strategy scratch trains from random ones. Drop one.")
@@ -78,37 +80,62 @@ def is_peft(model: TransferModel) -> bool:
     return isinstance(model.net, PeftModel)
 
 
-def load(folder: str | Path, revision: str | None = None) -> TransferModel:
+def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: bool = False,
+         allow_pickle: bool = False) -> TransferModel:
     """Load a model hftl trained (any task, any strategy) from its output folder or a Hub id.
 
     A Hub id (``user/name``) is downloaded through the Hub cache, pinned to ``revision`` when given
-    (``HF_HUB_OFFLINE=1`` loads it from the cache with no network call).
+    (``HF_HUB_OFFLINE=1`` loads it from the cache with no network call). A folder is untrusted input:
+    nothing in it can switch on code execution or pickle loading; only these arguments can.
 
     Example:
         >>> model = load("me/resnet18-digits", revision="v1")  # doctest: +SKIP
     """
-    from hftl.hub import output_folder
+    from hftl.hub import check_safe_weights, output_folder
 
-    folder = output_folder(folder, revision)
-    meta_path = folder / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if (folder / "adapter_config.json").is_file():
-        return _load_adapter(folder, meta)
-    model = load_output(folder)
+    folder = output_folder(folder, revision, allow_pickle=allow_pickle)
+    check_safe_weights(folder, allow_pickle)
+    meta = read_meta(folder)
+    with refuse_remote_code(str(folder)):
+        if (folder / "adapter_config.json").is_file():
+            return _load_adapter(folder, meta, trust_remote_code, allow_pickle)
+        model = load_output(folder, trust_remote_code)
     if meta.get("label_names"):
         model.label_names = meta["label_names"]
     model.eval()
     return model
 
 
-def _load_adapter(folder: Path, meta: dict) -> TransferModel:
+def read_meta(folder: Path) -> dict:
+    """A folder's ``hftl.json`` (empty when absent); a corrupt one is a clear error naming the file."""
+    path = folder / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelNotFoundError(f"'{path}' is not valid JSON ({e}); restore it from the run or retrain.") from e
+    if not isinstance(meta, dict):
+        raise ModelNotFoundError(f"'{path}' does not hold a JSON object; restore it from the run or retrain.")
+    return meta
+
+
+# Constructor arguments a folder may not set: only the user's own config or flags may allow code or pickles.
+UNSAFE_KWARGS = ("trust_remote_code", "code_revision", "allow_pickle", "use_safetensors", "weights_only")
+
+
+def _load_adapter(folder: Path, meta: dict, trust_remote_code: bool, allow_pickle: bool) -> TransferModel:
     from peft import PeftModel
 
     if not meta:
         raise ModelNotFoundError(f"'{folder}' holds a LoRA adapter but no {META_FILE} naming its base model.")
-    ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"))
+    ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"),
+                        allow_pickle=allow_pickle)
+    kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in UNSAFE_KWARGS}
+    if ref.library != "timm":  # transformers bases: the user's choice, stated explicitly
+        kwargs["trust_remote_code"] = trust_remote_code
     base = create_from_ref(ref, meta["task"], meta["label_names"], pretrained=meta.get("base_pretrained", True),
-                           **meta.get("model_kwargs", {}))
+                           **kwargs)
     if meta.get("init_from"):  # the adapter was trained on these transferred weights: rebuild them first
         init_weights_from(base, meta["init_from"]["id"], meta["init_from"].get("revision"))
     base.net = PeftModel.from_pretrained(base.net, str(folder))

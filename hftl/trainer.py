@@ -34,6 +34,9 @@ from hftl.metrics import compute_metrics, perplexity
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+# What a checkpoint folder holds (plus random_states_<rank>.pkl, read with weights_only=True).
+CHECKPOINT_FILES = {STATE_FILE, "model.safetensors", "optimizer.bin"}
+CHECKPOINT_FORMAT = "hftl-checkpoint/2"  # 2: scheduler state in JSON, the run's shape recorded
 
 
 def classification_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -59,15 +62,24 @@ def make_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
-    """The checkpoint to resume from: 'latest' (highest complete step) or a given folder."""
+    """The checkpoint to resume from: 'latest' (highest complete step) or one of this output dir's checkpoints.
+
+    Only checkpoints hftl wrote into ``output_dir/checkpoints`` are resumed: a checkpoint folder from
+    elsewhere is untrusted input (Accelerate's state files are pickles), and belongs to another run anyway.
+    """
+    root = output_dir / "checkpoints"
     if resume != "latest":
         path = Path(resume)
         if not path.is_absolute() and not path.exists():
-            path = output_dir / "checkpoints" / resume
+            path = root / resume
+        if path.resolve().parent != root.resolve():
+            raise CheckpointError(
+                f"train.resume='{resume}' is not a checkpoint of this run: hftl resumes only checkpoints it wrote in "
+                f"'{root}' (train.resume=latest or checkpoint-N). To start from other weights, use model.id or "
+                "model.init_from.")
         if not (path / STATE_FILE).is_file():
             raise CheckpointError(f"'{resume}' is not a complete hftl checkpoint (no {STATE_FILE} in it).")
         return path
-    root = output_dir / "checkpoints"
     # Only renamed-into-place folders count: a crash mid-write leaves a .tmp-* folder, never checkpoint-N.
     complete = [p for p in root.glob("checkpoint-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
     if not complete:
@@ -194,7 +206,11 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
         # Stepped by hand once per optimizer step (not prepared): counts are then the same on any world size.
         scheduler = make_scheduler(stepper, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
-        acc.register_for_checkpointing(scheduler)
+        # The scheduler's state goes into trainer_state.json (Accelerate would pickle it: no pickle is read on resume).
+        self._scheduler = scheduler
+        self._run_shape = {"global_batch_size": cfg.global_batch_size, "per_device_batch_size": cfg.per_device_batch_size,
+                           "world_size": acc.num_processes, "train_examples": len(self.train_dataset),
+                           "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs}
 
         start_epoch, skip_batches = 0, 0
         if cfg.resume:
@@ -282,6 +298,8 @@ class Trainer:
             self._log(acc, {"step": self.global_step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
             if not cfg.checkpoint_every or epoch == cfg.epochs - 1:
                 self._save_checkpoint(acc, epoch + 1, 0)
+        if not metrics and self.history:  # resumed from the last checkpoint (a crash in the final save)
+            metrics = {k: v for k, v in self.history[-1].items() if k != "epoch"}
         return metrics
 
     def evaluate(self, model, eval_dl) -> dict:
@@ -381,8 +399,9 @@ class Trainer:
         if self.cfg.channels_last:
             self._prepared.to(memory_format=torch.channels_last)
         if acc.is_main_process:
-            state = {"global_step": self.global_step, "epoch": epoch, "batches_done": batches_done,
-                     "history": self.history}
+            state = {"format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": epoch,
+                     "batches_done": batches_done, "history": self.history, "run": self._run_shape,
+                     "scheduler": self._scheduler.state_dict()}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -393,12 +412,50 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _resume(self, acc, path: Path) -> tuple[int, int]:
-        state = json.loads((path / STATE_FILE).read_text())
-        acc.load_state(str(path))
+        state = self._checked_state(path)
+        try:  # every piece Accelerate reads here is safetensors or torch.load(weights_only=True)
+            acc.load_state(str(path))
+        except Exception as e:  # a damaged optimizer/RNG file: name the checkpoint, not a deep traceback
+            raise CheckpointError(f"Checkpoint '{path}' could not be read ({type(e).__name__}: {str(e)[:200]}). "
+                                  "Resume from an earlier checkpoint-N, or start without train.resume.") from e
+        self._scheduler.load_state_dict(state["scheduler"])
         self.global_step = state["global_step"]
         self.history = state.get("history", [])
         logger.info("Resumed from %s (step %d, epoch %d)", path, self.global_step, state["epoch"])
         return state["epoch"], state["batches_done"]
+
+    def _checked_state(self, path: Path) -> dict:
+        """The checkpoint's state file, after checking hftl wrote it for a run shaped like this one."""
+        try:
+            state = json.loads((path / STATE_FILE).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"'{path / STATE_FILE}' is damaged ({e}); resume from an earlier checkpoint-N.") from e
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"'{path}' was not written by this version of hftl (no '{CHECKPOINT_FORMAT}' in "
+                                  f"{STATE_FILE}); start the run again without train.resume.")
+        foreign = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in CHECKPOINT_FILES
+                         and not (p.name.startswith("random_states_") and p.suffix == ".pkl"))
+        if foreign:
+            raise CheckpointError(f"Checkpoint '{path}' holds files hftl never writes ({', '.join(foreign[:3])}); it "
+                                  "is not resumed. Resume from another checkpoint-N, or start without train.resume.")
+        missing = [name for name in ("model.safetensors", "optimizer.bin") if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(f"Checkpoint '{path}' is incomplete (no {', '.join(missing)}); resume from an "
+                                  "earlier checkpoint-N, or start without train.resume.")
+        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
+        try:  # Accelerate would skip an unreadable RNG file with a log line: the resume would then not be exact
+            from accelerate.utils import load as weights_only_load
+
+            weights_only_load(rng)
+        except Exception as e:
+            raise CheckpointError(f"Checkpoint '{path}' could not be read ({rng.name}: {type(e).__name__}). Resume "
+                                  "from an earlier checkpoint-N, or start without train.resume.") from e
+        differs = [f"{k} {v} (now {self._run_shape[k]})" for k, v in (state.get("run") or {}).items()
+                   if k in self._run_shape and v != self._run_shape[k]]
+        if differs:
+            raise CheckpointError(f"Checkpoint '{path}' belongs to a run of another shape: {'; '.join(differs)}. "
+                                  "Resume with the same data and batch settings, or start a new output_dir.")
+        return state
 
     def _log(self, acc, row: dict) -> None:
         if self.cfg.tracker != "none":

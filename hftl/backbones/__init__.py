@@ -70,8 +70,11 @@ def create_model(model_id: str, label_names: list[str], *, task: str = "image_cl
     return create_from_ref(ref, task, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
 
 
-def load_output(folder: str | Path) -> TransferModel:
-    """Load a model from a folder hftl wrote (native library layout)."""
+def load_output(folder: str | Path, trust_remote_code: bool = False) -> TransferModel:
+    """Load a model from a folder hftl wrote (native library layout).
+
+    ``trust_remote_code`` comes from the caller (the user's flag), never from the folder itself.
+    """
     from hftl.hub import detect_library
 
     folder = Path(folder)
@@ -85,14 +88,14 @@ def load_output(folder: str | Path) -> TransferModel:
         if task == "image_captioning":
             from hftl.backbones.hf_captioning import ImageCaptioner
 
-            return ImageCaptioner.from_output(folder)
+            return ImageCaptioner.from_output(folder, trust_remote_code)
         if task == "audio_classification":
             from hftl.backbones.hf_audio import AudioClassifier
 
-            return AudioClassifier.from_output(folder)
+            return AudioClassifier.from_output(folder, trust_remote_code)
         from hftl.backbones.hf_text import load_transformers_output
 
-        return load_transformers_output(folder)
+        return load_transformers_output(folder, trust_remote_code)
     raise ConfigError(f"Loading {library} outputs is not supported yet ({folder}).")
 
 

@@ -96,13 +96,14 @@ class AudioClassifier(TransformersModel):
         return model
 
     @classmethod
-    def from_output(cls, folder: Path) -> AudioClassifier:
+    def from_output(cls, folder: Path, trust_remote_code: bool = False) -> AudioClassifier:
         """Load a folder hftl (or ``save_pretrained``) wrote for audio classification."""
         from transformers import AutoModelForAudioClassification
 
-        net = AutoModelForAudioClassification.from_pretrained(str(folder), dtype=torch.float32)
+        net = AutoModelForAudioClassification.from_pretrained(str(folder), dtype=torch.float32,
+                                                              **remote_kwargs(trust_remote_code))
         names = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
-        model = cls(net, names, load_feature_extractor(folder))
+        model = cls(net, names, load_feature_extractor(folder, trust_remote_code))
         model.restore_settings(folder)
         return model
 

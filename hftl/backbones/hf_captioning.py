@@ -128,12 +128,13 @@ class ImageCaptioner(TransformersModel):
         return getattr(self.inner.encoder, "pooler", None) is not None
 
     @classmethod
-    def from_output(cls, folder: Path) -> ImageCaptioner:
+    def from_output(cls, folder: Path, trust_remote_code: bool = False) -> ImageCaptioner:
         """Load a folder hftl (or ``save_pretrained``) wrote for a vision-encoder-decoder captioner."""
         from transformers import VisionEncoderDecoderModel
 
-        net = VisionEncoderDecoderModel.from_pretrained(str(folder), dtype=torch.float32)
-        model = cls(net, load_image_processor(folder), load_tokenizer(folder))
+        net = VisionEncoderDecoderModel.from_pretrained(str(folder), dtype=torch.float32,
+                                                        **remote_kwargs(trust_remote_code))
+        model = cls(net, load_image_processor(folder), load_tokenizer(folder, trust_remote_code))
         model._set_special_tokens()
         model.restore_settings(folder)
         return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,8 +30,30 @@ ATTENTION_NAMES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_at
 
 
 def remote_kwargs(trust_remote_code: bool) -> dict:
-    """``trust_remote_code`` is passed to transformers only when the user set it."""
-    return {"trust_remote_code": True} if trust_remote_code else {}
+    """``trust_remote_code`` passed explicitly, always: left unset, transformers asks on a terminal whether to
+    run a folder's code (a 'y' would run it although the user's config said no)."""
+    return {"trust_remote_code": bool(trust_remote_code)}
+
+
+def remote_code_error(name: str, error: Exception) -> ConfigError | None:
+    """The one-line refusal for a model that needs its own Python code, or None for other errors."""
+    if "trust_remote_code" not in str(error):
+        return None
+    return ConfigError(f"'{name}' needs to run Python code shipped with the model (an auto_map in its config), and "
+                       "hftl never runs a model folder's code on its own. If you trust its source, set "
+                       "model.trust_remote_code=true (hftl predict/eval: --trust-remote-code).")
+
+
+@contextmanager
+def refuse_remote_code(name: str):
+    """Turn transformers' 'pass trust_remote_code=True' ValueError into hftl's one-line refusal."""
+    try:
+        yield
+    except ValueError as e:
+        refusal = remote_code_error(name, e)
+        if refusal is None:
+            raise
+        raise refusal from e
 
 
 def load_preprocessing(auto, folder: str | Path, present: bool, what: str, files: str,
@@ -48,7 +71,7 @@ def load_preprocessing(auto, folder: str | Path, present: bool, what: str, files
     try:
         return auto.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
     except (OSError, ValueError, TypeError) as e:
-        raise ModelNotFoundError(f"The {what} in '{name}' could not be loaded: {e}") from e
+        raise remote_code_error(name, e) or ModelNotFoundError(f"The {what} in '{name}' could not be loaded: {e}") from e
 
 
 def unwrap_peft(net: nn.Module) -> nn.Module:
@@ -78,7 +101,7 @@ def from_pretrained_or_config(auto, ref: ModelRef, config, pretrained: bool, tru
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             raise ConfigError(f"'{ref.describe()}' cannot be loaded as {auto.__name__}: {e}") from e
-        raise
+        raise remote_code_error(ref.describe(), e) or e
     except OSError as e:
         raise ModelNotFoundError(f"The weights of '{ref.describe()}' could not be loaded: {e}") from e
 

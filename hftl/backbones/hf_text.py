@@ -234,13 +234,14 @@ class TextClassifier(HFTextModel):
         return model
 
     @classmethod
-    def from_output(cls, folder: Path) -> TextClassifier:
+    def from_output(cls, folder: Path, trust_remote_code: bool = False) -> TextClassifier:
         """Load a folder hftl (or ``save_pretrained``) wrote for sequence classification."""
         from transformers import AutoModelForSequenceClassification
 
-        net = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+        net = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32,
+                                                                 **remote_kwargs(trust_remote_code))
         names = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
-        model = cls(net, names, load_tokenizer(folder))
+        model = cls(net, names, load_tokenizer(folder, trust_remote_code))
         model.restore_settings(folder)
         return model
 
@@ -317,12 +318,13 @@ class LanguageModel(HFTextModel):
         return model
 
     @classmethod
-    def from_output(cls, folder: Path, task: str = "causal_lm") -> LanguageModel:
+    def from_output(cls, folder: Path, task: str = "causal_lm", trust_remote_code: bool = False) -> LanguageModel:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
         auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForMaskedLM
-        net = auto.from_pretrained(str(folder), dtype=torch.float32)
-        model = cls(net, [], load_tokenizer(folder), kind="causal" if task == "causal_lm" else "masked")
+        net = auto.from_pretrained(str(folder), dtype=torch.float32, **remote_kwargs(trust_remote_code))
+        model = cls(net, [], load_tokenizer(folder, trust_remote_code),
+                    kind="causal" if task == "causal_lm" else "masked")
         model.restore_settings(folder)
         return model
 
@@ -386,7 +388,7 @@ TASK_BY_ARCHITECTURE = (("ForSequenceClassification", "text_classification"), ("
                         ("LMHeadModel", "causal_lm"), ("ForMaskedLM", "masked_lm"))
 
 
-def load_transformers_output(folder: str | Path) -> HFTextModel:
+def load_transformers_output(folder: str | Path, trust_remote_code: bool = False) -> HFTextModel:
     """Load a transformers output folder as the adapter its task needs (from hftl.json or config.json).
 
     Example:
@@ -401,9 +403,9 @@ def load_transformers_output(folder: str | Path) -> HFTextModel:
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
         task = next((t for a in architectures for suffix, t in TASK_BY_ARCHITECTURE if a.endswith(suffix)), None)
     if task in ("text_classification", "text_regression"):
-        return TextClassifier.from_output(folder)
+        return TextClassifier.from_output(folder, trust_remote_code)
     if task in ("causal_lm", "masked_lm"):
-        return LanguageModel.from_output(folder, task)
+        return LanguageModel.from_output(folder, task, trust_remote_code)
     raise ConfigError(
         f"'{folder}' holds a transformers model that is not a sequence classifier or language model "
         "(see architectures in its config.json), so hftl cannot load it for a task."
