@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 from hftl.backbones import TransferModel, create_from_ref, load_output
+from hftl.backbones.hf_common import refuse_remote_code
 from hftl.config import Config
 from hftl.errors import ConfigError, ModelNotFoundError
-from hftl.backbones.hf_common import refuse_remote_code
 from hftl.hub import ModelRef, resolve_model
 
 META_FILE = "hftl.json"

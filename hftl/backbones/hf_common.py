@@ -101,7 +101,10 @@ def from_pretrained_or_config(auto, ref: ModelRef, config, pretrained: bool, tru
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             raise ConfigError(f"'{ref.describe()}' cannot be loaded as {auto.__name__}: {e}") from e
-        raise remote_code_error(ref.describe(), e) or e
+        refusal = remote_code_error(ref.describe(), e)
+        if refusal is None:
+            raise
+        raise refusal from e
     except OSError as e:
         raise ModelNotFoundError(f"The weights of '{ref.describe()}' could not be loaded: {e}") from e
 
