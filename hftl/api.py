@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hftl.config import Config, load_config, redact_secrets, to_yaml
-from hftl.data import ImageDataset, LabelledData, load_labelled_data
+from hftl.data import ImageDataset, LabelledData, load_labelled_data, to_rgb
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import metrics_for_task
 from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, read_meta, save_output
@@ -59,12 +59,9 @@ def as_config(config: Config | str | Path | dict | None, overrides: list[str] | 
 
 
 def _check_output_dir(cfg: Config) -> None:
-    out = Path(cfg.output_dir)
-    if not cfg.train.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise ConfigError(
-            f"output_dir '{out}' already holds a run's checkpoints. Resume it with train.resume=latest, or choose "
-            "another output_dir (nothing was overwritten)."
-        )
+    from hftl.output_dir import check_output_dir
+
+    check_output_dir(cfg.output_dir, cfg.train.resume)
 
 
 def build_datasets(cfg: Config, model, data: LabelledData):
@@ -93,7 +90,15 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     Example:
         >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
     """
+    from hftl.output_dir import output_lock
+
     cfg = as_config(config, overrides)
+    _check_output_dir(cfg)
+    with output_lock(cfg.output_dir):  # one run per folder: a second one started on it fails at once
+        return _train(cfg, data, extra_card_info)
+
+
+def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None) -> TrainResult:
     if cfg.multitask.label_columns:
         from hftl.multitask import check_multitask
 
@@ -118,7 +123,6 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         return train_simclr(cfg, extra_card_info)
     from hftl.trainer import Trainer, classification_loss
 
-    _check_output_dir(cfg)
     torch.manual_seed(cfg.train.seed)
     data = data or load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
     logger.info("Data: %s", data.summary())
@@ -227,7 +231,25 @@ def best_epoch(history: list[dict], metric: str) -> dict | None:
 
 def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
                   extra_info: dict | None = None) -> None:
-    """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card."""
+    """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
+
+    A full disk or a read-only folder is one line that says the run can be finished from its last
+    checkpoint (``train.resume=latest`` writes the outputs again without training).
+    """
+    from hftl.errors import HubError, OutputError
+
+    try:
+        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info)
+    except (HubError, OutputError):
+        raise
+    except OSError as e:
+        raise OutputError(f"The trained model could not be written to '{cfg.output_dir}' ({e.strerror or e}). Free disk "
+                          "space or make the folder writable, then run again with train.resume=latest: it writes "
+                          "the outputs from the last checkpoint without training again.") from e
+
+
+def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
+                   extra_info: dict | None = None) -> None:
     from hftl.cards import render_card
 
     out = Path(cfg.output_dir)
@@ -305,7 +327,7 @@ def _load_images(paths: list[str | Path], transform) -> torch.Tensor:
     for p in paths:
         try:
             with Image.open(p) as img:
-                images.append(transform(img.convert("RGB")))
+                images.append(transform(to_rgb(img)))
         except FileNotFoundError as e:
             raise DataError(f"Image '{p}' does not exist.") from e
         except Exception as e:

@@ -85,9 +85,17 @@ def is_readable_audio(path: Path) -> bool:
     """Whether a file decodes in full (a header check misses truncated data)."""
     import soundfile as sf
 
-    try:
+    try:  # block by block: a 60-minute recording is checked in constant memory, not decoded whole
         with sf.SoundFile(str(path)) as f:
-            return f.frames > 0 and len(f.read(dtype="float32")) > 0
+            if f.frames <= 0:
+                return False
+            read = 0
+            for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    logger.warning("%s holds NaN/inf samples", path)
+                    return False
+                read += len(block)
+            return read > 0
     except Exception:
         return False
 
@@ -148,8 +156,10 @@ class AudioDataset(torch.utils.data.Dataset):
     def waveform(self, row: dict, index: int) -> np.ndarray:
         # Only the clip's window is decoded: from the start, or (training) at an offset from (seed, epoch, index).
         rng = random.Random(hash((self.seed, self.epoch, int(index)))) if self.random else None
-        wave = read_audio(audio_source(row["audio"]), self.model.sampling_rate,
-                          max_seconds=self.max_samples / self.model.sampling_rate, rng=rng, name=f"Example {index}")
+        source = audio_source(row["audio"])
+        name = f"Example {index}" + (f" ('{source}')" if isinstance(source, str) else "")
+        wave = read_audio(source, self.model.sampling_rate,
+                          max_seconds=self.max_samples / self.model.sampling_rate, rng=rng, name=name)
         return fit_length(wave, self.max_samples)
 
     def __getitem__(self, index: int) -> dict:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from hftl.config import Config, DataConfig
-from hftl.data import LabelledData
+from hftl.data import LabelledData, check_text_file, to_rgb
 from hftl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def _table(path: Path, cfg: DataConfig):
 
     if not path.is_file():
         raise DataError(f"Data file '{path}' does not exist. Check data.id.")
+    check_text_file(path)
     table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_json(path, lines=True)
     for column in (cfg.image_column, cfg.text_column):
         if column not in table.columns:
@@ -248,7 +249,7 @@ def caption(model_or_folder, images: list, max_new_tokens: int | None = None, nu
             continue
         try:
             with Image.open(item) as img:
-                loaded.append(img.convert("RGB"))
+                loaded.append(to_rgb(img))
         except FileNotFoundError as e:
             raise DataError(f"Image '{item}' does not exist.") from e
         except Exception as e:

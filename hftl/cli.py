@@ -1,7 +1,7 @@
 """The ``hftl`` command: train, predict, eval, study, demo, push.
 
-Errors a user can cause print as one line naming the problem and the fix (exit code 2); bugs keep
-their traceback.
+Errors a user can cause print as one line naming the problem and the fix (exit code 2; HFTL_DEBUG=1
+shows the traceback too); bugs keep their traceback.
 
 Example:
     $ hftl train recipes/configs/image_classification/resnet18_finetune.yaml train.epochs=1
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "a caption for image captioners).")
     pr.add_argument("model", help="output folder of a run")
     pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--top-k", type=_positive_int, default=3, help="how many labels to show for each input")
     _add_trust_flags(pr)
 
     ev = sub.add_parser("eval", help="Metrics of a trained model on data (perplexity for language models).")
@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--merged", action="store_true", help="push a LoRA run's merged model instead of the adapter")
     pu.add_argument("--license", default=None, help="license for the card (a Hub license id, e.g. mit)")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
 
 
 def _add_trust_flags(p: argparse.ArgumentParser) -> None:
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except HftlError as e:
+        if os.environ.get("HFTL_DEBUG", "0") not in ("", "0"):
+            raise  # HFTL_DEBUG=1: the full traceback, for a bug report
         print(f"hftl: error: {e}", file=sys.stderr)
         return 2
 

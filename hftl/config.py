@@ -314,6 +314,50 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+MAX_YAML_NODES = 100_000  # a config is a few hundred values; aliases nested inside lists can expand to billions
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data, or one :class:`ConfigError` naming the file, the line and the fix.
+
+    Example:
+        >>> read_yaml(Path("recipes/configs/image_classification/resnet18_finetune.yaml"))  # doctest: +SKIP
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8.") from e
+    except OSError as e:
+        raise ConfigError(f"Config file '{path}' cannot be read ({e.strerror}).") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        hint = " (YAML indents with spaces, never tabs)" if "\t" in text else ""
+        raise ConfigError(f"Config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}{hint}.") from e
+    _check_size(data, path)
+    return data
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Refuse YAML whose aliases expand past :data:`MAX_YAML_NODES` values (counted without expanding them)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a self-referencing alias counts once
+            children = node.values() if isinstance(node, dict) else node
+            sizes[id(node)] = min(MAX_YAML_NODES + 1, 1 + sum(size(c) for c in children))
+        return sizes[id(node)]
+
+    if size(data) > MAX_YAML_NODES:
+        raise ConfigError(f"Config file '{path}' expands to more than {MAX_YAML_NODES} values (YAML aliases nested "
+                          "in lists?); write the values out.")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config, apply dotted overrides, validate, and return a Config.
 
@@ -327,7 +371,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist. See recipes/configs/ for examples.")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"Config file '{path}' must hold a mapping at the top level.")
     cfg = Config()
@@ -373,6 +417,36 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"distill.temperature must be positive, not {d.temperature}.")
     if cfg.hub.push and not cfg.hub.repo_id:
         raise ConfigError("hub.push is true but hub.repo_id is not set (e.g. hub.repo_id=user/name).")
+    _check_ranges(cfg)
+
+
+# (lowest, highest, whether the lowest itself is allowed); None: no bound. A null value is never checked.
+RANGES = {
+    "train.lr": (0, None, False), "train.weight_decay": (0, None, True), "train.backbone_lr_scale": (0, None, True),
+    "train.max_grad_norm": (0, None, False), "train.warmup_ratio": (0, 1, True), "train.checkpoint_every": (0, None, True),
+    "train.keep_checkpoints": (1, None, True), "train.seed": (0, 2**32 - 1, True),
+    "strategy.layer_decay": (0, 1, False), "strategy.unfreeze_every": (1, None, True),
+    "strategy.frozen_groups": (0, None, True), "strategy.lora_r": (1, None, True), "strategy.lora_alpha": (0, None, False),
+    "strategy.lora_dropout": (0, 1, True), "data.image_size": (8, 4096, True), "data.num_workers": (0, 256, True),
+    "data.max_train_samples": (1, None, True), "data.max_eval_samples": (1, None, True), "data.max_length": (1, None, True),
+    "data.block_size": (2, None, True), "data.max_duration": (0, None, False),
+    "contrastive.temperature": (0, None, False), "contrastive.projection_dim": (1, None, True),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric key within its range: a negative rate or a zero image size is an error, never a silent run."""
+    for dotted, (low, high, low_ok) in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is None:
+            continue
+        below = value < low if low_ok else value <= low
+        if below or (high is not None and value > high):
+            bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
+            raise ConfigError(f"{dotted} must be {bound}, not {value}.")
+    if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in cfg.multitask.weights):
+        raise ConfigError(f"multitask.weights must be numbers of 0 or more, not {cfg.multitask.weights}.")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -29,7 +29,7 @@ from torch import nn
 
 from hftl.backbones.base import TransferModel
 from hftl.config import Config
-from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng
+from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng, to_rgb
 from hftl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class TwoViews(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         try:
-            image = self.ds[int(index)]["image"].convert("RGB")
+            image = to_rgb(self.ds[int(index)]["image"])
         except Exception as e:
             raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
         epoch = self.epoch if self.random else 0

@@ -112,6 +112,7 @@ def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
     """(paths, labels, names, unreadable count) from a CSV / JSON(-lines) file of paths (relative to it) and labels."""
     import pandas as pd
 
+    check_text_file(path)
     table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
     for name in (column, cfg.label_column):
         if name not in table.columns:
@@ -130,9 +131,49 @@ def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
         raw_labels.append(label)
     if not paths:
         raise DataError(f"'{path}' lists no readable {kind} files ({corrupt} missing or unreadable).")
+    _check_class_labels(raw_labels, cfg.label_column, path)
     names = sorted({str(v) for v in raw_labels})
     index = {n: i for i, n in enumerate(names)}
     return paths, [index[str(v)] for v in raw_labels], names, corrupt
+
+
+def check_text_file(path: Path) -> None:
+    """A data table must be non-empty UTF-8 text; checked in chunks, before a parser fails deep inside.
+
+    Example:
+        >>> check_text_file(Path("reviews.csv"))  # doctest: +SKIP
+    """
+    import codecs
+
+    if not path.is_file():
+        raise DataError(f"Data file '{path}' does not exist. Check data.id.")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    seen, text = 0, ""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                piece = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise DataError(f"Data file '{path}' is not UTF-8 text (byte {seen + e.start}); save it as UTF-8 "
+                                "(e.g. iconv -f latin1 -t utf-8).") from e
+            seen += len(chunk)
+            text = text or piece.strip()
+    if not text:
+        raise DataError(f"Data file '{path}' is empty: it needs a header row and one row per example.")
+
+
+def _check_class_labels(labels: list, column: str, path: Path) -> None:
+    """Class labels must be present and be classes: an empty cell is not a class ``nan``, nor 0.37 a class."""
+    missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and np.isnan(v))
+               or (isinstance(v, str) and not v.strip())]
+    if missing:
+        raise DataError(f"Label column '{column}' of '{path}' has {len(missing)} empty values (first at data row "
+                        f"{missing[0] + 1}). Fill or drop those rows.")
+    fractional = [v for v in labels if isinstance(v, float) and not float(v).is_integer()]
+    if fractional:
+        raise DataError(f"Label column '{column}' of '{path}' holds numbers such as {fractional[0]}, not classes: "
+                        "classification needs class names or integers (for a number to predict, use a regression "
+                        "task).")
 
 
 DATA_FILE_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
@@ -416,6 +457,7 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str) -> Label
 
     if not path.is_file():
         raise DataError(f"Data file '{path}' does not exist. Check data.id.")
+    check_text_file(path)
     kind = "csv" if path.suffix.lower() == ".csv" else "json"
     full = datasets.load_dataset(kind, data_files=str(path), split="train")
     _check_columns(full, cfg, task)
@@ -426,6 +468,29 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str) -> Label
 
 
 # ------------------------------------------------------------------------------ torch-side datasets
+
+def to_rgb(image):
+    """An 8-bit RGB copy of any PIL image: 16-bit and float images are scaled, not clipped.
+
+    ``convert("RGB")`` clips a 16-bit PNG (values to 65535) to white and maps a float TIFF (values in
+    0..1) to black; scientific and medical images often come this way.
+
+    Example:
+        >>> to_rgb(Image.open("scan16.png")).mode  # doctest: +SKIP
+        'RGB'
+    """
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode == "F":
+            top = 1.0 if np.nanmax(values, initial=0.0) <= 1.0 else 255.0
+        else:  # 16-bit (or 32-bit integer holding 16-bit data, as PIL opens many PNGs)
+            top = 65535.0 if np.nanmax(values, initial=0.0) > 255 else 255.0
+        values = np.nan_to_num(values * (255.0 / top)).clip(0, 255).astype(np.uint8)
+        image = Image.fromarray(values, mode="L")
+    return image.convert("RGB")
+
 
 @contextlib.contextmanager
 def seeded_rng(seed: int):
@@ -463,7 +528,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         try:
             example = self.ds[int(index)]
-            image = example["image"].convert("RGB")
+            image = to_rgb(example["image"])
         except Exception as e:
             raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
         if self.random:

@@ -33,6 +33,10 @@ class CheckpointError(HftlError):
     """Nothing to resume from, or a checkpoint that does not match the run."""
 
 
+class OutputError(HftlError, OSError):
+    """The run's outputs (model, checkpoint, cache) could not be written: a full disk, a read-only folder."""
+
+
 class NonFiniteLossError(HftlError, FloatingPointError):
     """The loss or gradient became NaN/inf; the run stopped before the weights were touched."""
 

@@ -59,7 +59,12 @@ def detect_library(folder: Path) -> str:
             "timm/transformers/peft layout. Point model.id at a folder written by save_pretrained, "
             "timm's save_for_hf or hftl."
         )
-    data = json.loads(config.read_text())
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelNotFoundError(f"'{config}' is not valid JSON ({e}); the folder is damaged: copy it again.") from e
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"'{config}' does not hold a JSON object; the folder is damaged: copy it again.")
     if "model_type" in data:
         return "transformers"
     if "architecture" in data:

@@ -18,7 +18,7 @@ from pathlib import Path
 from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.backbones.hf_common import refuse_remote_code
 from hftl.config import Config
-from hftl.errors import ConfigError, ModelNotFoundError
+from hftl.errors import ConfigError, HftlError, ModelNotFoundError
 from hftl.hub import ModelRef, resolve_model
 
 META_FILE = "hftl.json"
@@ -91,15 +91,24 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
     Example:
         >>> model = load("me/resnet18-digits", revision="v1")  # doctest: +SKIP
     """
+    from safetensors import SafetensorError
+
     from hftl.hub import check_safe_weights, output_folder
 
     folder = output_folder(folder, revision, allow_pickle=allow_pickle)
     check_safe_weights(folder, allow_pickle)
     meta = read_meta(folder)
-    with refuse_remote_code(str(folder)):
-        if (folder / "adapter_config.json").is_file():
-            return _load_adapter(folder, meta, trust_remote_code, allow_pickle)
-        model = load_output(folder, trust_remote_code)
+    try:
+        with refuse_remote_code(str(folder)):
+            if (folder / "adapter_config.json").is_file():
+                return _load_adapter(folder, meta, trust_remote_code, allow_pickle)
+            model = load_output(folder, trust_remote_code)
+    except HftlError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:  # damaged config, weights, tokenizer
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelNotFoundError(f"The model in '{folder}' could not be loaded ({type(e).__name__}: {first}). Its files "
+                                 "may be damaged or incomplete: copy the folder again, or retrain.") from e
     if meta.get("label_names"):
         model.label_names = meta["label_names"]
     model.eval()
@@ -129,6 +138,11 @@ def _load_adapter(folder: Path, meta: dict, trust_remote_code: bool, allow_pickl
 
     if not meta:
         raise ModelNotFoundError(f"'{folder}' holds a LoRA adapter but no {META_FILE} naming its base model.")
+    base_id = str(meta.get("base_model", ""))
+    if meta.get("base_source") == "local" and ":" not in base_id and not Path(base_id).expanduser().is_dir():
+        raise ModelNotFoundError(f"'{folder}' is a LoRA adapter over the base model folder '{meta['base_model']}', "
+                                 "which no longer exists. Put the base back there, or train with "
+                                 "strategy.merge_lora=true and use the merged/ model.")
     ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"),
                         allow_pickle=allow_pickle)
     kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in UNSAFE_KWARGS}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hftl.config import TrainConfig
-from hftl.errors import CheckpointError, ConfigError, NonFiniteLossError
+from hftl.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
 from hftl.metrics import compute_metrics, perplexity
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,9 @@ class Trainer:
             )
         self.grad_accum = cfg.global_batch_size // per_step
         tracker = None if cfg.tracker == "none" else cfg.tracker
+        if tracker and not _installed(TRACKER_PACKAGES[tracker][0]):  # Accelerate would only warn and track nothing
+            raise ConfigError(f"train.tracker={tracker}, but {tracker} is not installed: pip install "
+                              f"{TRACKER_PACKAGES[tracker][1]}, or set train.tracker=none.")
         # Accelerate keeps one process-wide state; a notebook that trains in fp32 and then in bf16 would
         # otherwise fail. The process group (PartialState) is kept.
         from accelerate.state import AcceleratorState, GradientState
@@ -393,6 +396,19 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
+        try:
+            self._write_checkpoint(acc, epoch, batches_done, tmp, final, root)
+        except (OSError, RuntimeError) as e:  # a full disk, a read-only folder (torch.save: "iostream error")
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder holding the space
+            last = self._last_checkpoint()
+            why = getattr(e, "strerror", None) or str(e)[:120]
+            then = f"the run can resume from {last.name} (train.resume=latest)." if last else "no earlier checkpoint exists."
+            raise OutputError(f"Checkpoint {final.name} could not be written to '{root}' ({why}). Free disk space or "
+                              f"choose a writable output_dir; {then}") from e
+        acc.wait_for_everyone()
+
+    def _write_checkpoint(self, acc, epoch: int, batches_done: int, tmp: Path, final: Path, root: Path) -> None:
         if self.cfg.channels_last:  # safetensors stores contiguous tensors only
             self._prepared.to(memory_format=torch.contiguous_format)
         acc.save_state(str(tmp), safe_serialization=True)
@@ -409,7 +425,6 @@ class Trainer:
                           key=lambda p: int(p.name.split("-")[-1]))
             for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
 
     def _resume(self, acc, path: Path) -> tuple[int, int]:
         state = self._checked_state(path)
@@ -464,6 +479,16 @@ class Trainer:
             if self._log_file is None:  # closed at the end of fit; line-buffered: a killed run keeps every row
                 self._log_file = open(self.output_dir / "log.jsonl", "a", buffering=1)
             self._log_file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+# tracker -> (module Accelerate imports, what to install)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard (or hftl[tracking])"), "trackio": ("trackio", "trackio")}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _release(model: nn.Module) -> nn.Module:

@@ -40,6 +40,7 @@ from hftl.backbones.hf_common import (
     remote_kwargs,
 )
 from hftl.backbones.hf_text import load_tokenizer
+from hftl.data import to_rgb
 from hftl.errors import ConfigError
 from hftl.hub import ModelRef
 
@@ -183,7 +184,7 @@ class ImageCaptioner(TransformersModel):
 
     # -- images in, captions out ---------------------------------------------------------------------
     def pixel_values(self, images: list) -> torch.Tensor:
-        return self.image_processor(images=[img.convert("RGB") for img in images], return_tensors="pt")["pixel_values"]
+        return self.image_processor(images=[to_rgb(img) for img in images], return_tensors="pt")["pixel_values"]
 
     def caption_ids(self, caption: str) -> list[int]:
         """Token ids of a caption, truncated to ``max_length``, ending with the end-of-caption token."""
