@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,15 @@ def stratified_split(labels: list, fraction: float, seed: int):
     if np.asarray(labels).dtype.kind in "iu":  # class indices (regression targets are floats)
         counts = np.bincount(labels)
         stratify = labels if counts[counts > 0].min() >= 2 else None
+        classes = int((counts > 0).sum())
+        if stratify is not None and not classes <= math.ceil(fraction * len(labels)) <= len(labels) - classes:
+            raise DataError(f"data.validation_fraction={fraction} holds out {math.ceil(fraction * len(labels))} of "
+                            f"{len(labels)} examples, but a stratified split of {classes} classes needs at least "
+                            f"{classes} on each side. Raise data.validation_fraction (e.g. 0.2), or give a "
+                            "validation split (data.validation_split).")
+    if math.ceil(fraction * len(labels)) < 1 or math.ceil(fraction * len(labels)) >= len(labels):
+        raise DataError(f"data.validation_fraction={fraction} of {len(labels)} examples leaves no validation or no "
+                        "training example. Raise or lower it (e.g. 0.2).")
     train, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return sorted(train.tolist()), sorted(val.tolist())
 

@@ -235,3 +235,8 @@ def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hftl.cli", "train", "train.lr=-1"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "train.lr" in proc.stderr
+
+
+def test_a_validation_fraction_too_small_for_the_classes_is_one_line(capsys, tmp_path):
+    assert cli(["train", "data.validation_fraction=0.0001", f"output_dir={tmp_path / 'run'}"]) == 2
+    one_line_error(capsys, "data.validation_fraction=0.0001", "10 classes")
