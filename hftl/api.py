@@ -93,6 +93,10 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     from hftl.output_dir import output_lock
 
     cfg = as_config(config, overrides)
+    if cfg.hub.push:  # a missing token or a bad repo id fails now, not after the training
+        from hftl.hub import check_push_ready
+
+        check_push_ready(cfg.hub.repo_id)
     _check_output_dir(cfg)
     with output_lock(cfg.output_dir):  # one run per folder: a second one started on it fails at once
         return _train(cfg, data, extra_card_info)
@@ -103,10 +107,6 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
         from hftl.multitask import check_multitask
 
         check_multitask(cfg)
-    if cfg.hub.push:  # a missing token or a bad repo id fails now, not after the training
-        from hftl.hub import check_push_ready
-
-        check_push_ready(cfg.hub.repo_id)
     from hftl.tasks import chain_card_info, train_language_model
 
     # Starting from an hftl output (e.g. a masked-LM adaptation run): the card records that chain.

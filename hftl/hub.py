@@ -318,7 +318,8 @@ def _check_weights(root: Path, shown: Path) -> str:
     weights = ["adapter_model.safetensors"] if adapter else \
         [p.name for p in root.glob("*.safetensors")] + [p.name for p in root.glob("*.safetensors.index.json")]
     if not all((root / w).is_file() for w in weights) or not weights:
-        pickles = sorted(p.name for p in root.iterdir() if p.suffix in PUSH_SKIP_SUFFIXES) if root.is_dir() else []
+        pickles = sorted(p.name for p in root.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+                         and not p.name.startswith(".")) if root.is_dir() else []
         why = (f"holds weights only as pickle ({', '.join(pickles)}), which hftl never uploads; save them as "
                "safetensors" if pickles else
                "holds no model weights (model.safetensors or adapter_model.safetensors); train into it first, or "
