@@ -161,7 +161,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
             train_cfg = dataclasses.replace(train_cfg, epochs=0)
         train_ds, eval_ds, collate = probe_train, probe_eval, collate_
     elif cfg.strategy.name == "lp_ft":  # LP-FT: the probe solved on the frozen features first, then all of it trains
-        probe_train, _, _, _ = _cached_probe(cfg, model, data, train_ds, eval_ds, validation=False)
+        _, probe_train, _, _ = _cached_probe(cfg, model, data, train_ds, eval_ds, validation=False)
         probe = solve_heads(cfg, model, probe_train.features, probe_train.labels, data.regression)
     if probe is not None:
         strategy.probe = probe

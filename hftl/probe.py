@@ -206,7 +206,8 @@ def solve_probe(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *
     if projected:  # more classes than projection rows: no exact factorisation; solve on the projector's outputs
         logger.info("probe: %d classes > %d projector outputs; solving the classifier on the projector's outputs",
                     num_outputs, projector.out_features)
-        x = (x @ projector.weight.double().T + projector.bias.double())
+        with torch.no_grad():
+            x = x @ projector.weight.double().T + projector.bias.double()
     xs, mean, scale = standardise(x)
     y = labels.double() if regression else labels.long()
     out = choose_and_fit(xs, y, num_outputs, regression=regression, grid=grid, seed=seed)
