@@ -301,12 +301,13 @@ def epochs_text(info: dict) -> str:
     """Epochs planned and run, early stopping, and which epoch's weights were kept."""
     planned, run, kept = info.get("epochs"), info.get("epochs_run"), info.get("kept_epoch")
     if planned == 0:
-        return "none: the head was solved (see the linear probe below), then scored once"
+        return "none: the head was solved (see Linear probe), then scored once on the validation split"
     text = f"{planned}" if run in (None, planned) else (
         f"{run} of {planned} (stopped early: {info.get('patience')} epochs without a better validation "
         f"{info.get('metric')})")
     if kept is not None and info.get("keep_best") and run:
-        text += f"; weights of epoch {kept + 1} kept (best validation {info.get('metric')})"
+        text += (f"; weights of epoch {kept + 1} kept (best validation {info.get('metric')}: chosen on the split "
+                 "the results below come from, so they lean optimistic)")
     return text
 
 
@@ -382,6 +383,7 @@ def render_card(info: dict):
         else f"{info.get('num_labels', '?')} classes",
         epochs=epochs_text(info) if "epochs_run" in info else info.get("epochs"),
         probe=probe_text(info.get("probe"), info.get("strategy")),
+        solved_only=info.get("epochs") == 0,
         global_batch_size=info.get("global_batch_size"),
         lr=info.get("lr"),
         scheduler=info.get("scheduler"),
@@ -393,7 +395,7 @@ def render_card(info: dict):
         distillation=info.get("distillation"),
         weights_from=info.get("weights_from"),
         caption_samples=info.get("caption_samples"),
-        lr_groups=desc.get("lr_groups"),
+        lr_groups=None if info.get("epochs") == 0 else desc.get("lr_groups"),  # a solved probe has no learning rate
         lora=lora,
         metrics=metrics,
         study=info.get("study"),
