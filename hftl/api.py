@@ -152,7 +152,7 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
         model = strategy.prepare(model)
         train_ds, eval_ds, collate = build_datasets(cfg, model, data)
 
-    trained, train_cfg, probe = model, _resolved_train(cfg, ref), None
+    trained, train_cfg, probe = model, cfg.train, None
     solved = cfg.strategy.name == "lp_ft" or (cfg.strategy.name == "linear_probe" and cfg.strategy.probe_solver == "lbfgs")
     if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
         trained, probe_train, probe_eval, collate_ = _cached_probe(cfg, model, data, train_ds, eval_ds)
@@ -184,22 +184,6 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     if trainer.accelerator.is_main_process:
         write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_card_info)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
-
-
-def _resolved_train(cfg: Config, ref):
-    """The train section with its per-strategy defaults filled in (the run's config keeps null: "default").
-
-    A fresh head under a pretrained backbone wants a higher learning rate than the backbone: the backbone's
-    is 0.1 x lr (as in timm's and ULMFiT's fine-tuning recipes, where the new head trains ~10x faster). From
-    random weights (scratch, or finetune on an architecture alone) every weight is new, so 1; LP-FT's head
-    starts solved, so it fine-tunes everything at one learning rate (Kumar et al. 2022).
-    """
-    scale = cfg.train.backbone_lr_scale
-    if scale is None:
-        pretrained = (ref.source != "arch" and cfg.model.pretrained) or bool(cfg.model.init_from)
-        fresh_head = cfg.strategy.name in ("finetune", "partial", "gradual_unfreeze")
-        scale = 0.1 if pretrained and fresh_head else 1.0
-    return dataclasses.replace(cfg.train, backbone_lr_scale=scale)
 
 
 def solve_heads(cfg: Config, model, features: torch.Tensor, labels: torch.Tensor, regression: bool) -> dict:

@@ -185,8 +185,7 @@ class Trainer:
         self.model = _release(self.model)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        scale = 1.0 if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale  # hftl.api resolves the default
-        groups = self.strategy.param_groups(self.model, cfg.lr, cfg.weight_decay, scale) \
+        groups = self.strategy.param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale) \
             if self.strategy else [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         # Fused AdamW (one kernel over all tensors): ~10x faster steps on CPU than the per-tensor loop.
         fused = all(p.is_floating_point() for g in groups for p in g["params"])
