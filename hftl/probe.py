@@ -107,7 +107,12 @@ def _holdout(y: torch.Tensor, regression: bool, seed: int) -> tuple[list[int], l
     from hftl.data import stratified_split
 
     labels = y.tolist() if not regression else y.double().tolist()
-    return stratified_split(labels, SELECTION_FRACTION, seed)
+    try:
+        return stratified_split(labels, SELECTION_FRACTION, seed)
+    except ValueError:  # fewer held-out examples than classes (a handful of examples): a plain seeded split
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+        held = max(1, round(SELECTION_FRACTION * len(labels)))
+        return sorted(order[held:]), sorted(order[:held])
 
 
 def _score(x, y, W, b, regression: bool) -> dict:

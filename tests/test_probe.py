@@ -206,3 +206,9 @@ def test_solved_probe_needs_cached_features():
         load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false"])
     assert load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false",
                               "strategy.probe_solver=sgd"]).strategy.probe_solver == "sgd"
+
+
+def test_a_handful_of_examples_still_solves():
+    x, y = blobs(6, 4, 3, noise=0.5, seed=5)  # 20% held out is one example, fewer than the classes
+    info = solve_probe(nn.Linear(4, 3), x, y)
+    assert info["l2"] in info["grid"]
