@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import _common as C  # noqa: F401 (offline environment before any Hugging Face import)
-import os
 
 os.environ.setdefault("HFTL_CACHE", str(C.SCRATCH / "hftl_cache"))  # fresh: the probe reads back its two feature files
 import numpy as np

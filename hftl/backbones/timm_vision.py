@@ -12,7 +12,6 @@ from torch import nn
 from hftl.backbones.base import TransferModel
 from hftl.hub import ModelRef
 
-
 SMALL_IMAGE = 64  # pixels: at this side and below, training augmentation is a mild random shift
 
 
