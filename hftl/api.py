@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -128,7 +129,7 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
     logger.info("Data: %s", data.summary())
     model, ref = build_model(cfg, data.label_names)
     random_base = ref.source == "arch" and not cfg.model.init_from
-    if cfg.strategy.name in ("lora", "linear_probe", "partial", "gradual_unfreeze") and random_base:
+    if cfg.strategy.name in ("lora", "linear_probe", "lp_ft", "partial", "gradual_unfreeze") and random_base:
         logger.warning("strategy %s on a randomly initialised %s: nothing pretrained is being transferred",
                        cfg.strategy.name, ref.describe())
     if cfg.strategy.name == "lora" and random_base:
@@ -155,9 +156,19 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
         model = strategy.prepare(model)
         train_ds, eval_ds, collate = build_datasets(cfg, model, data)
 
-    trained = model
+    trained, train_cfg, probe = model, cfg.train, None
+    solved = cfg.strategy.name == "lp_ft" or (cfg.strategy.name == "linear_probe" and cfg.strategy.probe_solver == "lbfgs")
     if cfg.strategy.name == "linear_probe" and cfg.strategy.cache_features:
-        trained, train_ds, eval_ds, collate = _cached_probe(cfg, model, data, train_ds, eval_ds)
+        trained, probe_train, probe_eval, collate_ = _cached_probe(cfg, model, data, train_ds, eval_ds)
+        if solved:  # a convex problem: solved on the features, then scored by the trainer (0 epochs)
+            probe = solve_heads(cfg, model, probe_train.features, probe_train.labels, data.regression)
+            train_cfg = dataclasses.replace(train_cfg, epochs=0)
+        train_ds, eval_ds, collate = probe_train, probe_eval, collate_
+    elif cfg.strategy.name == "lp_ft":  # LP-FT: the probe solved on the frozen features first, then all of it trains
+        _, probe_train, _, _ = _cached_probe(cfg, model, data, train_ds, eval_ds, validation=False)
+        probe = solve_heads(cfg, model, probe_train.features, probe_train.labels, data.regression)
+    if probe is not None:
+        strategy.probe = probe
     loss_fn = classification_loss
     if cfg.multitask.label_columns:
         loss_fn = multitask_loss(model.slices, cfg.multitask.weights or [1.0] * len(model.slices))
@@ -168,7 +179,7 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
         train_ds = WithTeacher(train_ds, logits)
         collate, loss_fn = train_ds.collate, distillation_loss(cfg.distill.temperature, cfg.distill.alpha)
         extra_card_info = {**(extra_card_info or {}), "distillation": teacher_info}
-    trainer = Trainer(cfg.train, trained, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
+    trainer = Trainer(train_cfg, trained, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
                       loss_fn=loss_fn, metrics=metrics_for_task(cfg.task), collate_fn=collate,
                       run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
@@ -179,8 +190,28 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
 
 
-def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds):
-    """Swap the backbone for cached features: the head trains on tensors, E epochs cost one backbone pass."""
+def solve_heads(cfg: Config, model, features: torch.Tensor, labels: torch.Tensor, regression: bool) -> dict:
+    """Solve the model's head(s) on training features (see hftl.probe); multi-task: one probe per task.
+
+    Example:
+        >>> info = solve_heads(cfg, model, train_features, train_labels, regression=False)  # doctest: +SKIP
+    """
+    from hftl.probe import DEFAULT_GRID, solve_probe
+
+    grid = list(cfg.strategy.probe_l2) or DEFAULT_GRID
+    tasks = getattr(model, "slices", None)
+    if tasks:
+        heads = [model.multi_head.first, *model.multi_head.others.values()]
+        return {"tasks": {name: solve_probe(head, features, labels[:, i], grid=grid, seed=cfg.train.seed)
+                          for i, ((name, _), head) in enumerate(zip(tasks, heads))}}
+    return solve_probe(model.head, features, labels, regression=regression, grid=grid, seed=cfg.train.seed)
+
+
+def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds, validation: bool = True):
+    """Swap the backbone for cached features: the head trains on tensors, E epochs cost one backbone pass.
+
+    ``validation=False``: only the training features (LP-FT solves its head on them, then trains the model).
+    """
     from accelerate import PartialState
 
     from hftl.features import FeatureDataset, HeadOnly, cached_features
@@ -198,6 +229,8 @@ def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds):
         batch = cfg.train.per_device_batch_size  # evaluation batches are made up the same way (padding)
         tr_x, tr_y, _ = cached_features(model, plain_train, data.fingerprint, "train", cfg.train.progress,
                                         fingerprint=fingerprint, batch_size=batch)
+        if not validation:
+            return None, FeatureDataset(tr_x, tr_y), None, None
         va_x, va_y, _ = cached_features(model, eval_ds, data.fingerprint, "validation", cfg.train.progress,
                                         fingerprint=fingerprint, batch_size=batch)
     return HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None
@@ -274,7 +307,11 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         from hftl.multitask import write_task_meta
 
         write_task_meta(out, meta, model.tasks, cfg.to_dict())
-    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric), "history": trainer.history,
+    probe = getattr(strategy, "probe", None)
+    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
+              # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
+              "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
+              "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,
               "rank_weight_checksums": trainer.rank_checksums}
@@ -292,7 +329,13 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "num_validation": len(data.validation),
         "num_labels": len(data.label_names),
         "regression_target": data.label_names[0] if data.regression else None,
-        "epochs": cfg.train.epochs,
+        "epochs": trainer.epochs,
+        "epochs_run": len(trainer.history),
+        "kept_epoch": trainer.kept_epoch,
+        "keep_best": cfg.train.keep_best,
+        "patience": cfg.train.patience,
+        "metric": cfg.train.metric,
+        "probe": probe,
         "global_batch_size": cfg.train.global_batch_size,
         "lr": cfg.train.lr,
         "scheduler": cfg.train.scheduler,
@@ -376,12 +419,18 @@ def predict(model_or_folder, inputs: list, top_k: int = 3) -> list[list[tuple[st
             for vs, ix in zip(values, indices)]
 
 
+# Overrides that name other data than the run's: hftl.evaluate then scores all of it.
+OTHER_DATA_KEYS = {"data.id", "data.train_split", "data.validation_split", "data.config_name", "data.revision"}
+
+
 @torch.inference_mode()
 def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_remote_code: bool = False,
              allow_pickle: bool = False) -> dict:
-    """Metrics of a trained model on data (its own validation split unless ``data.*`` overrides say).
+    """Metrics of a trained model on data: its own validation split, or every row of the data overrides name.
 
-    Classifiers report loss, accuracy and macro-F1; text_regression models mse, mae and Pearson
+    With an override naming other data (``data.id``, a split, a subset or revision), all of that data is
+    scored: its validation split if it has one, else every row (``examples`` counts them), and the run's
+    ``data.max_eval_samples`` no longer applies. Classifiers report loss, accuracy and macro-F1; text_regression models mse, mae and Pearson
     correlation; language models (causal or masked) and image captioners the held-out loss and perplexity.
 
     Example:
@@ -397,6 +446,10 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
     # The folder's own config may not switch on code execution or pickles: only the user's overrides can.
     cfg.model.trust_remote_code = _user_flag(overrides, "model.trust_remote_code") or trust_remote_code
     cfg.model.allow_pickle = _user_flag(overrides, "model.allow_pickle") or allow_pickle
+    given = {o.split("=", 1)[0].strip() for o in overrides or []}
+    whole = bool(given & OTHER_DATA_KEYS)
+    if whole and "data.max_eval_samples" not in given:
+        cfg.data.max_eval_samples = None  # the run's own subsampling was for its validation split, not for this data
     meta = read_meta(folder)
     if cfg.task == "simclr":
         raise ConfigError(f"'{folder}' is a self-supervised encoder (task simclr): it has no task to score. Probe or "
@@ -411,11 +464,11 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
     if cfg.task in ("causal_lm", "masked_lm"):
         from hftl.tasks import causal_lm_loss, lm_datasets, masked_lm_loss
 
-        _, eval_ds, _ = lm_datasets(cfg, model)
+        _, eval_ds, _ = lm_datasets(cfg, model, whole=whole)
         model.set_max_length(cfg.data.block_size)
         loss_fn = causal_lm_loss if cfg.task == "causal_lm" else masked_lm_loss
         return _evaluate_batches(model, eval_ds, None, loss_fn, ("perplexity",), cfg.train.per_device_batch_size)
-    data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed)
+    data = load_labelled_data(cfg.data, cfg.task, cfg.train.seed, whole=whole)
     if not data.regression and list(data.label_names) != list(meta["label_names"]):
         raise DataError(f"The data's classes {data.label_names} differ from the model's {meta['label_names']}.")
     _, eval_ds, collate = build_datasets(cfg, model, data)

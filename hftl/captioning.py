@@ -198,7 +198,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name in ("linear_probe", "gradual_unfreeze"):
+    if cfg.strategy.name in ("linear_probe", "lp_ft", "gradual_unfreeze"):
         raise ConfigError(f"strategy {cfg.strategy.name} does not apply to image_captioning: a captioner's new "
                           "cross-attention sits inside the decoder, not in a head on top. Use finetune, partial "
                           "(e.g. strategy.frozen_groups to freeze the image encoder), lora or scratch.")

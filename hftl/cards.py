@@ -271,6 +271,46 @@ def _frozen_text(desc: dict) -> str:
     return f"{shown}" + (f" of {total} groups, counted from the input" if total else "")
 
 
+def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
+    """How a solved probe was made, for the card (``hftl.probe``'s record); None when the head was trained.
+
+    Example:
+        >>> probe_text({"solver": "lbfgs", "l2": 0.01, "C": 0.5, "grid": [1e-4, 1e-2], "seconds": 0.2})[:24]
+        'Solved, not trained: mul'
+    """
+    if not probe:
+        return None
+    if "tasks" in probe:
+        return " ".join(f"Task `{task}`: {probe_text(p)}" for task, p in probe["tasks"].items())
+    grid = probe.get("grid") or []
+    how = ("ridge regression in closed form" if probe.get("solver") == "ridge"
+           else "multinomial logistic regression by full-batch L-BFGS")
+    equivalent = f"scikit-learn alpha = {probe['alpha']:.3g}" if "alpha" in probe else f"scikit-learn C = {probe['C']:.3g}"
+    text = (f"Solved, not trained: {how} on the frozen backbone's features, standardised for the solver (the "
+            f"mean and scale are folded into the head's weight and bias). L2 strength {probe['l2']:.3g} "
+            f"({equivalent}), chosen from {len(grid)} log-spaced values"
+            + (f" ({min(grid):.0e} to {max(grid):.0e})" if len(grid) > 1 else "")
+            + " on a held-out 20% of the training examples, then refitted on all of them "
+              f"({probe.get('seconds', 0):.1f} s).")
+    if strategy == "lp_ft":
+        text += " LP-FT (Kumar et al. 2022): the whole model was then fine-tuned from this head."
+    return text
+
+
+def epochs_text(info: dict) -> str:
+    """Epochs planned and run, early stopping, and which epoch's weights were kept."""
+    planned, run, kept = info.get("epochs"), info.get("epochs_run"), info.get("kept_epoch")
+    if planned == 0:
+        return "none: the head was solved (see Linear probe), then scored once on the validation split"
+    text = f"{planned}" if run in (None, planned) else (
+        f"{run} of {planned} (stopped early: {info.get('patience')} epochs without a better validation "
+        f"{info.get('metric')})")
+    if kept is not None and info.get("keep_best") and run:
+        text += (f"; weights of epoch {kept + 1} kept (best validation {info.get('metric')}: chosen on the split "
+                 "the results below come from, so they lean optimistic)")
+    return text
+
+
 def render_card(info: dict):
     """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.api.write_outputs`` for the keys).
 
@@ -341,7 +381,9 @@ def render_card(info: dict):
         num_validation=info.get("num_validation", "?"),
         labels=f"target `{info['regression_target']}`" if info.get("regression_target")
         else f"{info.get('num_labels', '?')} classes",
-        epochs=info.get("epochs"),
+        epochs=epochs_text(info) if "epochs_run" in info else info.get("epochs"),
+        probe=probe_text(info.get("probe"), info.get("strategy")),
+        solved_only=info.get("epochs") == 0,
         global_batch_size=info.get("global_batch_size"),
         lr=info.get("lr"),
         scheduler=info.get("scheduler"),
@@ -353,7 +395,7 @@ def render_card(info: dict):
         distillation=info.get("distillation"),
         weights_from=info.get("weights_from"),
         caption_samples=info.get("caption_samples"),
-        lr_groups=desc.get("lr_groups"),
+        lr_groups=None if info.get("epochs") == 0 else desc.get("lr_groups"),  # a solved probe has no learning rate
         lora=lora,
         metrics=metrics,
         study=info.get("study"),

@@ -349,8 +349,12 @@ def _keep_classes(ds, names: list[str], keep: list) -> tuple:
     return ds, keep
 
 
-def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledData:
-    """Load ``cfg.id`` for a classification (or text_regression) task and split it (see module docs for the sources)."""
+def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool = False) -> LabelledData:
+    """Load ``cfg.id`` for a classification (or text_regression) task and split it (see module docs for the sources).
+
+    ``whole``: data to score, not to train on (``hftl eval`` on other data): the validation split is the
+    source's own validation split when it has one, else every row; nothing is held out of it.
+    """
     import datasets
 
     regression = task == "text_regression"
@@ -383,7 +387,7 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
                                                                       "label": datasets.Value("int64")}))
         fingerprint = _file_fingerprint(paths)
     elif task != "image_classification" and Path(cfg.id).suffix.lower() in (".csv", ".jsonl", ".json", ".txt"):
-        return _load_text_table(cfg, Path(cfg.id), seed, task)
+        return _load_text_table(cfg, Path(cfg.id), seed, task, whole)
     elif Path(cfg.id).suffix.lower() == ".csv" or (task == "image_classification" and Path(cfg.id).is_dir()):
         path = Path(cfg.id)
         if path.suffix.lower() == ".csv" and not path.is_file():
@@ -416,11 +420,11 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42) -> LabelledDa
         if task == "audio_classification":
             full = _encoded_audio(full, cfg.audio_column)
             validation = _encoded_audio(validation, cfg.audio_column) if validation is not None else None
-    return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped, regression)
+    return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped, regression, whole)
 
 
 def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint, skipped,
-            regression: bool = False) -> LabelledData:
+            regression: bool = False, whole: bool = False) -> LabelledData:
     if regression and getattr(cfg, "classes", None):
         raise DataError("data.classes picks classes; text_regression has none. Remove data.classes.")
     if getattr(cfg, "classes", None):
@@ -428,7 +432,9 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
         if validation is not None:
             validation, _ = _keep_classes(validation, names, cfg.classes)
         names = kept
-    if validation is None:
+    if validation is None and whole:
+        train, validation = full, full
+    elif validation is None:
         train_idx, val_idx = stratified_split(full["label"], cfg.validation_fraction, seed)
         train, validation = full.select(train_idx), full.select(val_idx)
     else:
@@ -441,6 +447,7 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
         # The input and label columns belong in the key: cached probe features store the labels with them.
         f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
         f"|{cfg.label_column}|{regression}|{cfg.image_column}|{cfg.audio_column}|{cfg.text_column}|{cfg.text_pair_column}"
+        f"{'|whole' if whole else ''}"
         .encode()).hexdigest()[:24]
     return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression)
 
@@ -461,7 +468,7 @@ def _check_columns(ds, cfg: DataConfig, task: str) -> None:
             )
 
 
-def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str) -> LabelledData:
+def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str, whole: bool = False) -> LabelledData:
     """CSV or JSON-lines file of texts and labels (text classification) or targets (text regression)."""
     import datasets
 
@@ -474,7 +481,7 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str) -> Label
     regression = task == "text_regression"
     full, names = _labels_for(full, cfg.label_column, regression)
     fingerprint = _file_fingerprint([str(path)])
-    return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression)
+    return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression, whole)
 
 
 # ------------------------------------------------------------------------------ torch-side datasets

@@ -83,9 +83,12 @@ class Strategy:
         return []
 
     def describe(self, model: TransferModel) -> dict:
-        return {"strategy": self.name, "layer_decay": self.cfg.layer_decay,
+        info = {"strategy": self.name, "layer_decay": self.cfg.layer_decay,
                 "frozen_groups": self.frozen_groups(model), "num_groups": len(model.layer_groups()),
                 "lr_groups": self.lr_table}
+        if getattr(self, "probe", None):  # the head was solved (hftl.probe): which L2 strength was chosen
+            info["probe"] = self.probe
+        return info
 
 
 class Scratch(Strategy):
@@ -178,6 +181,18 @@ class LinearProbe(Strategy):
         return _split_decay(head, lr, weight_decay, "head")
 
 
+class LpFt(Strategy):
+    """LP-FT (Kumar et al. 2022): solve the linear probe on the frozen features, then fine-tune everything from it.
+
+    A random head's large early gradients distort good pretrained features; starting from the solved
+    head, fine-tuning moves the backbone only as far as the task needs (better in and out of distribution
+    than fine-tuning alone in the paper). The solving happens before training (``hftl.api.train``); this
+    strategy then trains the whole model, head and backbone at one learning rate by default.
+    """
+
+    name = "lp_ft"
+
+
 class Lora(Strategy):
     """peft LoRA adapters on the backbone; the new head is trained and saved in full (modules_to_save)."""
 
@@ -217,7 +232,7 @@ class Lora(Strategy):
                 "trainable_params": trainable, "total_params": total, "lr_groups": self.lr_table}
 
 
-STRATEGIES = {cls.name: cls for cls in (Strategy, Scratch, Partial, GradualUnfreeze, LinearProbe, Lora)}
+STRATEGIES = {cls.name: cls for cls in (Strategy, Scratch, Partial, GradualUnfreeze, LinearProbe, LpFt, Lora)}
 
 
 def get_strategy(cfg: StrategyConfig) -> Strategy:

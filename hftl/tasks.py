@@ -285,8 +285,11 @@ def _split_blocks(blocks: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     return blocks[order[n_val:]], blocks[order[:n_val]]
 
 
-def lm_datasets(cfg: Config, model):
-    """(train, validation) block datasets for a language-model task, with clear errors for small corpora."""
+def lm_datasets(cfg: Config, model, whole: bool = False):
+    """(train, validation) block datasets for a language-model task, with clear errors for small corpora.
+
+    ``whole``: a corpus to score (``hftl eval`` on other text): without a validation split, every block is scored.
+    """
     dc = cfg.data
     causal = cfg.task == "causal_lm"
     limit = model.model_max_length()
@@ -312,6 +315,8 @@ def lm_datasets(cfg: Config, model):
         if len(val_blocks) == 0:
             raise DataError(f"The validation split of '{corpus.source}' is shorter than one block of "
                             f"{dc.block_size} tokens. Lower data.block_size or omit the split.")
+    elif whole:
+        train_blocks, val_blocks = blocks, blocks
     else:
         if len(blocks) < 2:
             raise DataError(
@@ -369,8 +374,8 @@ def _train_language_model(cfg: Config, extra_card_info: dict | None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name == "linear_probe":
-        raise ConfigError(f"strategy linear_probe does not apply to {cfg.task} (there is no new head to probe). "
+    if cfg.strategy.name in ("linear_probe", "lp_ft"):
+        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to {cfg.task} (there is no new head to probe). "
                           "Use finetune, lora, partial, gradual_unfreeze or scratch.")
     _check_output_dir(cfg)
     torch.manual_seed(cfg.train.seed)

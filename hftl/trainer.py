@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 # What a checkpoint folder holds (plus random_states_<rank>.pkl, read with weights_only=True).
-CHECKPOINT_FILES = {STATE_FILE, "model.safetensors", "optimizer.bin"}
+CHECKPOINT_FILES = {STATE_FILE, "model.safetensors", "optimizer.bin", "best_model.safetensors"}
 CHECKPOINT_FORMAT = "hftl-checkpoint/2"  # 2: scheduler state in JSON, the run's shape recorded
+BEST_FILE = "best_model.safetensors"  # in a checkpoint: the weights of the best epoch so far
 
 
 def classification_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -180,7 +181,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        """Train for ``cfg.epochs`` epochs; returns the last evaluation's metrics."""
+        """Train for ``cfg.epochs`` epochs (null: enough for ``cfg.min_steps``); returns the kept epoch's metrics.
+
+        The kept epoch is the best by ``cfg.metric`` with ``cfg.keep_best`` (else the last); ``cfg.patience``
+        epochs without a better one stop the run. ``epochs=0`` trains nothing and evaluates the model as given
+        (a solved linear probe), so its metrics come from the same code as any run's.
+        """
         from accelerate.utils import set_seed
         from tqdm.auto import tqdm
 
@@ -189,6 +195,7 @@ class Trainer:
         self.accelerator = acc
         set_seed(cfg.seed)
         self.history, self.global_step = [], 0  # each fit trains cfg.epochs afresh (resume restores both)
+        self._best_state, self.kept_epoch = None, None
         # A model trained before (by an earlier fit) still carries Accelerate's marks: prepare() would skip it.
         self.model = _release(self.model)
         if cfg.channels_last:
@@ -206,14 +213,16 @@ class Trainer:
         if cfg.compile:
             model = torch.compile(model)
         steps_per_epoch = math.ceil(len(train_dl) / self.grad_accum)
-        total_steps = steps_per_epoch * cfg.epochs
+        # Small data sets get more passes: a budget in steps (200 examples in batches of 32: 7 steps an epoch).
+        self.epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.min_steps / steps_per_epoch))
+        total_steps = steps_per_epoch * self.epochs
         # Stepped by hand once per optimizer step (not prepared): counts are then the same on any world size.
         scheduler = make_scheduler(stepper, cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
         # The scheduler's state goes into trainer_state.json (Accelerate would pickle it: no pickle is read on resume).
         self._scheduler = scheduler
         self._run_shape = {"global_batch_size": cfg.global_batch_size, "per_device_batch_size": cfg.per_device_batch_size,
                            "world_size": acc.num_processes, "train_examples": len(self.train_dataset),
-                           "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs}
+                           "steps_per_epoch": steps_per_epoch, "epochs": self.epochs}
 
         start_epoch, skip_batches = 0, 0
         if cfg.resume:
@@ -223,7 +232,7 @@ class Trainer:
         if cfg.tracker != "none":
             acc.init_trackers("hftl", config=_flat(self.run_config))
         logger.info("Training %d epochs x %d optimizer steps (accumulation %d, %d process(es))",
-                    cfg.epochs, steps_per_epoch, self.grad_accum, acc.num_processes)
+                    self.epochs, steps_per_epoch, self.grad_accum, acc.num_processes)
 
         progress = tqdm(total=total_steps, initial=self.global_step, desc="train", unit="step",
                         disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
@@ -239,6 +248,13 @@ class Trainer:
         self.train_seconds = time.perf_counter() - started
         # The plain module again: no autocast forward or compile wrapper left from this run's settings.
         self.model = _release(model)
+        if self.history:
+            kept = self._best_index() if cfg.keep_best else len(self.history) - 1
+            self.kept_epoch = self.history[kept]["epoch"]
+            if kept != len(self.history) - 1 and self._best_state is not None:
+                self.model.load_state_dict(self._best_state)  # every rank holds the same copy
+                metrics = {k: v for k, v in self.history[kept].items() if k != "epoch"}
+                logger.info("Kept epoch %d (best %s %.4g)", self.kept_epoch, cfg.metric, metrics.get(cfg.metric))
         if cfg.channels_last:
             self.model.to(memory_format=torch.contiguous_format)  # what save_pretrained/safetensors expect
         # Each rank's weights, summarised: DDP must leave them identical (recorded in metrics.json).
@@ -259,7 +275,15 @@ class Trainer:
         """The epochs of one fit; returns the last evaluation's metrics."""
         cfg = self.cfg
         metrics: dict = {}
-        for epoch in range(start_epoch, cfg.epochs):
+        if self.epochs == 0:  # nothing to train (a solved probe): evaluate the model as it is
+            metrics = self.evaluate(model, eval_dl)
+            metrics["train_loss"] = self.evaluate(model, acc.prepare(self._loader(self.train_dataset, False)))["loss"]
+            self.history.append({"epoch": 0, **metrics})
+            self._log(acc, {"step": 0, "epoch": 0, **{f"eval/{k}": v for k, v in metrics.items()}})
+            return metrics
+        for epoch in range(start_epoch, self.epochs):
+            if self._stop_early():  # a resumed run stops where the uninterrupted one did
+                break
             if self.strategy:
                 self.strategy.on_epoch_start(acc.unwrap_model(model), epoch)
             if hasattr(self.train_dataset, "set_epoch"):
@@ -299,11 +323,33 @@ class Trainer:
             metrics["train_loss"] = running / max(1, seen)
             self.history.append({"epoch": epoch, **metrics})
             self._log(acc, {"step": self.global_step, "epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
-            if not cfg.checkpoint_every or epoch == cfg.epochs - 1:
+            if cfg.keep_best and self._best_index() == len(self.history) - 1:  # a new best: keep a copy (CPU)
+                self._best_state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                                    for k, v in acc.unwrap_model(model).state_dict().items()}
+            if not cfg.checkpoint_every or epoch == self.epochs - 1 or self._stop_early():
                 self._save_checkpoint(acc, epoch + 1, 0)
         if not metrics and self.history:  # resumed from the last checkpoint (a crash in the final save)
             metrics = {k: v for k, v in self.history[-1].items() if k != "epoch"}
         return metrics
+
+    def _best_index(self) -> int:
+        """Index in the history of the best epoch by ``cfg.metric``; a tie goes to the lower loss, then the earlier."""
+        from hftl.metrics import LOWER_IS_BETTER
+
+        sign = -1.0 if self.cfg.metric in LOWER_IS_BETTER else 1.0
+
+        def key(i: int) -> tuple:
+            value = self.history[i].get(self.cfg.metric)
+            value = sign * value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+            loss = self.history[i].get("loss")
+            return value, -loss if isinstance(loss, (int, float)) and math.isfinite(loss) else -math.inf, -i
+
+        return max(range(len(self.history)), key=key)
+
+    def _stop_early(self) -> bool:
+        """``cfg.patience`` epochs since the best one: a function of the history alone, so resume agrees."""
+        patience = self.cfg.patience
+        return bool(patience and self.history and len(self.history) - 1 - self._best_index() >= patience)
 
     def evaluate(self, model, eval_dl) -> dict:
         """Loss and metrics over the whole evaluation set, gathered from every process."""
@@ -418,6 +464,10 @@ class Trainer:
             state = {"format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": epoch,
                      "batches_done": batches_done, "history": self.history, "run": self._run_shape,
                      "scheduler": self._scheduler.state_dict()}
+            if self._best_state is not None:  # the best epoch's weights, restored at the end even after a resume
+                from safetensors.torch import save_file
+
+                save_file(self._best_state, str(tmp / BEST_FILE))
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -436,6 +486,10 @@ class Trainer:
         self._scheduler.load_state_dict(state["scheduler"])
         self.global_step = state["global_step"]
         self.history = state.get("history", [])
+        if (path / BEST_FILE).is_file():
+            from safetensors.torch import load_file
+
+            self._best_state = load_file(str(path / BEST_FILE))
         logger.info("Resumed from %s (step %d, epoch %d)", path, self.global_step, state["epoch"])
         return state["epoch"], state["batches_done"]
 

@@ -423,7 +423,7 @@ def test_regression_linear_probe_and_lora(regression_run, models, tmp_path):
     _, data = regression_run
     common = {"task": "text_regression", "data.text_pair_column": "second", "data.label_column": "similarity"}
     probe = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "probe", **common, **{
-        "strategy.name": "linear_probe", "train.lr": 0.05, "train.epochs": 4}))
+        "strategy.name": "linear_probe", "train.lr": 0.05, "train.epochs": 4, "strategy.probe_solver": "sgd"}))
     assert probe.history[-1]["train_loss"] < probe.history[0]["train_loss"]
     assert probe.metrics["pearson"] > 0.5, probe.history  # the frozen features carry the sentiment prior
     lora = hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "lora", **common, **{

@@ -211,7 +211,8 @@ def test_linear_probe_caches_features_and_never_serves_stale(tmp_path, cache_roo
 def test_linear_probe_output_keeps_backbone_and_learns(tmp_path, pretrained_folder):
     out = tmp_path / "probe"
     result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "train.epochs": 5,
-                                                            "strategy.name": "linear_probe", "train.lr": 0.05}))
+                                                            "strategy.name": "linear_probe", "train.lr": 0.05,
+                                                            "strategy.probe_solver": "sgd"}))
     source = load_file(str(pretrained_folder / "model.safetensors"))
     trained = load_file(str(out / "model.safetensors"))
     for name in trained:

@@ -12,6 +12,8 @@ from torch import nn
 from hftl.backbones.base import TransferModel
 from hftl.hub import ModelRef
 
+SMALL_IMAGE = 64  # pixels: at this side and below, training augmentation is a mild random shift
+
 
 class TimmModel(TransferModel):
     """A timm classifier whose head is sized to the data's labels.
@@ -109,10 +111,26 @@ class TimmModel(TransferModel):
         return cfg
 
     def transform(self, train: bool, augment: bool = True):
-        """timm's train (augmenting) or eval transform for this backbone's pretrained config."""
+        """timm's train (augmenting) or eval transform for this backbone's pretrained config.
+
+        At 64 px and below the training transform is the eval one plus a random shift (zero-padded by 1/8 of
+        the side, then cropped back, as CIFAR training does) and no flip: timm's ImageNet augmentation (random
+        resized crops down to 8% of the area) leaves a few pixels of a 32-px image, and cost a random-init
+        ResNet-18 on the built-in digits at 32 px 0.99 -> 0.66 validation accuracy.
+        """
         from timm.data import create_transform
 
-        return create_transform(**self.data_config(), is_training=train and augment)
+        cfg = self.data_config()
+        size = cfg["input_size"][-1]
+        if not (train and augment) or size > SMALL_IMAGE:
+            return create_transform(**cfg, is_training=train and augment)
+        from torchvision import transforms
+
+        plain = create_transform(**cfg, is_training=False)  # resize, centre crop, to tensor, normalise
+        steps = list(plain.transforms)
+        at = next((i + 1 for i, t in enumerate(steps) if isinstance(t, transforms.CenterCrop)), 0)
+        steps.insert(at, transforms.RandomCrop(size, padding=max(1, size // 8)))
+        return transforms.Compose(steps)
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:

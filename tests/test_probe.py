@@ -1,0 +1,214 @@
+"""The solved linear probe, LP-FT, early stopping with best-epoch restore, and eval on whole files."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import tiny_train_overrides
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+import hftl
+from hftl.config import load_config
+from hftl.errors import ConfigError
+from hftl.probe import solve_probe, standardise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def blobs(n: int, d: int, classes: int, noise: float, seed: int, flip: float = 0.0):
+    """Gaussian class clusters; ``flip`` of the labels replaced by random ones (label noise)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g)
+    y = torch.arange(n) % classes
+    x = centers[y] + noise * torch.randn(n, d, generator=g) + 5.0  # off-centre: the folding of the mean matters
+    if flip:
+        noisy = torch.rand(n, generator=g) < flip
+        y = torch.where(noisy, torch.randint(0, classes, (n,), generator=g), y)
+    return x, y
+
+
+def test_solved_probe_matches_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = blobs(240, 32, 4, noise=2.0, seed=0)
+    head = nn.Linear(32, 4)
+    info = solve_probe(head, x, y)
+    xs, mean, scale = standardise(x.double())
+    reference = LogisticRegression(C=info["C"], max_iter=10000, tol=1e-10).fit(xs.numpy(), y.numpy())
+    test_x, _ = blobs(500, 32, 4, noise=2.0, seed=0)  # same clusters, fresh draws
+    test_x = test_x + 0.5 * torch.randn(test_x.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = head(test_x).argmax(-1).numpy()
+    theirs = reference.predict(((test_x.double() - mean) / scale).numpy())
+    assert (ours == theirs).mean() >= 0.98
+    # The head works on raw features: the standardisation is folded into its weight and bias.
+    np.testing.assert_allclose(head.weight.detach().double().numpy() * scale.numpy(), reference.coef_, atol=2e-3)
+
+
+def test_ridge_probe_matches_scikit_learn_ridge():
+    from sklearn.linear_model import Ridge
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 16, generator=g) * 3 + 2
+    y = x[:, :4].sum(1) + torch.randn(120, generator=g)
+    head = nn.Linear(16, 1)
+    info = solve_probe(head, x, y.float(), regression=True)
+    xs, mean, scale = standardise(x.double())
+    reference = Ridge(alpha=info["alpha"]).fit(xs.numpy(), y.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(head(x)[:, 0].double().numpy(), reference.predict(xs.numpy()), atol=1e-3)
+
+
+def test_chosen_regularisation_follows_the_data():
+    clean = solve_probe(nn.Linear(64, 5), *blobs(1000, 64, 5, noise=0.8, seed=2))
+    noisy = solve_probe(nn.Linear(64, 5), *blobs(40, 64, 5, noise=3.0, seed=2, flip=0.3))
+    assert clean["l2"] < noisy["l2"], (clean["l2"], noisy["l2"])
+    assert noisy["selection"] and len(noisy["selection"]) == len(noisy["grid"])  # every strength was scored
+
+
+@pytest.mark.parametrize("width", [8, 3])
+def test_two_layer_head_carries_the_solution(width):
+    """Audio heads are projector + classifier: wide enough, the pair holds the solved map exactly;
+    narrower than the classes, the classifier is solved on the projector's outputs."""
+    x, y = blobs(200, 12, 5, noise=1.0, seed=3)
+    torch.manual_seed(0)
+    pair = nn.Sequential(nn.Linear(12, width), nn.Linear(width, 5))
+    before = pair[0].weight.detach().clone()
+    solve_probe(pair, x, y)
+    single = nn.Linear(12, 5)
+    if width >= 5:
+        solve_probe(single, x, y)
+        with torch.no_grad():
+            torch.testing.assert_close(pair(x), single(x), atol=1e-4, rtol=1e-4)
+        assert torch.equal(pair[0].weight[5:], before[5:])  # the spare rows keep their start (for LP-FT)
+    else:
+        assert torch.equal(pair[0].weight, before)
+        with torch.no_grad():
+            assert (pair(x).argmax(-1) == y).float().mean() > 0.5
+
+
+def test_probe_run_is_solved_recorded_and_reloads(tmp_path, pretrained_folder):
+    out = tmp_path / "probe"
+    result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder),
+                                                            "strategy.name": "linear_probe"}))
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["epochs_planned"] == 0 and len(record["history"]) == 1  # solved, then scored once
+    assert record["probe"]["l2"] in record["probe"]["grid"] and record["probe"]["C"] > 0
+    assert result.metrics["accuracy"] > 0.3  # 10 classes, random-ish features from a 7-class source
+    card = (out / "README.md").read_text()
+    assert "Solved, not trained" in card and f"{record['probe']['l2']:.3g}" in card
+    # What was saved predicts what the trainer scored, through hftl and through plain timm.
+    assert hftl.evaluate(out)["loss"] == pytest.approx(result.metrics["loss"], rel=1e-5)
+    native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(native(x), hftl.load(out)({"pixel_values": x}))
+    source = load_file(str(pretrained_folder / "model.safetensors"))
+    trained = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(trained[k], source[k]) for k in trained if not k.startswith("fc."))  # backbone frozen
+
+
+def test_lp_ft_starts_from_the_solved_head_and_trains(tmp_path, pretrained_folder, monkeypatch):
+    import hftl.api as api
+    from hftl.trainer import Trainer
+
+    seen = {}
+    solve, fit = api.solve_heads, Trainer.fit
+
+    def solve_and_keep(cfg, model, *a, **k):
+        info = solve(cfg, model, *a, **k)
+        seen["solved"] = model.head.weight.detach().clone()
+        return info
+
+    def fit_and_look(self):
+        seen["start"] = self.model.head.weight.detach().clone()
+        return fit(self)
+
+    monkeypatch.setattr(api, "solve_heads", solve_and_keep)
+    monkeypatch.setattr(Trainer, "fit", fit_and_look)
+    out = tmp_path / "lpft"
+    result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder),
+                                                            "strategy.name": "lp_ft", "train.epochs": 3,
+                                                            "train.lr": 0.003}))
+    assert torch.equal(seen["start"], seen["solved"])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    trained = load_file(str(out / "model.safetensors"))
+    source = load_file(str(pretrained_folder / "model.safetensors"))
+    assert any(not torch.equal(trained[k], source[k]) for k in trained if k.endswith("conv1.weight"))  # backbone moved
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["probe"]["l2"] > 0
+    assert "LP-FT" in (out / "README.md").read_text()
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
+    from hftl.trainer import Trainer
+
+    scores = iter([0.3, 0.8, 0.5, 0.4, 0.2, 0.1])
+    evaluate = Trainer.evaluate
+
+    def scripted(self, model, eval_dl):
+        metrics = evaluate(self, model, eval_dl)
+        return {**metrics, "accuracy": next(scores)}
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
+    out = tmp_path / "run"
+    result = hftl.train(None, tiny_train_overrides(out, **{"train.epochs": 6, "train.patience": 2,
+                                                            "train.keep_checkpoints": 10}))
+    assert len(result.history) == 4  # epochs 2 and 3 did not beat epoch 1: stopped
+    assert result.metrics["accuracy"] == 0.8
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["kept_epoch"] == 1 and record["epochs_run"] == 4
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    at_best = load_file(str(checkpoints[1] / "model.safetensors"))  # the end of epoch 1
+    saved = load_file(str(out / "model.safetensors"))
+    for name, value in saved.items():
+        torch.testing.assert_close(value, at_best[f"net.{name}"], rtol=0, atol=0)
+    assert "weights of epoch 2 kept" in (out / "README.md").read_text()
+
+
+def test_epochs_follow_min_steps_when_unset(tmp_path):
+    base = tiny_train_overrides(tmp_path / "a", **{"train.epochs": "null", "train.min_steps": 20,
+                                                   "strategy.name": "linear_probe", "strategy.probe_solver": "sgd"})
+    result = hftl.train(None, base)
+    assert len(result.history) == 4  # 96 examples / 16 = 6 steps an epoch: 4 epochs reach 20 steps
+
+
+def test_eval_on_a_file_scores_every_row(tmp_path, pretrained_folder):
+    from hftl.data import _digits
+
+    out = tmp_path / "probe"
+    hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "strategy.name": "linear_probe"}))
+    images, labels, _ = _digits()
+    rows = ["image,label"]
+    for i in range(37):  # every class present, 37 rows in all
+        Image.fromarray(np.asarray(images[i])).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{labels[i]}")
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    assert hftl.evaluate(out, [f"data.id={tmp_path / 'test.csv'}"])["examples"] == 37
+    assert hftl.evaluate(out)["examples"] == 60  # no data override: the run's own validation split
+
+
+@pytest.mark.parametrize("override,key", [("train.patience=-1", "train.patience"), ("train.min_steps=-5", "train.min_steps"),
+                                          ("strategy.probe_solver=adam", "strategy.probe_solver"),
+                                          ("strategy.probe_l2=[0.1, -1]", "strategy.probe_l2"),
+                                          ("train.backbone_lr_scale=-1", "train.backbone_lr_scale")])
+def test_new_fields_are_range_checked(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, ["strategy.name=linear_probe", override])
+
+
+def test_solved_probe_needs_cached_features():
+    with pytest.raises(ConfigError, match="cache_features"):
+        load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false"])
+    assert load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false",
+                              "strategy.probe_solver=sgd"]).strategy.probe_solver == "sgd"
+
+
+def test_a_handful_of_examples_still_solves():
+    x, y = blobs(6, 4, 3, noise=0.5, seed=5)  # 20% held out is one example, fewer than the classes
+    info = solve_probe(nn.Linear(4, 3), x, y)
+    assert info["l2"] in info["grid"]
