@@ -887,7 +887,14 @@ class _Study:
         if len(arm.candidates) == 1:  # nothing to choose (no grid, or one value): no inner training
             values = arm.candidates[0][0]
             return arm.config, {"grid": arm.grid, "chosen": values, "candidates": []} if values else {}
-        data, data_fp, inner_tr, inner_va = self.inner_data(k, budget)
+        try:
+            data, data_fp, inner_tr, inner_va = self.inner_data(k, budget)
+        except DataError as e:
+            # E.g. one example per class at a small label budget. Every arm meets the same split, so every
+            # arm falls back alike, at its configured values; the report says so for that fold.
+            logger.warning("%s (arm %s, budget %s, fold %d): trained at its configured values", e, arm.name,
+                           _pct(budget), k)
+            return arm.config, {"grid": arm.grid, "chosen": {}, "candidates": [], "skipped": str(e)}
         tag = _budget_tag(budget)
         results = []
         for i, (values, config) in enumerate(arm.candidates):

@@ -83,7 +83,13 @@ class StudyReport:
 
         if not self.searched.get(arm):
             return "not searched"
-        return describe_choices(self.chosen.get(arm, {}).get(tag or self.full_budget, []))
+        chosen = self.chosen.get(arm, {}).get(tag or self.full_budget, [])
+        text = describe_choices(chosen)
+        unsplit = sum(1 for c in chosen if not c)  # folds too small to hold out an inner split
+        if unsplit:
+            text = (text + "; " if chosen and unsplit < len(chosen) else "") + \
+                f"configured values ×{unsplit} (too few examples to search)"
+        return text
 
     @property
     def full_budget(self) -> str:
