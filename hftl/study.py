@@ -20,6 +20,13 @@ A study config is YAML with two sections::
       metric: accuracy
       label_budgets: [0.1, 0.25, 0.5, 1.0]     # optional: the sample-efficiency curve
       output_dir: outputs/study
+      search: true                             # or {lr: [1.0e-4, 1.0e-3]}, or false
+
+Each arm chooses its own hyperparameters (its learning rate, by default) per fold on an inner
+validation split of that fold's training examples, never on the held-out fold (nested
+cross-validation; :mod:`hftl.study_search`): ``study.search`` (true: each strategy's grid; a grid such
+as ``{lr: [1e-4, 1e-3]}``; false: off), or ``search:`` on one arm. What each arm chose is in every
+fold's record, study.json, report.md and the winner's card.
 
 ``study.pretrain`` lets a study make its own source models first (e.g. on other classes, or on
 shuffled labels to show negative transfer); ``model.id: pretrain:NAME`` then points at one.
@@ -916,11 +923,18 @@ class _Study:
                 _write_json_atomic(path, record)
             results.append(record)
         best = choose([r["metrics"] for r in results], self.s.metric, higher_is_better(self.s.metric))
+        # A choice at the end of its grid says the best value may lie beyond it: say so, do not widen silently.
+        edge = [key for key, value in results[best]["values"].items()
+                if len(arm.grid.get(key, [])) > 2 and value in (min(arm.grid[key]), max(arm.grid[key]))
+                and all(isinstance(v, (int, float)) for v in arm.grid[key])]
+        if edge:
+            logger.warning("Arm %s fold %d chose %s at the end of its grid; consider a wider study.search grid",
+                           arm.name, k, ", ".join(f"{key}={results[best]['values'][key]:g}" for key in edge))
         info = {"grid": arm.grid, "chosen": results[best]["values"], "metric": self.s.metric,
                 "validation_share": self.s.search_validation, "inner_train": inner_tr, "inner_validation": inner_va,
                 "candidates": [{"values": r["values"], "metrics": r["metrics"], "seconds": r["seconds"]}
                                for r in results],
-                "seconds": round(sum(r["seconds"] for r in results), 2)}
+                "seconds": round(sum(r["seconds"] for r in results), 2), "at_grid_edge": edge}
         return arm.candidates[best][1], info
 
     def run_fold(self, arm: Arm, budget: float, k: int, force: bool = False, progress=None) -> dict:

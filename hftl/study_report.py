@@ -514,6 +514,11 @@ def _search_lines(report: StudyReport, all_records: dict) -> list[str]:
                 text = f"{describe_values(c['values'])}: {c['metrics'][report.metric]:.3f}"
                 cells.append(f"**{text}**" if c["values"] == search.get("chosen") else text)
             lines.append(f"| {arm} | {_pct(budget)} | {k} | {', '.join(cells) or 'one candidate: ' + describe_values(search.get('chosen') or {})} |")
+    edges = sorted({arm for (arm, _), recs in all_records.items() for r in recs.values()
+                    if (r.get("search") or {}).get("at_grid_edge")})
+    if edges:
+        lines += ["", f"Chosen at the end of its grid (the best value may lie beyond it; widen `study.search`): "
+                      f"{', '.join(edges)}."]
     return lines
 
 
