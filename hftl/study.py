@@ -76,6 +76,15 @@ import yaml
 from hftl.config import STRATEGIES, TASK_METRICS, Config, _apply, _f, config_from_dict, parse_overrides
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import LOWER_IS_BETTER
+from hftl.study_report import (  # the rendering; its names stay importable from hftl.study
+    StudyReport,
+    _budget_tag,
+    _pct,
+    add_study_to_card,
+    card_section,
+    render_markdown,
+    write_plots,
+)
 from hftl.study_search import (
     SEARCH_HELP,
     candidates,
@@ -85,15 +94,6 @@ from hftl.study_search import (
     parse_search,
     read_value,
     resolve_grid,
-)
-from hftl.study_report import (  # the rendering; its names stay importable from hftl.study
-    StudyReport,
-    _budget_tag,
-    _pct,
-    add_study_to_card,
-    card_section,
-    render_markdown,
-    write_plots,
 )
 
 logger = logging.getLogger(__name__)

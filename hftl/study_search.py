@@ -168,7 +168,7 @@ def inner_split(train_idx: list[int], strata, fraction: float, seed) -> tuple[li
 
     Example:
         >>> inner_split(list(range(10)), [0] * 5 + [1] * 5, 0.2, seed=0)
-        ([0, 1, 2, 4, 5, 6, 7, 9], [3, 8])
+        ([0, 1, 3, 4, 5, 6, 7, 8], [2, 9])
     """
     idx = np.asarray(train_idx, dtype=int)
     strata = np.asarray(strata)
