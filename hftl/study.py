@@ -20,6 +20,13 @@ A study config is YAML with two sections::
       metric: accuracy
       label_budgets: [0.1, 0.25, 0.5, 1.0]     # optional: the sample-efficiency curve
       output_dir: outputs/study
+      search: true                             # or {lr: [1.0e-4, 1.0e-3]}, or false
+
+Each arm chooses its own hyperparameters (its learning rate, by default) per fold on an inner
+validation split of that fold's training examples, never on the held-out fold (nested
+cross-validation; :mod:`hftl.study_search`): ``study.search`` (true: each strategy's grid; a grid such
+as ``{lr: [1e-4, 1e-3]}``; false: off), or ``search:`` on one arm. What each arm chose is in every
+fold's record, study.json, report.md and the winner's card.
 
 ``study.pretrain`` lets a study make its own source models first (e.g. on other classes, or on
 shuffled labels to show negative transfer); ``model.id: pretrain:NAME`` then points at one.
@@ -78,6 +85,16 @@ from hftl.study_report import (  # the rendering; its names stay importable from
     render_markdown,
     write_plots,
 )
+from hftl.study_search import (
+    SEARCH_HELP,
+    candidates,
+    choose,
+    inner_split,
+    nested,
+    parse_search,
+    read_value,
+    resolve_grid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +145,10 @@ class StudySettings:
         [], "Source models the study makes first, each a mapping {name, config, shuffle_labels}: config "
             "overrides base keys for the source run (its own data, e.g. other classes; strategy defaults to "
             "scratch). Arms use one with model.id: pretrain:NAME.")
+    search: bool | dict = _f(True, SEARCH_HELP)
+    search_validation: float = _f(
+        0.2, "Share of each training fold held out (stratified, seeded, the same for every arm) to choose the "
+             "searched values on; the candidates train on the rest, the chosen values then on the whole fold.")
     winner: str = _f(
         "best_fold", "Which model to keep: best_fold (the winning arm's best fold, with its held-out metrics, "
                      "saved to OUTPUT_DIR/model) or none.")
@@ -144,6 +165,9 @@ class Arm:
     strategy: str
     overrides: dict = field(default_factory=dict)
     config: Config | None = None  # the resolved run config (output_dir and seed set per fold)
+    search: bool | dict | None = None  # the arm's own search: setting (None: the study's)
+    grid: dict = field(default_factory=dict)  # what it searches: dotted key -> values ({}: nothing)
+    candidates: list = field(default_factory=list)  # [(values, Config)] in grid order; one when not searched
 
 
 @dataclass
@@ -233,7 +257,7 @@ def _parse_arm(entry: Any, index: int) -> Arm:
                 "config: {model: {id: ...}}}."
             )
         return Arm(entry, entry)
-    name, overrides = _check_entry(entry, f"study.arms[{index}]", ("name", "strategy", "config"),
+    name, overrides = _check_entry(entry, f"study.arms[{index}]", ("name", "strategy", "config", "search"),
                                    "e.g. name: probe_from_shuffled", "a strategy name or a mapping")
     strategy = entry.get("strategy", name)
     if strategy not in STRATEGIES:
@@ -243,7 +267,8 @@ def _parse_arm(entry: Any, index: int) -> Arm:
     given = overrides.get("strategy", {}).get("name") if isinstance(overrides.get("strategy"), dict) else None
     if given and given != strategy:
         raise ConfigError(f"Arm '{name}' sets strategy '{strategy}' and config strategy.name '{given}'; keep one.")
-    return Arm(name, strategy, overrides)
+    search = parse_search(entry["search"], f"Arm '{name}' search") if "search" in entry else None
+    return Arm(name, strategy, overrides, search=search)
 
 
 def _parse_pretrain(entry: Any, index: int) -> PretrainSource:
@@ -317,6 +342,7 @@ def study_config_from_dict(data: dict) -> StudyConfig:
         arm.config = _run_config(raw_base, overrides, f"Arm '{arm.name}'")
         if arm.config.strategy.name == "lora" and arm.config.model.id.startswith("timm:"):
             raise ConfigError(f"Arm '{arm.name}' (lora) needs a pretrained source; model.id is an architecture.")
+        _resolve_candidates(arm, settings.search, raw_base, overrides)
     for cfg, what in [(a.config, f"Arm '{a.name}'") for a in arms] + [(s.config, f"pretrain '{s.name}'") for s in sources]:
         if cfg.model.id.startswith(PRETRAIN_PREFIX) and cfg.model.id[len(PRETRAIN_PREFIX):] not in names:
             raise ConfigError(
@@ -327,7 +353,25 @@ def study_config_from_dict(data: dict) -> StudyConfig:
     return StudyConfig(base, settings, arms, sources, raw)
 
 
+def _resolve_candidates(arm: Arm, study_search: bool | dict, raw_base: dict, overrides: dict) -> None:
+    """The arm's grid and one validated run config per candidate (a bad key or value fails here, not mid-study)."""
+    arm.grid = resolve_grid(study_search if arm.search is None else arm.search, arm.strategy)
+    arm.candidates = []
+    for values in candidates(arm.grid):
+        cfg = _run_config(raw_base, _merge(overrides, nested(values)), f"Arm '{arm.name}' search {values}")
+        try:  # read back as the config holds it (YAML reads "1e-4" as a string; the config, as a float)
+            values = {k: read_value(cfg, k) for k in values}
+        except AttributeError:
+            raise ConfigError(f"Arm '{arm.name}' searches '{next(iter(values))}', which is not a config key.") from None
+        arm.candidates.append((values, cfg))
+    if len(arm.candidates) == 1:  # nothing to choose: train that value directly, as an unsearched arm would
+        arm.config = arm.candidates[0][1]
+
+
 def _validate_settings(s: StudySettings, base: Config) -> None:
+    s.search = parse_search(s.search, "study.search")
+    if not 0 < s.search_validation < 1:
+        raise ConfigError(f"study.search_validation must be a share in (0, 1), e.g. 0.2 (got {s.search_validation}).")
     if base.task not in STUDY_TASKS:
         raise ConfigError(
             f"A study compares classifiers or regressors on labelled examples; base.task '{base.task}' is not "
@@ -765,16 +809,33 @@ class _Study:
         """What subsets are stratified by: the classes, or one stratum for real-valued targets."""
         return np.zeros(len(labels), dtype=int) if regression else np.asarray(labels)
 
+    def fold_indices(self, k: int, budget: float) -> tuple[list[int], list[int]]:
+        """Pool indices of fold ``k``'s training examples (at ``budget``) and of its held-out examples."""
+        train_idx, val_idx = self.folds[k]
+        return budget_subset(train_idx, self.strata, budget, self.s.seed * 1000 + k), val_idx
+
     def fold_data(self, k: int, budget: float):
+        train_idx, val_idx = self.fold_indices(k, budget)
+        fingerprint = _hash([self.pool.fingerprint, "fold", k, len(self.folds), budget, self.s.seed, train_idx, val_idx])
+        return self.subset(train_idx, val_idx, fingerprint), fingerprint
+
+    def subset(self, train_idx: list[int], val_idx: list[int], fingerprint: str):
+        """LabelledData of these pool examples: ``train_idx`` to train on, ``val_idx`` to score on."""
         from hftl.data import LabelledData
 
-        train_idx, val_idx = self.folds[k]
-        train_idx = budget_subset(train_idx, self.strata, budget, self.s.seed * 1000 + k)
         pool = self.pool.train
-        fingerprint = _hash([self.pool.fingerprint, "fold", k, len(self.folds), budget, self.s.seed, train_idx, val_idx])
-        data = LabelledData(pool.select(train_idx), pool.select(val_idx), self.pool.label_names, self.pool.source,
+        return LabelledData(pool.select(train_idx), pool.select(val_idx), self.pool.label_names, self.pool.source,
                             fingerprint, self.pool.skipped, self.pool.regression)
-        return data, fingerprint
+
+    def inner_data(self, k: int, budget: float):
+        """The inner split of fold ``k``'s training examples (never its held-out fold): data, fingerprint, indices."""
+        train_idx, _ = self.fold_indices(k, budget)
+        # Seeded by study seed, fold and budget only: every arm chooses on the same inner split (paired).
+        inner_tr, inner_va = inner_split(train_idx, self.strata, self.s.search_validation,
+                                         [self.s.seed, k, round(budget * 10**6), 17])
+        fingerprint = _hash([self.pool.fingerprint, "inner", k, len(self.folds), budget, self.s.seed,
+                             self.s.search_validation, inner_tr, inner_va])
+        return self.subset(inner_tr, inner_va, fingerprint), fingerprint, inner_tr, inner_va
 
     # -- one fold of one arm -------------------------------------------------------------------
     def run_dir(self, arm: Arm, budget: float, k: int) -> Path:
@@ -783,9 +844,10 @@ class _Study:
     def record_path(self, arm: Arm, budget: float, k: int) -> Path:
         return self.records / f"{arm.name}__{_budget_tag(budget)}__fold{k}.json"
 
-    def fold_config(self, arm: Arm, budget: float, k: int) -> Config:
-        cfg = self.resolve(arm.config)
-        cfg.output_dir = str(self.run_dir(arm, budget, k))
+    def fold_config(self, arm: Arm, budget: float, k: int, config: Config | None = None,
+                    output_dir: Path | None = None) -> Config:
+        cfg = self.resolve(config or arm.config)
+        cfg.output_dir = str(output_dir or self.run_dir(arm, budget, k))
         cfg.train.seed = self.cfg.base.train.seed + k  # a fold's seed is the same for every arm: paired
         cfg.train.resume = None
         cfg.train.progress = False  # one bar for the study (arm, budget, fold), not one per fold
@@ -795,27 +857,22 @@ class _Study:
         cfg.train.keep_checkpoints = 1
         return cfg
 
-    def run_key(self, arm: Arm, budget: float, k: int, data_fp: str) -> str:
+    def run_key(self, arm: Arm, budget: float, k: int, data_fp: str, config: Config | None = None,
+                search: dict | None = None) -> str:
         source = arm.config.model.id
         source_key = self.source_keys.get(source[len(PRETRAIN_PREFIX):]) if source.startswith(PRETRAIN_PREFIX) else None
-        return _hash({"config": _config_key(self.fold_config(arm, budget, k)), "data": data_fp,
-                      "source": source_key, "folds": len(self.folds)})
+        key = {"config": _config_key(self.fold_config(arm, budget, k, config)), "data": data_fp,
+               "source": source_key, "folds": len(self.folds)}
+        if search:  # what the choice was made among (an unsearched fold keeps the key it always had)
+            key["search"] = search
+        return _hash(key)
 
-    def run_fold(self, arm: Arm, budget: float, k: int, force: bool = False) -> dict:
+    def train_once(self, cfg: Config, data) -> tuple[dict, list, float]:
+        """Train one run (from its start) and return its metrics, history and seconds."""
         from hftl import api
 
-        data, data_fp = self.fold_data(k, budget)
-        key = self.run_key(arm, budget, k, data_fp)
-        path = self.record_path(arm, budget, k)
-        record = _read_json(path)
-        if record and record.get("key") == key and not force:
-            self.skipped += 1
-            return record
-        if record and not force:
-            logger.warning("Record %s was made with another config or data; training that fold again", path)
-        cfg = self.fold_config(arm, budget, k)
         folder = Path(cfg.output_dir)
-        shutil.rmtree(folder, ignore_errors=True)  # a fold interrupted mid-training restarts from its start
+        shutil.rmtree(folder, ignore_errors=True)  # a run interrupted mid-training restarts from its start
         started = time.perf_counter()
         result = api.train(cfg, data=data)
         seconds = time.perf_counter() - started
@@ -825,13 +882,84 @@ class _Study:
                 f"{', '.join(result.metrics)}). Choose one of those."
             )
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # optimizer state: large, and never resumed
+        self.trained += 1
+        return {m: float(v) for m, v in result.metrics.items()}, result.history, seconds
+
+    def search(self, arm: Arm, budget: float, k: int, progress=None) -> tuple[Config, dict]:
+        """Choose the arm's values for fold ``k`` on the inner split of its training examples.
+
+        Returns the run config to train on the whole training fold and what the search did (for the
+        record). Each candidate has its own small record, so an interrupted search resumes too.
+        """
+        if len(arm.candidates) == 1:  # nothing to choose (no grid, or one value): no inner training
+            values = arm.candidates[0][0]
+            return arm.config, {"grid": arm.grid, "chosen": values, "candidates": []} if values else {}
+        try:
+            data, data_fp, inner_tr, inner_va = self.inner_data(k, budget)
+        except DataError as e:
+            # E.g. one example per class at a small label budget. Every arm meets the same split, so every
+            # arm falls back alike, at its configured values; the report says so for that fold.
+            logger.warning("%s (arm %s, budget %s, fold %d): trained at its configured values", e, arm.name,
+                           _pct(budget), k)
+            return arm.config, {"grid": arm.grid, "chosen": {}, "candidates": [], "skipped": str(e)}
+        tag = _budget_tag(budget)
+        results = []
+        for i, (values, config) in enumerate(arm.candidates):
+            folder = self.out / "search" / arm.name / tag / f"fold{k}" / f"c{i}"
+            cfg = self.fold_config(arm, budget, k, config, output_dir=folder)
+            key = self.run_key(arm, budget, k, data_fp, config)
+            path = self.records / "search" / f"{arm.name}__{tag}__fold{k}__c{i}.json"
+            record = _read_json(path)
+            if record and record.get("key") == key:
+                self.skipped += 1
+            else:
+                if progress is not None:
+                    progress.set_description(f"arm {arm.name} fold {k + 1}/{len(self.folds)}: search "
+                                             f"{i + 1}/{len(arm.candidates)}")
+                metrics, history, seconds = self.train_once(cfg, data)
+                _lighten(folder)  # a candidate's weights are never used again; its log stays
+                record = {"key": key, "values": values, "metrics": metrics, "seconds": round(seconds, 2),
+                          "epochs": len(history), "output_dir": str(folder)}
+                _write_json_atomic(path, record)
+            results.append(record)
+        best = choose([r["metrics"] for r in results], self.s.metric, higher_is_better(self.s.metric))
+        # A choice at the end of its grid says the best value may lie beyond it: say so, do not widen silently.
+        edge = [key for key, value in results[best]["values"].items()
+                if len(arm.grid.get(key, [])) > 2 and value in (min(arm.grid[key]), max(arm.grid[key]))
+                and all(isinstance(v, (int, float)) for v in arm.grid[key])]
+        if edge:
+            logger.warning("Arm %s fold %d chose %s at the end of its grid; consider a wider study.search grid",
+                           arm.name, k, ", ".join(f"{key}={results[best]['values'][key]:g}" for key in edge))
+        info = {"grid": arm.grid, "chosen": results[best]["values"], "metric": self.s.metric,
+                "validation_share": self.s.search_validation, "inner_train": inner_tr, "inner_validation": inner_va,
+                "candidates": [{"values": r["values"], "metrics": r["metrics"], "seconds": r["seconds"]}
+                               for r in results],
+                "seconds": round(sum(r["seconds"] for r in results), 2), "at_grid_edge": edge}
+        return arm.candidates[best][1], info
+
+    def run_fold(self, arm: Arm, budget: float, k: int, force: bool = False, progress=None) -> dict:
+        config, search = self.search(arm, budget, k, progress)
+        data, data_fp = self.fold_data(k, budget)
+        spec = {"grid": arm.grid, "validation": self.s.search_validation} if search.get("candidates") else None
+        key = self.run_key(arm, budget, k, data_fp, config, spec)
+        path = self.record_path(arm, budget, k)
+        record = _read_json(path)
+        if record and record.get("key") == key and not force:
+            self.skipped += 1
+            return record
+        if record and not force:
+            logger.warning("Record %s was made with another config or data; training that fold again", path)
+        cfg = self.fold_config(arm, budget, k, config)
+        metrics, history, seconds = self.train_once(cfg, data)
+        train_idx, test_idx = self.fold_indices(k, budget)
         record = {"key": key, "arm": arm.name, "strategy": arm.strategy, "budget": budget, "fold": k,
-                  "metrics": {m: float(v) for m, v in result.metrics.items()}, "history": result.history,
+                  "metrics": metrics, "history": history,
                   "num_train": len(data.train), "num_validation": len(data.validation),
-                  "seed": cfg.train.seed, "seconds": round(seconds, 2), "output_dir": str(folder),
+                  "chosen": search.get("chosen", {}), "search": search,
+                  "train_indices": train_idx, "test_indices": test_idx,
+                  "seed": cfg.train.seed, "seconds": round(seconds, 2), "output_dir": str(cfg.output_dir),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json_atomic(path, record)
-        self.trained += 1
         return record
 
     def keep_best_weights(self, arm: Arm, budget: float, records: dict) -> None:
@@ -874,7 +1002,7 @@ class _Study:
                     for k in range(len(self.folds)):
                         budget_txt = f" budget {_pct(budget)}" if len(self.budgets) > 1 else ""
                         progress.set_description(f"arm {arm.name}{budget_txt} fold {k + 1}/{len(self.folds)}")
-                        recs[k] = self.run_fold(arm, budget, k)
+                        recs[k] = self.run_fold(arm, budget, k, progress=progress)
                         self.keep_best_weights(arm, budget, recs)
                         logger.info("%s%s fold %d/%d: %s %.4f", arm.name, budget_txt, k + 1, len(self.folds),
                                     self.s.metric, recs[k]["metrics"][self.s.metric])
@@ -916,6 +1044,9 @@ class _Study:
             trained=self.trained, skipped=self.skipped, n_examples=len(self.labels),
             label_names=list(self.pool.label_names), task=self.cfg.base.task, fold_metrics=list(self.metrics),
             higher_is_better=higher_is_better(s.metric),
+            searched={a.name: a.grid for a in self.cfg.arms},
+            chosen={arm: {_budget_tag(b): [all_records[(arm, b)][k].get("chosen", {}) for k in sorted(all_records[(arm, b)])]
+                          for b in self.budgets} for arm in arms},
             budget_sizes={_budget_tag(b): float(np.mean([r["num_train"] for r in all_records[(s.baseline, b)].values()]))
                           for b in self.budgets})
 

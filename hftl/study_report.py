@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hftl.study_search import describe_grid, describe_values
+
 if TYPE_CHECKING:
     from hftl.study import StudyConfig
 
@@ -68,6 +70,26 @@ class StudyReport:
     task: str = ""
     fold_metrics: list = field(default_factory=lambda: ["accuracy", "f1", "loss"])  # each fold's numbers, in order
     higher_is_better: bool = True  # of ``metric``: False for loss, mse and mae
+    searched: dict = field(default_factory=dict)  # arm -> the grid it searched ({}: none), hftl.study_search
+    chosen: dict = field(default_factory=dict)  # arm -> budget tag -> [per-fold chosen values, {} if none]
+
+    @property
+    def any_search(self) -> bool:
+        return any(self.searched.values())
+
+    def chosen_cell(self, arm: str, tag: str | None = None) -> str:
+        """What ``arm`` chose over the folds at a budget, e.g. ``lr 0.001 ×3, 0.003 ×2``."""
+        from hftl.study_search import describe_choices
+
+        if not self.searched.get(arm):
+            return "not searched"
+        chosen = self.chosen.get(arm, {}).get(tag or self.full_budget, [])
+        text = describe_choices(chosen)
+        unsplit = sum(1 for c in chosen if not c)  # folds too small to hold out an inner split
+        if unsplit:
+            text = (text + "; " if chosen and unsplit < len(chosen) else "") + \
+                f"configured values ×{unsplit} (too few examples to search)"
+        return text
 
     @property
     def full_budget(self) -> str:
@@ -123,9 +145,10 @@ class StudyReport:
         test = {"t": "p (paired t)", "corrected_t": "p (corrected t)", "wilcoxon": "p (Wilcoxon)"}[
             c0.test if c0 else "t"]
         columns = "".join(f" {METRIC_LABELS.get(m, m)} |" for m in self.fold_metrics)
+        searched = self.any_search  # then each arm's choice per fold is part of the result
         lines = [f"| arm | strategy |{columns} Δ {self.metric} vs {self.baseline} [{conf}] "
-                 f"| {test} | p (Wilcoxon) | verdict |",
-                 "|---|---|" + "---|" * (len(self.fold_metrics) + 4)]
+                 f"| {test} | p (Wilcoxon) | verdict |" + (" chosen (inner split, per fold) |" if searched else ""),
+                 "|---|---|" + "---|" * (len(self.fold_metrics) + 4 + searched)]
 
         def ms(arm: str, m: str) -> str:
             s = self.stats[arm][tag][m]
@@ -140,7 +163,8 @@ class StudyReport:
                 pw = _fmt_p(r["p_wilcoxon"]) if r["p_wilcoxon"] is not None else "n/a"
             verdict = f"**{r['verdict']}**" if r["verdict"] != "baseline" else "baseline"
             cells = "".join(f" {ms(r['arm'], m)} |" for m in self.fold_metrics)
-            lines.append(f"| {r['arm']} | {r['strategy']} |{cells} {diff} | {p} | {pw} | {verdict} |")
+            chosen = f" {self.chosen_cell(r['arm'], tag)} |" if searched else ""
+            lines.append(f"| {r['arm']} | {r['strategy']} |{cells} {diff} | {p} | {pw} | {verdict} |{chosen}")
         return "\n".join(lines)
 
     def budget_table(self) -> str:
@@ -194,6 +218,9 @@ class StudyReport:
             p = "—" if r["p"] is None else _fmt_p(r["p"])
             lines.append(f"{r['arm']:<{w}} {r['strategy']:<14} {s['mean']:.3f} ± {s['std']:.3f}{'':<8} {diff:<28} "
                          f"{p:<8} {r['verdict']}")
+        if self.any_search:
+            lines.append("chosen on each training fold's inner split: " + "; ".join(
+                f"{a} {self.chosen_cell(a, tag)}" for a in self.arms))
         if len(self.budgets) > 1:
             lines += ["", "By label budget:", self.budget_table()]
         if self.winner:
@@ -214,6 +241,7 @@ class StudyReport:
             "files": {k: str(v) for k, v in self.files.items()},
             "trained": self.trained, "resumed": self.skipped, "seconds": round(self.seconds, 1),
             "budget_sizes": self.budget_sizes, "task": self.task, "higher_is_better": self.higher_is_better,
+            "search": {a: {"grid": self.searched.get(a, {}), "chosen": self.chosen.get(a, {})} for a in self.arms},
         }
 
 
@@ -408,16 +436,21 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               f"- Training budget per arm and fold (unless an arm overrides it): {base.train.epochs} epochs, global "
               f"batch {base.train.global_batch_size}, peak lr {base.train.lr:g}, {base.train.scheduler} schedule, "
               f"seed {base.train.seed} + fold index (the same for every arm).",
+              _search_bullet(report, cfg),
               f"- Verdict: {cfg.study.test} test on {report.metric} at alpha {cfg.study.alpha:g} "
               f"({'paired t-test, scipy.stats.ttest_rel' if cfg.study.test == 't' else cfg.study.test}); "
               "Wilcoxon signed-rank where there are enough folds.",
-              "", "| arm | strategy | starts from | epochs | lr |", "|---|---|---|---|---|"]
+              "", "| arm | strategy | starts from | epochs | lr | searched (nested, on the training fold) |",
+              "|---|---|---|---|---|---|"]
     for arm in cfg.arms:
         c = arm.config
         start = c.model.id
         if arm.strategy == "scratch":
             start = f"{c.model.id} (architecture only, random init)"
-        lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {c.train.lr:g} |")
+        lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else f"{c.train.lr:g}"
+        lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {lr} | "
+                     f"{describe_grid(arm.grid)} |")
+    lines += _search_lines(report, all_records)
     lines += _sources_lines(sources, report.metric if report.regression else "accuracy")
     lines += ["", "## Saved model", ""]
     if report.model_dir:
@@ -429,14 +462,20 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
         lines.append("None (study.winner=none).")
     metrics = report.fold_metrics
     columns = "".join(f" {METRIC_LABELS.get(m, m).removesuffix(' (macro)')} |" for m in metrics)
-    lines += ["", "## Every fold", "", f"| arm | budget | fold | train | held-out |{columns} seconds |",
-              "|---|---|---|---|---|" + "---|" * (len(metrics) + 1)]
+    searched = report.any_search
+    lines += ["", "## Every fold", "", f"| arm | budget | fold | train | held-out |{columns} seconds |"
+              + (" chosen | search seconds |" if searched else ""),
+              "|---|---|---|---|---|" + "---|" * (len(metrics) + 1 + 2 * searched)]
     for (arm, budget), recs in all_records.items():
         for k in sorted(recs):
             r = recs[k]
             values = "".join(f" {r['metrics'][m]:.4f} |" for m in metrics)
+            extra = ""
+            if searched:
+                search = r.get("search") or {}
+                extra = f" {describe_values(r.get('chosen') or {})} | {search.get('seconds', 0):.1f} |"
             lines.append(f"| {arm} | {_pct(budget)} | {k} | {r['num_train']} | {r['num_validation']} |"
-                         f"{values} {r['seconds']:.1f} |")
+                         f"{values} {r['seconds']:.1f} |{extra}")
     lines += ["", "## How to read this", "",
               "- Each verdict compares an arm with the baseline fold by fold (paired), so differences between "
               "folds' difficulty cancel out.",
@@ -447,6 +486,40 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               "", f"Made with hftl in {report.seconds:.0f} s ({report.trained} runs trained, {report.skipped} "
               "resumed from records)."]
     return "\n".join(lines) + "\n"
+
+
+def _search_bullet(report: StudyReport, cfg: StudyConfig) -> str:
+    if not report.any_search:
+        return ("- Hyperparameters: every arm at its configured values (no search: study.search=false or one "
+                "candidate per arm).")
+    return (f"- Hyperparameters: each arm chose its own values per fold (and label budget) by {report.metric} on an "
+            f"inner validation split of that fold's training examples ({_pct(cfg.study.search_validation)}, "
+            "stratified, seeded, the same for every arm), then trained them on the whole training fold; the "
+            "held-out fold was never used to choose (nested cross-validation). Ties go to the lower loss.")
+
+
+def _search_lines(report: StudyReport, all_records: dict) -> list[str]:
+    """Each searched arm's choice per fold, with the inner-split score of every candidate."""
+    if not report.any_search:
+        return []
+    lines = ["", f"What each arm chose, fold by fold ({report.metric} of each candidate on the inner split; "
+                 "the chosen one in bold):", "", "| arm | budget | fold | candidates |", "|---|---|---|---|"]
+    for (arm, budget), recs in all_records.items():
+        if not report.searched.get(arm):
+            continue
+        for k in sorted(recs):
+            search = recs[k].get("search") or {}
+            cells = []
+            for c in search.get("candidates", []):
+                text = f"{describe_values(c['values'])}: {c['metrics'][report.metric]:.3f}"
+                cells.append(f"**{text}**" if c["values"] == search.get("chosen") else text)
+            lines.append(f"| {arm} | {_pct(budget)} | {k} | {', '.join(cells) or 'one candidate: ' + describe_values(search.get('chosen') or {})} |")
+    edges = sorted({arm for (arm, _), recs in all_records.items() for r in recs.values()
+                    if (r.get("search") or {}).get("at_grid_edge")})
+    if edges:
+        lines += ["", f"Chosen at the end of its grid (the best value may lie beyond it; widen `study.search`): "
+                      f"{', '.join(edges)}."]
+    return lines
 
 
 def _sources_lines(sources: dict, metric: str) -> list[str]:

@@ -3,7 +3,8 @@
 
 Models are tiny (timm test_resnet at 16 px, a 2-layer BERT 32 wide), data a few dozen examples,
 one epoch: these tests check the machinery, not the science (the demo and the negative-transfer
-recipe do that with real numbers).
+recipe do that with real numbers). The machinery tests run without the per-arm search
+(``study.search: false``) to stay fast; the search has its own tests at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scipy import stats
 from hftl import api
 from hftl.errors import ConfigError, DataError
 from hftl.study import (
+    StudySettings,
     budget_subset,
     compare_paired,
     higher_is_better,
@@ -29,6 +31,7 @@ from hftl.study import (
     run_study,
     study_config_from_dict,
 )
+from hftl.study_search import DEFAULT_GRIDS, choose, inner_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
@@ -48,7 +51,7 @@ def tiny_study(out: Path, **study) -> dict:
                       "progress": False},
         },
         "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 12, "output_dir": str(out),
-                  **study},
+                  "search": False, **study},
     }
 
 
@@ -188,6 +191,15 @@ def test_label_budgets_are_stratified_and_nested():
      r"Arm 'x': Unknown config key 'train.epoch'.*train.epochs"),
     ({"arms": ["scratch", {"name": "x", "strategy": "linear_probe", "config": {"model.id": "pretrain:src"}}]},
      r"starts from 'pretrain:src'.*no source of that name"),
+    ({"search": "yes"}, r"study.search' expects bool \| dict"),
+    ({"search": {"lr": []}}, r"study.search.lr must be a non-empty list"),
+    ({"search": {"lr": 0.1}}, r"study.search.lr must be a non-empty list"),
+    ({"search": {"lr": [0.1, 0.1]}}, r"lists a value twice"),
+    ({"search": {"epochz": [1, 2]}}, r"'epochz' is not a config key.*train.lr"),
+    ({"search": {"train.lrr": [0.1, 0.2]}}, r"Arm 'scratch' search.*Unknown config key 'train.lrr'"),
+    ({"search": {"lr": ["fast", 0.1]}}, r"Arm 'scratch' search.*train.lr' expects float"),
+    ({"search_validation": 1.5}, r"study.search_validation must be a share in \(0, 1\)"),
+    ({"arms": ["scratch", {"name": "x", "strategy": "finetune", "search": [0.1]}]}, r"Arm 'x' search must be true"),
 ])
 def test_bad_study_configs_are_clear_errors(tmp_path, study, message):
     with pytest.raises(ConfigError, match=message):
@@ -316,7 +328,7 @@ def test_text_study_runs_through_the_same_machinery(tmp_path):
                  "data": {"id": str(TOPICS), "max_length": 24},
                  "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.001,
                            "progress": False}},
-        "study": {"arms": ["scratch", "linear_probe"], "folds": 2, "max_examples": 16,
+        "study": {"arms": ["scratch", "linear_probe"], "folds": 2, "max_examples": 16, "search": False,
                   "output_dir": str(tmp_path / "out")},
     }
     report = run_study(cfg)
@@ -347,7 +359,8 @@ def regression_study(out: Path, model: Path, data: Path, **study) -> dict:
                  "data": {"id": str(data), "label_column": "score", "max_length": 24},
                  "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.001,
                            "progress": False}},
-        "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 24, "output_dir": str(out), **study},
+        "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 24, "output_dir": str(out),
+                  "search": False, **study},
     }
 
 
@@ -440,3 +453,172 @@ def test_regression_study_end_to_end(finished_regression_study):
     summary = report.summary()
     assert "(target 'score')" in summary and "examples per fold" in summary and "mse (lower is better)" in summary
     assert "| MSE | MAE | Pearson r | loss |" in (out / "model" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ per-arm search
+
+GRID = [0.003, 0.03]
+
+
+def example_ids(ds) -> list[str]:
+    """One id per example from its content (pixels and label), so the test sees what training was given."""
+    import hashlib
+
+    return [hashlib.sha1(np.asarray(ex["image"]).tobytes() + bytes([ex["label"]])).hexdigest() for ex in ds]
+
+
+class RecordTrainings:
+    """Wraps hftl.api.train: what every training was given (its examples) and what it returned."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[dict] = []
+        monkeypatch.setattr(api, "train", self)
+
+    def __call__(self, cfg, *args, data=None, **kwargs):
+        result = REAL_TRAIN(cfg, *args, data=data, **kwargs)
+        self.calls.append({"dir": Path(cfg.output_dir), "lr": cfg.train.lr, "train": example_ids(data.train),
+                           "validation": example_ids(data.validation), "metrics": dict(result.metrics)})
+        return result
+
+
+@pytest.fixture(scope="module")
+def searched_study(tmp_path_factory):
+    """Two arms, two folds, each arm choosing its lr from two candidates on an inner split; every training recorded."""
+    mp = pytest.MonkeyPatch()
+    recorder = RecordTrainings(mp)
+    out = tmp_path_factory.mktemp("searched") / "s"
+    try:
+        report = run_study(tiny_study(out, search={"lr": GRID}))
+    finally:
+        mp.undo()
+    return report, out, recorder.calls
+
+
+def test_search_never_reads_the_outer_test_fold(searched_study):
+    report, out, calls = searched_study
+    runs = {(r["arm"], r["fold"]): r for r in json.loads((out / "study.json").read_text())["runs"]}
+    final = {(c["dir"].parts[-3], int(c["dir"].name[4:])): c for c in calls if "runs" in c["dir"].parts}
+    inner = [c for c in calls if "search" in c["dir"].parts]
+    assert len(final) == 2 * 2 and len(inner) == 2 * 2 * len(GRID)  # arms x folds (x candidates)
+    # Pool index -> example, from what each outer training was given (its train and held-out examples, in order).
+    pool: dict[int, str] = {}
+    for key, c in final.items():
+        pool.update(zip(runs[key]["train_indices"], c["train"]))
+        pool.update(zip(runs[key]["test_indices"], c["validation"]))
+    assert len(pool) == 12 and len(set(pool.values())) == 12  # the 12 examples are told apart by content
+    for c in inner:
+        arm, fold, cand = c["dir"].parts[-4], int(c["dir"].parts[-2][4:]), int(c["dir"].name[1:])
+        outer = final[(arm, fold)]
+        record = runs[(arm, fold)]
+        search = record["search"]
+        # What the inner training was given: only the outer fold's training examples, split in two.
+        assert not (set(c["train"]) | set(c["validation"])) & set(outer["validation"])
+        assert set(c["train"]) | set(c["validation"]) <= set(outer["train"])
+        assert c["validation"] and not set(c["train"]) & set(c["validation"])
+        # The record's indices are the examples it was given, and none is a held-out index.
+        assert c["train"] == [pool[i] for i in search["inner_train"]]
+        assert c["validation"] == [pool[i] for i in search["inner_validation"]]
+        assert not (set(search["inner_train"]) | set(search["inner_validation"])) & set(record["test_indices"])
+        # The selection used this inner run's own scores (on the inner split), nothing else.
+        assert c["lr"] == GRID[cand]
+        assert search["candidates"][cand]["values"] == {"train.lr": GRID[cand]}
+        assert search["candidates"][cand]["metrics"] == pytest.approx(c["metrics"])
+    for (arm, fold), record in runs.items():
+        search = record["search"]
+        best = choose([c["metrics"] for c in search["candidates"]], "accuracy", True)
+        assert record["chosen"] == search["candidates"][best]["values"]
+        assert final[(arm, fold)]["lr"] == record["chosen"]["train.lr"]  # the outer run trained the choice
+        # Every arm chose on the same inner split of a fold (paired), whatever it is.
+        assert search["inner_train"] == runs[("scratch", fold)]["search"]["inner_train"]
+
+
+def test_chosen_lr_is_recorded_per_arm_and_fold(searched_study):
+    from huggingface_hub import ModelCard
+
+    report, out, _ = searched_study
+    data = json.loads((out / "study.json").read_text())
+    for arm in ("scratch", "finetune"):
+        chosen = data["search"][arm]["chosen"]["b1"]
+        assert data["search"][arm]["grid"] == {"train.lr": GRID}
+        assert len(chosen) == 2 and all(c["train.lr"] in GRID for c in chosen)
+        assert chosen == [r["chosen"] for r in sorted(data["runs"], key=lambda r: r["fold"]) if r["arm"] == arm]
+        assert report.chosen[arm]["b1"] == chosen
+    md = (out / "report.md").read_text()
+    assert "chosen (inner split, per fold) |" in md and "never used to choose (nested cross-validation)" in md
+    assert "| scratch | scratch | `timm:test_resnet (architecture only, random init)` | 1 | searched | lr {0.003, 0.03} |" in md
+    assert re.search(r"\*\*lr 0\.0?3: [01]\.\d{3}\*\*", md)  # the chosen candidate, with its inner score
+    cell = report.chosen_cell("finetune")
+    assert cell.startswith("lr ") and cell in report.markdown_table()
+    assert report.markdown_table() in ModelCard.load(out / "model" / "README.md").text  # the winner's card shows it
+    assert "chosen on each training fold's inner split: scratch lr" in report.summary()
+
+
+def test_a_search_with_one_candidate_equals_the_unsearched_run(tmp_path, monkeypatch):
+    counter = CountTrainings(monkeypatch)
+    one = run_study(tiny_study(tmp_path / "one", search={"lr": [0.02]}))
+    assert counter.calls == 4  # no inner training: with one candidate there is nothing to choose
+    plain = run_study(tiny_study(tmp_path / "plain"), ["base.train.lr=0.02"])
+    assert one.scores == plain.scores
+    keys = [{r["fold"]: r["key"] for r in json.loads((tmp_path / d / "study.json").read_text())["runs"]}
+            for d in ("one", "plain")]
+    assert keys[0] == keys[1]  # the same training, so the same record key
+    assert one.scores != run_study(tiny_study(tmp_path / "other")).scores  # base lr 0.01: the value mattered
+
+
+def test_resume_of_a_killed_search(tmp_path, monkeypatch):
+    cfg = tiny_study(tmp_path / "s", search={"lr": GRID})
+    # Per arm and fold: 2 candidates, then the chosen one on the whole fold: 2 x 2 x 3 = 12 trainings.
+    counter = CountTrainings(monkeypatch, stop_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)  # scratch fold 0 done (3), fold 1's first candidate done, killed in its second
+    assert counter.calls == 4
+
+    counter = CountTrainings(monkeypatch)
+    report = run_study(cfg)
+    assert counter.calls == 8 and (report.trained, report.skipped) == (8, 4)
+
+    counter = CountTrainings(monkeypatch)
+    again = run_study(cfg)
+    assert counter.calls == 0 and again.scores == report.scores and again.chosen == report.chosen
+
+    counter = CountTrainings(monkeypatch)
+    run_study(cfg, ["study.search.lr=[0.003, 0.01]"])  # lr 0.003's inner runs still apply; 0.01's and the finals not
+    assert counter.calls == 2 * 2 + 2 * 2
+
+
+def test_default_grids_and_a_strategy_that_declares_its_own(tmp_path, monkeypatch):
+    from hftl.strategies import LinearProbe
+
+    cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", "linear_probe", "finetune"], search=True))
+    grids = {a.name: a.grid for a in cfg.arms}
+    assert grids == {name: DEFAULT_GRIDS[name] for name in grids}
+    assert [v for v, _ in cfg.arms[0].candidates] == [{"train.lr": lr} for lr in DEFAULT_GRIDS["scratch"]["train.lr"]]
+    assert StudySettings().search is True  # searched unless turned off
+    # A strategy that chooses its own regularisation (a solved probe) declares that the study need not search it.
+    monkeypatch.setattr(LinearProbe, "study_search", {}, raising=False)
+    cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", "linear_probe"], search=True))
+    assert cfg.arms[1].grid == {} and len(cfg.arms[1].candidates) == 1
+    # An arm's own search wins over the study's; YAML's "1e-4" (a string in YAML 1.1) becomes a float.
+    arm = {"name": "ft", "strategy": "finetune", "search": {"train.lr": ["1e-4", "1e-3"]}}
+    cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", arm]))
+    assert cfg.arms[0].grid == {} and [v for v, _ in cfg.arms[1].candidates] == [{"train.lr": 1e-4}, {"train.lr": 1e-3}]
+
+
+def test_inner_split_is_stratified_seeded_and_inside_the_training_fold():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 4)
+    train = [i for i in range(24) if i % 5]  # a training fold: every fifth example is held out elsewhere
+    inner_tr, inner_va = inner_split(train, labels, 0.25, seed=[0, 1])
+    assert sorted(inner_tr + inner_va) == train and not set(inner_tr) & set(inner_va)
+    assert np.bincount(labels[inner_va]).tolist() == [2, 2, 1]  # round(0.25 * count), at least one per class
+    assert inner_split(train, labels, 0.25, seed=[0, 1]) == (inner_tr, inner_va)
+    assert inner_split(train, labels, 0.25, seed=[0, 2]) != (inner_tr, inner_va)
+    with pytest.raises(DataError, match="too small to hold out an inner validation split.*study.search=false"):
+        inner_split([0, 10, 20], labels, 0.2, seed=0)  # one example per class: nothing can be held out
+
+
+def test_a_fold_too_small_to_search_trains_at_the_configured_values(tmp_path):
+    report = run_study(tiny_study(tmp_path / "s", search={"lr": GRID}, label_budgets=[0.5, 1.0]))
+    # At half of a 6-example fold there is one example per class: no inner split, so no search, for every arm.
+    assert report.chosen["scratch"]["b0.5"] == [{}, {}]
+    assert all(c["train.lr"] in GRID for c in report.chosen["scratch"]["b1"])
+    assert report.chosen_cell("scratch", "b0.5") == "configured values ×2 (too few examples to search)"
