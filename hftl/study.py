@@ -855,6 +855,11 @@ class _Study:
         # default) would only cost time and disk: keep the one the trainer writes at the end.
         cfg.train.checkpoint_every = NO_MID_RUN_CHECKPOINTS
         cfg.train.keep_checkpoints = 1
+        # A fold's validation data is its held-out test fold: choosing an epoch on it (early stopping, best-epoch
+        # restore) would select on the test data. Every fold trains its full budget and keeps its last epoch;
+        # choices are made by the search, on an inner split of the training fold.
+        cfg.train.patience = 0
+        cfg.train.keep_best = False
         return cfg
 
     def run_key(self, arm: Arm, budget: float, k: int, data_fp: str, config: Config | None = None,

@@ -591,11 +591,11 @@ def test_default_grids_and_a_strategy_that_declares_its_own(tmp_path, monkeypatc
 
     cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", "linear_probe", "finetune"], search=True))
     grids = {a.name: a.grid for a in cfg.arms}
-    assert grids == {name: DEFAULT_GRIDS[name] for name in grids}
+    assert grids == {"linear_probe": {}, **{name: DEFAULT_GRIDS[name] for name in ("scratch", "finetune")}}
     assert [v for v, _ in cfg.arms[0].candidates] == [{"train.lr": lr} for lr in DEFAULT_GRIDS["scratch"]["train.lr"]]
     assert StudySettings().search is True  # searched unless turned off
-    # A strategy that chooses its own regularisation (a solved probe) declares that the study need not search it.
-    monkeypatch.setattr(LinearProbe, "study_search", {}, raising=False)
+    # A strategy that chooses its own regularisation (the solved probe) declares that the study need not search it.
+    assert LinearProbe.study_search == {}
     cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", "linear_probe"], search=True))
     assert cfg.arms[1].grid == {} and len(cfg.arms[1].candidates) == 1
     # An arm's own search wins over the study's; YAML's "1e-4" (a string in YAML 1.1) becomes a float.
@@ -622,3 +622,14 @@ def test_a_fold_too_small_to_search_trains_at_the_configured_values(tmp_path):
     assert report.chosen["scratch"]["b0.5"] == [{}, {}]
     assert all(c["train.lr"] in GRID for c in report.chosen["scratch"]["b1"])
     assert report.chosen_cell("scratch", "b0.5") == "configured values ×2 (too few examples to search)"
+
+
+def test_a_fold_never_chooses_its_epoch_on_the_held_out_fold(tmp_path):
+    """Early stopping or best-epoch restore on a fold's validation data would select on the test fold."""
+    from hftl.study import _Study
+
+    raw = tiny_study(tmp_path)
+    raw["base"]["train"].update(patience=3, keep_best=True)
+    study = _Study(study_config_from_dict(raw))
+    fold = study.fold_config(study.cfg.arms[0], 1.0, 0)
+    assert fold.train.patience == 0 and fold.train.keep_best is False
