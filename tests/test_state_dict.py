@@ -132,3 +132,26 @@ def test_efficientnet_lite0_package_predicts_imagenet_classes(tmp_path, capsys):
     report = model.transfer_report  # efficientnet_pytorch's layout onto timm's, one for one
     assert len(report.copied) == 247 and len(report.renamed) == 247 and not report.kept and not report.unused
     assert model.data_config()["mean"] == (0.5, 0.5, 0.5) and model.data_config()["input_size"] == (3, 224, 224)
+
+
+def test_lora_on_a_state_dict_base_reloads(timm_pth, tmp_path, monkeypatch):
+    """hftl.json records model.arch, so an adapter's reload rebuilds the same state_dict base."""
+    import hftl.api
+
+    path, _ = timm_pth
+    out = tmp_path / "lora"
+    x = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    before = {}
+    real_write = hftl.api.write_outputs
+
+    def predict_then_write(cfg, model, *args, **kwargs):
+        with torch.no_grad():
+            before["logits"] = model.eval()(x)
+        real_write(cfg, model, *args, **kwargs)
+
+    monkeypatch.setattr(hftl.api, "write_outputs", predict_then_write)
+    hftl.train(None, tiny_train_overrides(out, **{"model.id": str(path), "model.arch": "timm:test_resnet",
+                                                   "strategy.name": "lora", "train.epochs": 1,
+                                                   "data.max_train_samples": 32, "data.max_eval_samples": 20}))
+    with torch.no_grad():
+        torch.testing.assert_close(hftl.load(out)(x), before["logits"])
