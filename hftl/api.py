@@ -290,6 +290,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "task": cfg.task,
         "label_names": data.label_names,
         "base_model": cfg.model.id,
+        "base_arch": cfg.model.arch,  # the architecture of a state_dict base (an adapter's reload rebuilds it)
         "base_revision": cfg.model.revision,
         # The commit the revision resolved to: reloading an adapter rebuilds exactly this base.
         "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
@@ -344,7 +345,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "peak_memory": f"{peak_memory_mb():.0f} MiB",
         "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},
         "repo_id": cfg.hub.repo_id,
-        "weights_from": f"`{cfg.model.init_from}`: {model.transfer_report.summary()}"
+        "weights_from": f"`{cfg.model.init_from or cfg.model.id}`: {model.transfer_report.summary()}"
         if getattr(model, "transfer_report", None) else None,
         **(extra_info or {}),
     }

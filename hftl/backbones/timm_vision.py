@@ -33,6 +33,8 @@ class TimmModel(TransferModel):
         import timm
 
         num_classes = len(label_names)
+        if ref.source == "state_dict":
+            return cls._from_state_dict(ref, label_names, pretrained, image_size, **kwargs)
         # local-dir: reads config.json (architecture, preprocessing) and model.safetensors; timm drops the
         # source classifier when num_classes differs, so the new head starts fresh.
         name, load = (ref.name, False) if ref.source == "arch" else (f"local-dir:{ref.path}", pretrained)
@@ -45,6 +47,22 @@ class TimmModel(TransferModel):
             net = timm.create_model(name, pretrained=load, num_classes=num_classes, img_size=image_size, **kwargs)
         model = cls(net, label_names)
         model.image_size = image_size
+        return model
+
+    @classmethod
+    def _from_state_dict(cls, ref: ModelRef, label_names: list[str], pretrained: bool, image_size: int | None,
+                         **kwargs) -> TimmModel:
+        """The architecture ``ref.arch`` with the file's weights (hftl.state_dict): its head too when it fits."""
+        import timm
+
+        from hftl.state_dict import load_into
+
+        net = timm.create_model(ref.arch, pretrained=False, num_classes=len(label_names), **kwargs)
+        model = cls(net, label_names)
+        model.image_size = image_size
+        if pretrained:
+            model.transfer_report = load_into(net, ref.path, source_name=ref.describe(),
+                                              head=tuple(model.head_parameter_names()))
         return model
 
     @classmethod
