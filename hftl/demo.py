@@ -49,12 +49,12 @@ QUICK_VISION = [
     "study.folds=2", "study.max_examples=30", "study.label_budgets=[0.5, 1.0]", "base.train.epochs=1",
     f"study.pretrain=[{{name: {SHUFFLED_SOURCE}, shuffle_labels: true, config: {{model.id: 'timm:test_efficientnet', "
     "data: {classes: ['0', '1', '2', '3', '4'], image_size: 16, max_train_samples: 60}, train: {epochs: 1}}}]",
-    "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, config: {train.epochs: 2}}, finetune, "
+    "study.arms=[scratch, linear_probe, finetune, "
     f"{{name: probe_shuffled_source, strategy: linear_probe, config: {{model.id: 'pretrain:{SHUFFLED_SOURCE}', "
-    "data.image_size: 16, train.epochs: 2}}]",
+    "data.image_size: 16}}]",
 ]
 QUICK_TEXT = ["study.folds=2", "study.max_examples=24", "base.train.epochs=1",
-              "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, config: {train.epochs: 2}}, finetune]"]
+              "study.arms=[scratch, linear_probe, finetune]"]
 
 
 def text_model_dir() -> Path:

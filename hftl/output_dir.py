@@ -65,6 +65,7 @@ def output_lock(output_dir: str | Path):
     import fcntl
 
     out = Path(output_dir)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / LOCK_FILE, "a+")
@@ -86,3 +87,6 @@ def output_lock(output_dir: str | Path):
         yield
     finally:
         handle.close()  # closing drops the lock
+        if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # a run that failed before writing anything
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
