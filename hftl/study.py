@@ -71,7 +71,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from hftl.config import STRATEGIES, TASK_METRICS, Config, _apply, _f, config_from_dict, parse_overrides
 from hftl.errors import ConfigError, DataError
@@ -415,7 +414,9 @@ def load_study_config(path: str | Path | None, overrides: list[str] | None = Non
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Study config '{path}' does not exist. See recipes/configs/study/ for examples.")
-        data = yaml.safe_load(path.read_text()) or {}
+        from hftl.config import read_yaml
+
+        data = read_yaml(path) or {}  # tabs, bad bytes and alias bombs: one line, as for run configs
         if not isinstance(data, dict):
             raise ConfigError(f"Study config '{path}' must hold a mapping with the sections 'base' and 'study'.")
     return study_config_from_dict(_merge(data, parse_overrides(overrides or [])))

@@ -240,3 +240,12 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_a_validation_fraction_too_small_for_the_classes_is_one_line(capsys, tmp_path):
     assert cli(["train", "data.validation_fraction=0.0001", f"output_dir={tmp_path / 'run'}"]) == 2
     one_line_error(capsys, "data.validation_fraction=0.0001", "10 classes")
+
+
+def test_a_study_yaml_bomb_is_one_line(tmp_path, capsys):
+    bomb = tmp_path / "study.yaml"
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    bomb.write_text("\n".join(levels) + "\nstudy:\n  arms: *i\n")
+    assert cli(["study", str(bomb)]) == 2
+    one_line_error(capsys, "expands to more than")
