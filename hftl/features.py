@@ -63,22 +63,63 @@ def cached_features(model, dataset, data_key: str, split: str, progress: bool = 
     caller caching several splits of one model computes it once and passes it to each call.
     ``batch_size``: use the evaluation's, so that padded batches are made up as they would be there.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     # The batch size is in the key: padded inputs (audio clips) pass group norms whose statistics see the padding.
     key = feature_key(fingerprint or model.fingerprint(), f"{data_key}|{batch_size}", split, output)
     path = cache_dir() / f"{key}.safetensors"
-    if path.is_file():
-        stored = load_file(str(path))
-        if stored["features"].shape[0] == len(dataset):
-            logger.info("Cache hit for the %s %s (%s)", split, output, path)
-            return stored["features"], stored["labels"], True
+    stored = _read_cache(path, key, len(dataset), known_labels(dataset)) if path.is_file() else None
+    if stored is not None:
+        logger.info("Cache hit for the %s %s (%s)", split, output, path)
+        return stored[0], stored[1], True
     feats, labels = compute_features(model, dataset, batch_size=batch_size, progress=progress, output=output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp),
+                  metadata={"key": key, "examples": str(len(labels)), "sha256": _digest(feats, labels)})
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only or full cache costs speed, never the run
+        tmp.unlink(missing_ok=True)
+        logger.warning("Could not write the feature cache %s (%s); running without it. Set HFTL_CACHE to a "
+                       "writable folder to reuse features across runs.", path.parent, e.strerror or e)
     return feats, labels, False
+
+
+def _digest(feats: torch.Tensor, labels: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (feats, labels):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def known_labels(dataset) -> torch.Tensor | None:
+    """The dataset's labels when it holds them as a column (images, audio): checked against a cache file."""
+    ds = getattr(dataset, "ds", None)
+    columns = getattr(ds, "column_names", None) or []
+    return torch.as_tensor(ds["label"]) if "label" in columns else None
+
+
+def _read_cache(path: Path, key: str, examples: int, labels: torch.Tensor | None):
+    """(features, labels) from a cache file that verifies, or None (then recomputed): a truncated, empty, foreign
+    or altered file is never trusted and never a traceback."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            stored = {name: f.get_tensor(name) for name in f.keys()}
+        feats, stored_labels = stored["features"], stored["labels"]
+        ok = (meta.get("key") == key and meta.get("examples") == str(examples) and feats.shape[0] == examples
+              and stored_labels.shape[0] == examples and meta.get("sha256") == _digest(feats, stored_labels)
+              and (labels is None or torch.equal(stored_labels.long(), labels.long())))
+    except Exception as e:  # safetensors raises its own error types on damaged files
+        logger.warning("Feature cache file %s is unreadable (%s); computing the features again.", path, e)
+        return None
+    if not ok:
+        logger.warning("Feature cache file %s does not match its data; computing the features again.", path)
+        return None
+    return feats, stored_labels
 
 
 class FeatureDataset(torch.utils.data.Dataset):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_train_overrides
 from PIL import Image
 
@@ -249,3 +250,76 @@ def test_a_study_yaml_bomb_is_one_line(tmp_path, capsys):
     bomb.write_text("\n".join(levels) + "\nstudy:\n  arms: *i\n")
     assert cli(["study", str(bomb)]) == 2
     one_line_error(capsys, "expands to more than")
+
+
+# ------------------------------------------------------------------------------ feature cache
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward_features(self, batch):
+        return batch["x"] * 2
+
+    def forward(self, batch):
+        return self.forward_features(batch)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        from datasets import Dataset
+
+        self.ds = Dataset.from_dict({"label": [i % 3 for i in range(n)]})
+        self.x = torch.arange(n * 4, dtype=torch.float32).reshape(n, 4)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.ds[i]["label"]}
+
+
+def _cache_file(cache_root: Path, before: set) -> Path:
+    return next(p for p in (cache_root / "hftl_cache" / "features").glob("*.safetensors") if p not in before)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "wrong labels", "wrong shape"])
+def test_a_damaged_or_altered_feature_cache_is_recomputed(cache_root, damage, caplog):
+    from safetensors.torch import save_file
+
+    from hftl.features import cached_features
+
+    root = cache_root / "hftl_cache" / "features"
+    before = set(root.glob("*.safetensors")) if root.is_dir() else set()
+    data, key = _Rows(9), f"reliability-{damage}"
+    feats, labels, hit = cached_features(_Tiny(), data, key, "train", False, fingerprint="fp")
+    assert not hit
+    path = _cache_file(cache_root, before)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "random":
+        path.write_bytes(os.urandom(500))
+    elif damage == "wrong labels":  # valid file, right shape, labels of another split
+        save_file({"features": feats, "labels": (labels + 1) % 3}, str(path))
+    else:
+        save_file({"features": feats[:5], "labels": labels[:5]}, str(path))
+    again, again_labels, hit = cached_features(_Tiny(), data, key, "train", False, fingerprint="fp")
+    assert not hit and torch.equal(again, feats) and torch.equal(again_labels, labels)
+    assert cached_features(_Tiny(), data, key, "train", False, fingerprint="fp")[2]  # rewritten whole: a hit
+
+
+def test_an_unwritable_feature_cache_runs_uncached(monkeypatch, caplog):
+    import safetensors.torch
+
+    from hftl.features import cached_features
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    feats, labels, hit = cached_features(_Tiny(), _Rows(6), "reliability-full", "train", False, fingerprint="fp")
+    assert not hit and feats.shape == (6, 4)
+    assert "running without it" in caplog.text
