@@ -323,3 +323,65 @@ def test_an_unwritable_feature_cache_runs_uncached(monkeypatch, caplog):
     feats, labels, hit = cached_features(_Tiny(), _Rows(6), "reliability-full", "train", False, fingerprint="fp")
     assert not hit and feats.shape == (6, 4)
     assert "running without it" in caplog.text
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    # Root ignores permission bits, so the refusal the kernel would give is simulated at the point hftl opens it.
+    import builtins
+
+    real_open = builtins.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".hftl.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    assert cli(["train", *tiny_train_overrides(tmp_path / "run", **QUICK)]) == 2
+    one_line_error(capsys, "cannot be written (Permission denied)")
+
+
+def test_a_checkpoint_missing_its_weights_is_one_line(finished, tmp_path):
+    from hftl.errors import CheckpointError
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (next((out / "checkpoints").glob("checkpoint-*")) / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="incomplete \\(no model.safetensors\\)"):
+        hftl.train(None, tiny_train_overrides(out, **QUICK, **{"train.resume": "latest"}))
+
+
+def test_an_audio_clip_with_nan_samples_is_skipped_and_named(tmp_path, caplog):
+    import soundfile as sf
+
+    from hftl.audio import audio_folder
+
+    for label in ("yes", "no"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            sf.write(tmp_path / label / f"{i}.wav", np.sin(np.arange(1600) * (i + 1) / 10).astype(np.float32), 16000,
+                     subtype="FLOAT")
+    bad = np.zeros(1600, dtype=np.float32)
+    bad[100] = np.nan
+    sf.write(tmp_path / "yes" / "nan.wav", bad, 16000, subtype="FLOAT")
+    paths, labels, names, skipped = audio_folder(tmp_path)
+    assert skipped == 1 and len(paths) == 4 and names == ["no", "yes"]
+    assert "nan.wav" in caplog.text
+
+
+def test_checking_a_long_recording_does_not_decode_it_whole(tmp_path):
+    import tracemalloc
+
+    import soundfile as sf
+
+    from hftl.audio import is_readable_audio
+
+    path = tmp_path / "long.wav"
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        for _ in range(20):  # 20 minutes: 76 MB as float32 if decoded at once
+            f.write(np.zeros(16000 * 60, dtype=np.float32))
+    tracemalloc.start()
+    assert is_readable_audio(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
