@@ -269,23 +269,53 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     A full disk or a read-only folder is one line that says the run can be finished from its last
     checkpoint (``train.resume=latest`` writes the outputs again without training).
     """
+    import os
+    import shutil
+
     from hftl.errors import HubError, OutputError
 
+    final = Path(cfg.output_dir)
+    # Written whole into a hidden folder first, then renamed into place file by file (hftl.json, metrics.json
+    # and the card last): a crash never leaves a half-written model that looks finished.
+    staging = final / f".tmp-outputs-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info)
+        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, staging, final.name)
+        _move_into_place(staging, final)
     except (HubError, OutputError):
         raise
     except OSError as e:
         raise OutputError(f"The trained model could not be written to '{cfg.output_dir}' ({e.strerror or e}). Free disk "
                           "space or make the folder writable, then run again with train.resume=latest: it writes "
                           "the outputs from the last checkpoint without training again.") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if cfg.hub.push:
+        from hftl.hub import push
+
+        push(final, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
+
+
+FINISHING_FILES = ("metrics.json", "README.md", "hftl.json")  # moved last: their presence says the run finished
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    import os
+    import shutil
+
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name in FINISHING_FILES, FINISHING_FILES.index(p.name)
+                                                       if p.name in FINISHING_FILES else 0, p.name))
+    for entry in entries:
+        target = final / entry.name
+        if entry.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
 
 
 def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                   extra_info: dict | None = None) -> None:
+                   extra_info: dict | None, out: Path, name: str) -> None:
     from hftl.cards import render_card
 
-    out = Path(cfg.output_dir)
     meta = {
         "task": cfg.task,
         "label_names": data.label_names,
@@ -319,7 +349,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     info = {
         **meta,
-        "model_name": out.name,
+        "model_name": name,
         "summary": f"{model.library} model transferred from `{ref.describe()}` to {data.source} with "
                    f"strategy `{cfg.strategy.name}`, trained with hftl.",
         "base_model_line": f"`{ref.describe()}`" + ("" if meta["base_pretrained"] else " (architecture only, random init)"),
@@ -352,14 +382,10 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     render_card(info).save(out / "README.md")
     for task in getattr(model, "tasks", None) or {}:  # multi-task: each task's folder gets its own card
         task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
-        render_card({**info, "model_name": f"{out.name}-{task}", "metrics": task_metrics, "num_labels": len(
+        render_card({**info, "model_name": f"{name}-{task}", "metrics": task_metrics, "num_labels": len(
             model.tasks[task]), "summary": f"{info['summary']} Task `{task}` of a multi-task run "
                                             f"({', '.join(model.tasks)}) sharing one backbone."}
                     ).save(out / "tasks" / task / "README.md")
-    if cfg.hub.push:
-        from hftl.hub import push
-
-        push(out, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
 
 
 # ------------------------------------------------------------------------------------- inference

@@ -385,3 +385,20 @@ def test_checking_a_long_recording_does_not_decode_it_whole(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 * 2**20, peak
+
+
+def test_a_crash_while_writing_the_outputs_leaves_no_half_model(tmp_path, monkeypatch):
+    import hftl.cards
+
+    def crash(info):
+        raise OSError(5, "Input/output error")  # after the weights and hftl.json were written (into staging)
+
+    monkeypatch.setattr(hftl.cards, "render_card", crash)
+    out = tmp_path / "run"
+    with pytest.raises(OutputError, match="train.resume=latest"):
+        hftl.train(None, tiny_train_overrides(out, **QUICK))
+    assert not (out / "model.safetensors").exists() and not (out / "hftl.json").exists()
+    assert not list(out.glob(".tmp-outputs-*"))
+    monkeypatch.undo()
+    result = hftl.train(None, tiny_train_overrides(out, **QUICK, **{"train.resume": "latest"}))
+    assert (out / "hftl.json").is_file() and result.metrics["accuracy"] >= 0
