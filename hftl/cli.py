@@ -1,7 +1,7 @@
 """The ``hftl`` command: train, predict, eval, study, demo, push.
 
 Errors a user can cause print as one line naming the problem and the fix (exit code 2; HFTL_DEBUG=1
-shows the traceback too); bugs keep their traceback.
+or --debug shows the traceback too); bugs keep their traceback.
 
 Example:
     $ hftl train recipes/configs/image_classification/resnet18_finetune.yaml train.epochs=1
@@ -22,6 +22,7 @@ from hftl.errors import HftlError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hftl", description="Transfer learning on the Hugging Face stack.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (as HFTL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="Train from a YAML config with key=value overrides.", add_help=False)
@@ -153,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "timm", "accelerate", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        return run(argv)
     except HftlError as e:
-        if os.environ.get("HFTL_DEBUG", "0") not in ("", "0"):
+        if "--debug" in argv[:1] or os.environ.get("HFTL_DEBUG", "0") not in ("", "0"):
             raise  # HFTL_DEBUG=1: the full traceback, for a bug report
         print(f"hftl: error: {e}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 # What a checkpoint folder holds (plus random_states_<rank>.pkl, read with weights_only=True).
 CHECKPOINT_FILES = {STATE_FILE, "model.safetensors", "optimizer.bin", "best_model.safetensors"}
-CHECKPOINT_FORMAT = "hftl-checkpoint/2"  # 2: scheduler state in JSON, the run's shape recorded
+CHECKPOINT_FORMAT = "hftl-checkpoint/3"  # 2: scheduler state in JSON, the run's shape; 3: file checksums
 BEST_FILE = "best_model.safetensors"  # in a checkpoint: the weights of the best epoch so far
 
 
@@ -460,14 +460,15 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=True)
         if self.cfg.channels_last:
             self._prepared.to(memory_format=torch.channels_last)
+        acc.wait_for_everyone()  # every rank's RNG file is on disk before rank 0 checksums the folder
         if acc.is_main_process:
-            state = {"format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": epoch,
-                     "batches_done": batches_done, "history": self.history, "run": self._run_shape,
-                     "scheduler": self._scheduler.state_dict()}
             if self._best_state is not None:  # the best epoch's weights, restored at the end even after a resume
                 from safetensors.torch import save_file
 
                 save_file(self._best_state, str(tmp / BEST_FILE))
+            state = {"format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": epoch,
+                     "batches_done": batches_done, "history": self.history, "run": self._run_shape,
+                     "scheduler": self._scheduler.state_dict(), "files": _digests(tmp)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -508,9 +509,16 @@ class Trainer:
             raise CheckpointError(f"Checkpoint '{path}' holds files hftl never writes ({', '.join(foreign[:3])}); it "
                                   "is not resumed. Resume from another checkpoint-N, or start without train.resume.")
         missing = [name for name in ("model.safetensors", "optimizer.bin") if not (path / name).is_file()]
+        missing += [name for name in state["files"] if name not in missing and not (path / name).is_file()]
         if missing:
             raise CheckpointError(f"Checkpoint '{path}' is incomplete (no {', '.join(missing)}); resume from an "
                                   "earlier checkpoint-N, or start without train.resume.")
+        now = _digests(path)
+        changed = [name for name, digest in state["files"].items() if now.get(name) != digest]
+        if changed:  # a truncated or edited file: never resume from weights that are not the ones saved
+            raise CheckpointError(f"Checkpoint '{path}' does not match its checksums ({', '.join(changed[:3])} "
+                                  "changed since it was written); resume from an earlier checkpoint-N, or start "
+                                  "without train.resume.")
         rng = path / f"random_states_{self.accelerator.process_index}.pkl"
         try:  # Accelerate would skip an unreadable RNG file with a log line: the resume would then not be exact
             from accelerate.utils import load as weights_only_load
@@ -533,6 +541,21 @@ class Trainer:
             if self._log_file is None:  # closed at the end of fit; line-buffered: a killed run keeps every row
                 self._log_file = open(self.output_dir / "log.jsonl", "a", buffering=1)
             self._log_file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """``{file name: "size:sha256"}`` of a checkpoint folder's files (the state file itself excluded)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != STATE_FILE:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[p.name] = f"{p.stat().st_size}:{h.hexdigest()}"
+    return out
 
 
 # tracker -> (module Accelerate imports, what to install)

@@ -351,6 +351,28 @@ def test_a_checkpoint_missing_its_weights_is_one_line(finished, tmp_path):
         hftl.train(None, tiny_train_overrides(out, **QUICK, **{"train.resume": "latest"}))
 
 
+def test_a_checkpoint_whose_weights_changed_is_refused_by_its_checksum(finished, tmp_path):
+    from hftl.errors import CheckpointError
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    weights = next((out / "checkpoints").glob("checkpoint-*")) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a tensor: the file still loads, with wrong weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its checksums \\(model.safetensors changed"):
+        hftl.train(None, tiny_train_overrides(out, **QUICK, **{"train.resume": "latest"}))
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys):
+    from hftl.errors import HftlError
+
+    assert cli(["predict", str(tmp_path / "nothing-here"), "x.png"]) == 2
+    one_line_error(capsys, "nothing-here")
+    with pytest.raises(HftlError):
+        cli(["--debug", "predict", str(tmp_path / "nothing-here"), "x.png"])
+
+
 def test_an_audio_clip_with_nan_samples_is_skipped_and_named(tmp_path, caplog):
     import soundfile as sf
 
