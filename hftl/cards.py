@@ -290,7 +290,7 @@ def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
             f"mean and scale are folded into the head's weight and bias). L2 strength {probe['l2']:.3g} "
             f"({equivalent}), chosen from {len(grid)} log-spaced values"
             + (f" ({min(grid):.0e} to {max(grid):.0e})" if len(grid) > 1 else "")
-            + " on a held-out 20% of the training examples, then refitted on all of them "
+            + " by 5-fold cross-validation on the training examples, then refitted on all of them "
               f"({probe.get('seconds', 0):.1f} s).")
     if strategy == "lp_ft":
         text += " LP-FT (Kumar et al. 2022): the whole model was then fine-tuned from this head."

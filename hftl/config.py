@@ -112,8 +112,8 @@ class StrategyConfig:
     cache_features: bool = _f(True, "linear_probe: compute backbone features once and cache them on disk.")
     probe_solver: str = _f(
         "lbfgs", "linear_probe and lp_ft: lbfgs solves the head on cached features (multinomial logistic regression "
-                 "by full-batch L-BFGS; ridge regression for text_regression) with the L2 strength chosen on a "
-                 "held-out share of the training data; sgd trains it with the training loop (train.epochs, lr ...).")
+                 "by full-batch L-BFGS; ridge regression for text_regression) with the L2 strength chosen by "
+                 "5-fold cross-validation on the training data; sgd trains it with the training loop (train.epochs, lr ...).")
     probe_l2: list = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
                             "values from 1e-6 to 1e2, log-spaced; one value: that strength, no search.")
     lora_r: int = _f(8, "lora: adapter rank.")

@@ -163,8 +163,8 @@ class LinearProbe(Strategy):
     """Backbone frozen; only the head trains (on cached features when strategy.cache_features)."""
 
     name = "linear_probe"
-    # Studies search nothing for it: the solved probe (the default) picks its own L2 strength on held-out
-    # training features. An arm with probe_solver=sgd can still name a grid (search: {lr: [...]}).
+    # Studies search nothing for it: the solved probe (the default) picks its own L2 strength by cross-validation
+    # on the training features. An arm with probe_solver=sgd can still name a grid (search: {lr: [...]}).
     study_search: dict = {}
 
     def prepare(self, model):

