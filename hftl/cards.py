@@ -190,6 +190,8 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
         kwargs = "".join(f", {k}={v!r}" for k, v in (meta.get("model_kwargs") or {}).items()
                          if k not in ("image_size", "trust_remote_code"))
         peft = [f"peft_model = PeftModel.from_pretrained(base, \"{repo}\"{rev}).eval()"]
+        if library == "sentence-transformers":  # the base is hftl's mean-pooled classifier: hftl.load rebuilds it
+            return "\n".join(lines)
         if library == "timm":
             at = f"@{commit}" if commit else ""
             source = f"hf-hub:{base}{at}" if base else f"local-dir:{meta.get('base_model', '<base folder>')}"
@@ -222,6 +224,14 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
                       f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\"{rev})",
                       "pixels = processor(images=Image.open(\"image.png\").convert(\"RGB\"), return_tensors=\"pt\").pixel_values",
                       "caption = tokenizer.decode(model.generate(pixel_values=pixels)[0], skip_special_tokens=True)"]
+            return "\n".join(lines)
+        if library == "sentence-transformers":  # encoder, mean pooling, then the head as a Dense layer
+            pick = ("# value = logits[0, 0].item()" if task == "text_regression" else
+                    f"# label = {(meta.get('label_names') or [])!r}[logits[0].argmax().item()]")
+            lines += ["from sentence_transformers import SentenceTransformer", "",
+                      f"model = SentenceTransformer(\"{repo}\"{rev})",
+                      "logits = model.encode([\"some text\"], convert_to_tensor=True)  # the last module is the head",
+                      pick]
             return "\n".join(lines)
         if task == "audio_classification":
             lines += ["from transformers import pipeline", "",

@@ -61,6 +61,10 @@ class ModelConfig:
               "by order and shape); the card lists what was transferred.")
     init_from_revision: str | None = _f(None, "Hub revision of model.init_from.")
     kwargs: dict = _f({}, "Extra keyword arguments for the model constructor (e.g. drop_path_rate).")
+    pooling: str = _f(
+        "auto", "Text classifiers: how a text becomes one vector for the head. auto: the pooling a sentence-transformers "
+                "model declares (modules.json; mean for all-MiniLM, mpnet, e5 ...), else the architecture's own "
+                "(BERT: the [CLS] pooler); head: always the architecture's own (a plain AutoModelForSequenceClassification).")
     trust_remote_code: bool = _f(False, "Allow code from the model repository to run. Off unless you trust it.")
     allow_pickle: bool = _f(False, "Allow loading weights from pickle files (.bin/.pth). Off: safetensors only.")
 
@@ -491,6 +495,8 @@ def _check_ranges(cfg: Config) -> None:
         if below or (high is not None and value > high):
             bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
             raise ConfigError(f"{dotted} must be {bound}, not {value}.")
+    if cfg.model.pooling not in ("auto", "head"):
+        raise ConfigError(f"model.pooling must be auto or head, not '{cfg.model.pooling}'.")
     if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in cfg.multitask.weights):
         raise ConfigError(f"multitask.weights must be numbers of 0 or more, not {cfg.multitask.weights}.")
 

@@ -52,6 +52,8 @@ def model_kwargs(cfg: Config) -> dict:
         extra["image_size"] = cfg.data.image_size
     else:
         extra["trust_remote_code"] = cfg.model.trust_remote_code
+    if cfg.task in ("text_classification", "text_regression") and cfg.model.pooling != "auto":
+        extra["pooling"] = cfg.model.pooling
     if cfg.task == "image_captioning" and cfg.model.decoder_id:
         extra.update(decoder_id=cfg.model.decoder_id, decoder_revision=cfg.model.decoder_revision)
     return extra

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -783,3 +784,69 @@ def test_multitask_cached_probe_and_errors(models, review_csv, tmp_path):
     with pytest.raises(ConfigError, match="lora is not supported"):
         hftl.train(None, clf_overrides(models["bert"], data, tmp_path / "c", **{
             "multitask.label_columns": "[label, first_word]", "strategy.name": "lora"}))
+
+
+# ------------------------------------------------------------------------------ sentence-transformers sources
+
+@pytest.fixture(scope="session")
+def sentence_bert(models, tmp_path_factory) -> Path:
+    """The tiny BERT in sentence-transformers' layout, declaring mean pooling (as all-MiniLM-L6-v2 does)."""
+    folder = tmp_path_factory.mktemp("st") / "bert"
+    shutil.copytree(models["bert"], folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+         "pooling_mode_max_tokens": False}))
+    return folder
+
+
+def test_a_sentence_transformers_source_is_probed_on_its_mean_pooling(sentence_bert, review_csv, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from hftl.backbones.hf_text import MeanPooledClassifier, sentence_pooling
+
+    assert sentence_pooling(sentence_bert) == "mean"
+    out = tmp_path / "probe"
+    result = hftl.train(None, clf_overrides(sentence_bert, review_csv, out, **{"strategy.name": "linear_probe"}))
+    assert result.metrics["accuracy"] >= 0.9  # the planted sentiment words survive mean pooling
+    model = hftl.load(out)
+    assert isinstance(model.inner, MeanPooledClassifier)
+    texts = ["a lovely film", "the plot was boring", ""]
+    with torch.no_grad():
+        ours = model(model.encode_texts(texts))
+    # The output is a sentence-transformers model whose embedding is the logits.
+    plain = SentenceTransformer(str(out), device="cpu")
+    torch.testing.assert_close(plain.encode(texts, convert_to_tensor=True), ours, rtol=1e-4, atol=1e-5)
+    assert hftl.evaluate(out)["accuracy"] == pytest.approx(result.metrics["accuracy"])
+
+
+def test_lora_on_a_sentence_transformers_source_reloads_the_same(sentence_bert, review_csv, tmp_path):
+    out = tmp_path / "lora"
+    result = hftl.train(None, clf_overrides(sentence_bert, review_csv, out, **{
+        "strategy.name": "lora", "strategy.lora_r": 4, "train.lr": 0.01}))
+    assert "classifier" in json.loads((out / "adapter_config.json").read_text())["modules_to_save"]
+    metrics = hftl.evaluate(out)
+    assert metrics["loss"] == pytest.approx(result.metrics["loss"], rel=1e-4)
+
+
+def test_model_pooling_head_keeps_the_architectures_own_classifier(sentence_bert, models, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    from hftl.backbones import create_model
+
+    assert isinstance(create_model(str(sentence_bert), ["a", "b"], task="text_classification",
+                                   pooling="head").inner, BertForSequenceClassification)
+    from hftl.backbones.hf_text import sentence_pooling
+
+    assert sentence_pooling(models["bert"]) is None  # a plain transformers folder declares none
+
+
+def test_a_mean_pooled_classifier_card_loads_it_with_sentence_transformers(sentence_bert, review_csv, tmp_path):
+    out = tmp_path / "probe"
+    hftl.train(None, clf_overrides(sentence_bert, review_csv, out, **{"strategy.name": "linear_probe"}))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "sentence-transformers"
+    assert "SentenceTransformer(" in card.text and "AutoModelForSequenceClassification" not in card.text

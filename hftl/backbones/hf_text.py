@@ -201,6 +201,104 @@ class HFTextModel(TransformersModel):
         return h.hexdigest()[:24]
 
 
+def sentence_pooling(folder: str | Path) -> str | None:
+    """The pooling a sentence-transformers folder declares ("mean", "cls", "max", ...), or None for other folders.
+
+    Read from ``modules.json`` and its Pooling module's ``config.json``, the files sentence-transformers writes.
+
+    Example:
+        >>> sentence_pooling(text_model_dir())  # all-MiniLM-L6-v2  # doctest: +SKIP
+        'mean'
+    """
+    folder = Path(folder)
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        entry = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
+        config = json.loads((folder / entry["path"] / "config.json").read_text())
+    except (OSError, ValueError, StopIteration, TypeError, KeyError, AttributeError):
+        return None
+    modes = [k[len("pooling_mode_"):].removesuffix("_tokens").removesuffix("_token")
+             for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+    return modes[0] if len(modes) == 1 else None
+
+
+class MeanPooledClassifier(nn.Module):
+    """A transformers encoder, the mean of its token states over the real tokens, then one ``nn.Linear``.
+
+    What a sentence-transformers model is trained to give (all-MiniLM-L6-v2, mpnet, e5 ...): its [CLS]
+    pooler was never trained for sentences, and a probe on it trails one on the mean (measured on two
+    text sets: benchmarks/quality.py). Saved in sentence-transformers' own layout (the encoder at the
+    folder's root, ``1_Pooling``, and the head as a ``2_Dense`` layer with no activation), so
+    ``SentenceTransformer(out).encode(texts)`` gives the logits and ``AutoModel.from_pretrained(out)``
+    the encoder. The call signature and ``.logits`` output are those of a transformers classifier.
+    """
+
+    base_model_prefix = "encoder"
+    head_folder = "2_Dense"
+
+    def __init__(self, encoder: nn.Module, config):
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused: a parameter without gradients would stall DDP
+        self.encoder, self.config = encoder, config
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **_):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
+
+    def get_output_embeddings(self):
+        return None
+
+    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True, **kwargs) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        self.encoder.config.update({k: getattr(self.config, k) for k in ("num_labels", "id2label", "label2id",
+                                                                         "problem_type")})
+        self.encoder.save_pretrained(str(folder), safe_serialization=True, **kwargs)
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": self.head_folder, "type": "sentence_transformers.models.Dense"}], indent=2))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": self.config.hidden_size, "pooling_mode_mean_tokens": True}, indent=2))
+        head = folder / self.head_folder
+        head.mkdir(exist_ok=True)
+        (head / "config.json").write_text(json.dumps({
+            "in_features": self.classifier.in_features, "out_features": self.classifier.out_features, "bias": True,
+            "activation_function": "torch.nn.modules.linear.Identity"}, indent=2))
+        save_file({"linear.weight": self.classifier.weight.detach().contiguous(),
+                   "linear.bias": self.classifier.bias.detach().contiguous()}, str(head / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, trust_remote_code: bool = False) -> MeanPooledClassifier:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(folder)
+        config = AutoConfig.from_pretrained(str(folder), **remote_kwargs(trust_remote_code))
+        kwargs = {"config": config, "dtype": torch.float32, **remote_kwargs(trust_remote_code)}
+        try:  # hftl saved no pooler (it is unused): do not build one only to report it missing
+            encoder = AutoModel.from_pretrained(str(folder), add_pooling_layer=False, **kwargs)
+        except TypeError:  # an architecture without that switch
+            encoder = AutoModel.from_pretrained(str(folder), **kwargs)
+        net = cls(encoder, config)
+        weights = load_file(str(folder / cls.head_folder / "model.safetensors"))
+        net.classifier.load_state_dict({"weight": weights["linear.weight"], "bias": weights["linear.bias"]})
+        return net
+
+
 class TextClassifier(HFTextModel):
     """A transformers encoder (or decoder) with a sequence-classification head sized to the labels.
 
@@ -228,7 +326,16 @@ class TextClassifier(HFTextModel):
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
-        net, missing = from_pretrained_or_config(AutoModelForSequenceClassification, ref, config, pretrained, trust)
+        pooling = kwargs.pop("pooling", "auto")
+        if pooling == "auto" and sentence_pooling(ref.path) == "mean":
+            from transformers import AutoModel
+
+            encoder, missing = from_pretrained_or_config(AutoModel, ref, config, pretrained, trust)
+            net = MeanPooledClassifier(encoder, config)
+            logger.info("'%s' is a sentence-transformers model with mean pooling: its head reads the mean of the "
+                        "token states, as the model was trained (model.pooling=head: the [CLS] pooler)", ref.describe())
+        else:
+            net, missing = from_pretrained_or_config(AutoModelForSequenceClassification, ref, config, pretrained, trust)
         model = cls(net, names, tokenizer)
         model.new_modules = new_modules(net, missing)
         return model
@@ -238,12 +345,20 @@ class TextClassifier(HFTextModel):
         """Load a folder hftl (or ``save_pretrained``) wrote for sequence classification."""
         from transformers import AutoModelForSequenceClassification
 
-        net = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32,
-                                                                 **remote_kwargs(trust_remote_code))
+        if (folder / MeanPooledClassifier.head_folder).is_dir():
+            net = MeanPooledClassifier.from_pretrained(folder, trust_remote_code)
+        else:
+            net = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32,
+                                                                     **remote_kwargs(trust_remote_code))
         names = [str(net.config.id2label[i]) for i in range(net.config.num_labels)]
         model = cls(net, names, load_tokenizer(folder, trust_remote_code))
         model.restore_settings(folder)
         return model
+
+    @property
+    def library(self) -> str:
+        """What loads the saved folder: transformers, or sentence-transformers for a mean-pooled classifier."""
+        return "sentence-transformers" if isinstance(self.inner, MeanPooledClassifier) else "transformers"
 
     @property
     def is_regression(self) -> bool:
