@@ -123,7 +123,7 @@ def _base_folder(info: dict) -> Path | None:
             found = try_to_load_from_cache(_strip_hub(base), "README.md", revision=info["base_commit"])
             return Path(found).parent if isinstance(found, str) else None
         if source == "local":
-            from hftl.hub import PACKAGE_PREFIX, package_folder
+            from hftl.refs import PACKAGE_PREFIX, package_folder
 
             return package_folder(base) if base.startswith(PACKAGE_PREFIX) else Path(base).expanduser()
     except Exception:  # a card is still written without the base's license

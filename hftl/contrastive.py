@@ -169,7 +169,7 @@ def train_simclr(cfg: Config, extra_card_info: dict | None = None):
     """Contrastive pretraining (``task: simclr``); returns a ``TrainResult`` whose metric is the held-out loss."""
     from hftl.api import TrainResult, _check_output_dir, write_outputs
     from hftl.backbones.timm_vision import TimmModel
-    from hftl.hub import resolve_model
+    from hftl.refs import resolve_model
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 

@@ -64,7 +64,7 @@ class TransferReport:
 
 def load_source(model_id: str, revision: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The source's weights (by name, as its library names them today) and what the conversion needs to know."""
-    from hftl.hub import resolve_model
+    from hftl.refs import resolve_model
 
     ref = resolve_model(model_id, revision=revision)
     if ref.library == "timm":
@@ -174,7 +174,8 @@ def transfer_weights(target_net: torch.nn.Module, model_id: str, revision: str |
     Example:
         >>> transfer_weights(timm.create_model("vit_tiny_patch16_224"), "google/vit-base-patch16-224").summary()  # doctest: +SKIP
     """
-    from hftl.state_dict import load_into, state_dict_path
+    from hftl.refs import state_dict_path
+    from hftl.state_dict import load_into
 
     file = state_dict_path(model_id)
     if file is not None:  # a bare state_dict: matched by name, then by order and shape (hftl.state_dict)

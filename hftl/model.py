@@ -19,7 +19,7 @@ from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.backbones.hf_common import refuse_remote_code
 from hftl.config import Config
 from hftl.errors import ConfigError, HftlError, ModelNotFoundError
-from hftl.hub import ModelRef, resolve_model
+from hftl.refs import ModelRef, resolve_model
 
 META_FILE = "hftl.json"
 
@@ -97,7 +97,7 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
     """
     from safetensors import SafetensorError
 
-    from hftl.hub import check_safe_weights, output_folder
+    from hftl.refs import check_safe_weights, output_folder
     from hftl.state_dict import load_classifier
 
     classifier = load_classifier(str(folder))  # a pretrained classifier shipped as a state_dict (a package)

