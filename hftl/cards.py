@@ -312,7 +312,7 @@ def epochs_text(info: dict) -> str:
 
 
 def render_card(info: dict):
-    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.api.write_outputs`` for the keys).
+    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.run.write_outputs`` for the keys).
 
     Example:
         >>> card = render_card({"task": "image_classification", "library": "timm", "metrics": {"accuracy": 0.9}})

