@@ -22,13 +22,16 @@ import json
 import logging
 import platform
 import re
+from importlib.resources import files
 from pathlib import Path
 
 from hftl.errors import HubError
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
+# The card templates: the top-level model_cards/ folder, installed as the package hftl.model_cards
+# (pyproject.toml maps it), so an editable install and a wheel find them alike.
+TEMPLATES = "hftl.model_cards"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
                  "text_regression": "text-classification", "audio_classification": "audio-classification",
@@ -367,7 +370,7 @@ def render_card(info: dict):
     repo = info.get("repo_id") or REPO_PLACEHOLDER
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE),
+        template_str=files(TEMPLATES).joinpath("default.md").read_text(encoding="utf-8"),
         model_name=model_name,
         summary=info.get("summary", ""),
         task=task,

@@ -20,6 +20,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "hftl"
 
 
@@ -108,3 +110,15 @@ def test_no_import_cycles():
     assert "hftl.api" in graph["hftl"] and "hftl.trainer" in graph["hftl.api"]  # lazy imports are seen
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_folder_of_the_package_is_installed():
+    # pyproject.toml lists the packages (model_cards/ is mapped into hftl): a folder left off the list
+    # would be missing from a wheel while an editable install still found it.
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.relative_to(PACKAGE.parent).parts) for p in [PACKAGE, *PACKAGE.rglob("*")]
+               if p.is_dir() and p.name != "__pycache__" and "__pycache__" not in p.parts}
+    assert set(setuptools["packages"]) == folders | {"hftl.model_cards"}
+    assert setuptools["package-dir"] == {"hftl.model_cards": "model_cards"}
+    assert (PACKAGE.parent / "model_cards" / "default.md").is_file()
