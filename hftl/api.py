@@ -11,33 +11,31 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import resource
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from hftl.config import Config, load_config, redact_secrets, to_yaml
+from hftl.config import Config, load_config
 from hftl.data import ImageDataset, LabelledData, load_labelled_data, to_rgb
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import metrics_for_task
-from hftl.model import META_FILE, build_model, is_peft, load, model_kwargs, read_meta, save_output
+from hftl.model import META_FILE, build_model, load, read_meta
+from hftl.output_dir import check_output_dir, output_lock
+from hftl.run import TrainResult, write_outputs
+from hftl.run import peak_memory_mb as peak_memory_mb  # re-exported: benchmarks/README.md names it here
 from hftl.strategies import get_strategy
+from hftl.tasks import (
+    LM_TASKS,
+    build_datasets,
+    causal_lm_loss,
+    chain_card_info,
+    lm_datasets,
+    masked_lm_loss,
+    train_language_model,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a run produced: where, its final metrics and its per-epoch history."""
-
-    output_dir: Path
-    metrics: dict
-    history: list = field(default_factory=list)
 
 
 def as_config(config: Config | str | Path | dict | None, overrides: list[str] | None = None) -> Config:
@@ -59,28 +57,6 @@ def as_config(config: Config | str | Path | dict | None, overrides: list[str] | 
     return load_config(config, overrides)
 
 
-def _check_output_dir(cfg: Config) -> None:
-    from hftl.output_dir import check_output_dir
-
-    check_output_dir(cfg.output_dir, cfg.train.resume)
-
-
-def build_datasets(cfg: Config, model, data: LabelledData):
-    """Torch datasets for the task (images: the backbone's transforms; audio: its feature extractor; text: its tokenizer)."""
-    if cfg.task == "image_classification":
-        train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
-                             random=cfg.data.augment)
-        validation = ImageDataset(data.validation, model.transform(train=False), cfg.train.seed, random=False)
-        return train, validation, None
-    if cfg.task == "audio_classification":
-        from hftl.audio import build_audio_datasets
-
-        return build_audio_datasets(cfg, model, data)
-    from hftl.tasks import build_text_datasets
-
-    return build_text_datasets(cfg, model, data)
-
-
 def train(config: Config | str | Path | dict | None = None, overrides: list[str] | None = None, *,
           data: LabelledData | None = None, extra_card_info: dict | None = None) -> TrainResult:
     """Train a model by transfer learning as the config says; returns the output folder and metrics.
@@ -91,14 +67,12 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
     Example:
         >>> result = train("recipes/configs/image_classification/resnet18_linear_probe.yaml")  # doctest: +SKIP
     """
-    from hftl.output_dir import output_lock
-
     cfg = as_config(config, overrides)
     if cfg.hub.push:  # a missing token or a bad repo id fails now, not after the training
         from hftl.hub import check_push_ready
 
         check_push_ready(cfg.hub.repo_id)
-    _check_output_dir(cfg)
+    check_output_dir(cfg.output_dir, cfg.train.resume)
     with output_lock(cfg.output_dir):  # one run per folder: a second one started on it fails at once
         return _train(cfg, data, extra_card_info)
 
@@ -108,8 +82,6 @@ def _train(cfg: Config, data: LabelledData | None, extra_card_info: dict | None)
         from hftl.multitask import check_multitask
 
         check_multitask(cfg)
-    from hftl.tasks import chain_card_info, train_language_model
-
     # Starting from an hftl output (e.g. a masked-LM adaptation run): the card records that chain.
     extra_card_info = chain_card_info(cfg, extra_card_info)
     if cfg.task in ("causal_lm", "masked_lm"):
@@ -236,156 +208,29 @@ def _cached_probe(cfg: Config, model, data: LabelledData, train_ds, eval_ds, val
     return HeadOnly(model.head), FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y), None
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (CPU) or peak allocated (CUDA), in MiB."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:  # Linux: this process's own high-water mark (ru_maxrss carries a larger parent's over fork and exec)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+def adapt_then_finetune(adapt_config, finetune_config, adapt_overrides: list[str] | None = None,
+                        finetune_overrides: list[str] | None = None):
+    """Domain-adaptive pretraining, then fine-tuning from its output, in one call; returns both results.
 
+    The first config is a ``masked_lm`` (or ``causal_lm``) run on unlabelled text; the second a
+    ``text_classification`` run whose ``model.id`` is set to the first run's output, so its card
+    records the chain.
 
-def best_epoch(history: list[dict], metric: str) -> dict | None:
-    """The epoch with the best ``metric`` (lowest for losses, errors and perplexity), or None if never measured."""
-    from hftl.metrics import LOWER_IS_BETTER
-
-    scored = [h for h in history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-    if not scored:
-        return None
-    pick = min if metric in LOWER_IS_BETTER else max
-    best = pick(scored, key=lambda h: h[metric])
-    return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
-
-
-def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                  extra_info: dict | None = None) -> None:
-    """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
-
-    A full disk or a read-only folder is one line that says the run can be finished from its last
-    checkpoint (``train.resume=latest`` writes the outputs again without training).
+    Example:
+        >>> adapt, clf = adapt_then_finetune("recipes/configs/masked_lm/minilm_domain_adapt.yaml",
+        ...                                  "recipes/configs/text_classification/minilm_finetune.yaml")  # doctest: +SKIP
     """
-    import os
-    import shutil
-
-    from hftl.errors import HubError, OutputError
-
-    final = Path(cfg.output_dir)
-    # Written whole into a hidden folder first, then renamed into place file by file (hftl.json, metrics.json
-    # and the card last): a crash never leaves a half-written model that looks finished.
-    staging = final / f".tmp-outputs-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, staging, final.name)
-        _move_into_place(staging, final)
-    except (HubError, OutputError):
-        raise
-    except OSError as e:
-        raise OutputError(f"The trained model could not be written to '{cfg.output_dir}' ({e.strerror or e}). Free disk "
-                          "space or make the folder writable, then run again with train.resume=latest: it writes "
-                          "the outputs from the last checkpoint without training again.") from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if cfg.hub.push:
-        from hftl.hub import push
-
-        push(final, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
-
-
-FINISHING_FILES = ("metrics.json", "README.md", "hftl.json")  # moved last: their presence says the run finished
-
-
-def _move_into_place(staging: Path, final: Path) -> None:
-    import os
-    import shutil
-
-    entries = sorted(staging.iterdir(), key=lambda p: (p.name in FINISHING_FILES, FINISHING_FILES.index(p.name)
-                                                       if p.name in FINISHING_FILES else 0, p.name))
-    for entry in entries:
-        target = final / entry.name
-        if entry.is_dir() and target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-
-
-def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                   extra_info: dict | None, out: Path, name: str) -> None:
-    from hftl.cards import render_card
-
-    meta = {
-        "task": cfg.task,
-        "label_names": data.label_names,
-        "base_model": cfg.model.id,
-        "base_arch": cfg.model.arch,  # the architecture of a state_dict base (an adapter's reload rebuilds it)
-        "base_revision": cfg.model.revision,
-        # The commit the revision resolved to: reloading an adapter rebuilds exactly this base.
-        "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
-        "base_source": ref.source,
-        "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
-        "model_kwargs": redact_secrets(model_kwargs(cfg)),  # a token given as a kwarg is never written
-        "strategy": cfg.strategy.name,
-        "library": model.library,
-        "init_from": {"id": cfg.model.init_from, "revision": cfg.model.init_from_revision} if cfg.model.init_from
-        else None,
-    }
-    save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
-    (out / "hftl_config.yaml").write_text(to_yaml(cfg))
-    if getattr(model, "tasks", None):  # multi-task: each task's folder loads, predicts and evaluates alone
-        from hftl.multitask import write_task_meta
-
-        write_task_meta(out, meta, model.tasks, cfg.to_dict())
-    probe = getattr(strategy, "probe", None)
-    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
-              # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
-              "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
-              "probe": probe, "history": trainer.history,
-              "train_seconds": round(trainer.train_seconds, 2),
-              "skipped_examples": data.skipped, "world_size": trainer.world_size,
-              "rank_weight_checksums": trainer.rank_checksums}
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    info = {
-        **meta,
-        "model_name": name,
-        "summary": f"{model.library} model transferred from `{ref.describe()}` to {data.source} with "
-                   f"strategy `{cfg.strategy.name}`, trained with hftl.",
-        "base_model_line": f"`{ref.describe()}`" + ("" if meta["base_pretrained"] else " (architecture only, random init)"),
-        "is_adapter": is_peft(model),
-        "strategy_info": strategy.describe(model),
-        "data": data.source,
-        "num_train": len(data.train),
-        "num_validation": len(data.validation),
-        "num_labels": len(data.label_names),
-        "regression_target": data.label_names[0] if data.regression else None,
-        "epochs": trainer.epochs,
-        "epochs_run": len(trainer.history),
-        "kept_epoch": trainer.kept_epoch,
-        "keep_best": cfg.train.keep_best,
-        "patience": cfg.train.patience,
-        "metric": cfg.train.metric,
-        "probe": probe,
-        "global_batch_size": cfg.train.global_batch_size,
-        "lr": cfg.train.lr,
-        "scheduler": cfg.train.scheduler,
-        "mixed_precision": cfg.train.mixed_precision,
-        "train_seconds": trainer.train_seconds,
-        "peak_memory": f"{peak_memory_mb():.0f} MiB",
-        "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},
-        "repo_id": cfg.hub.repo_id,
-        "weights_from": f"`{cfg.model.init_from or cfg.model.id}`: {model.transfer_report.summary()}"
-        if getattr(model, "transfer_report", None) else None,
-        **(extra_info or {}),
-    }
-    render_card(info).save(out / "README.md")
-    for task in getattr(model, "tasks", None) or {}:  # multi-task: each task's folder gets its own card
-        task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
-        render_card({**info, "model_name": f"{name}-{task}", "metrics": task_metrics, "num_labels": len(
-            model.tasks[task]), "summary": f"{info['summary']} Task `{task}` of a multi-task run "
-                                            f"({', '.join(model.tasks)}) sharing one backbone."}
-                    ).save(out / "tasks" / task / "README.md")
+    adapt_cfg = as_config(adapt_config, adapt_overrides)
+    if adapt_cfg.task not in LM_TASKS:
+        raise ConfigError(f"The adaptation run must be task masked_lm or causal_lm, not '{adapt_cfg.task}'.")
+    adapted = train(adapt_cfg)
+    merged = Path(adapted.output_dir) / "merged"
+    start = merged if (Path(adapted.output_dir) / "adapter_config.json").is_file() and merged.is_dir() \
+        else adapted.output_dir
+    if (Path(start) / "adapter_config.json").is_file():
+        raise ConfigError("A LoRA adaptation run must set strategy.merge_lora=true to be fine-tuned from.")
+    finetuned = train(finetune_config, [*(finetune_overrides or []), f"model.id={start}"])
+    return adapted, finetuned
 
 
 # ------------------------------------------------------------------------------------- inference
@@ -489,8 +334,6 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
         _, eval_ds, collate = caption_datasets(cfg, model, load_caption_data(cfg.data, cfg.train.seed))
         return _evaluate_batches(model, eval_ds, collate, caption_loss, ("perplexity",), cfg.train.per_device_batch_size)
     if cfg.task in ("causal_lm", "masked_lm"):
-        from hftl.tasks import causal_lm_loss, lm_datasets, masked_lm_loss
-
         _, eval_ds, _ = lm_datasets(cfg, model, whole=whole)
         model.set_max_length(cfg.data.block_size)
         loss_fn = causal_lm_loss if cfg.task == "causal_lm" else masked_lm_loss

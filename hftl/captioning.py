@@ -193,8 +193,9 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     Strategies: finetune (with layer_decay), partial (``frozen_groups`` counts from the encoder's
     input: freeze the image encoder, train the decoder), lora, scratch.
     """
-    from hftl.api import TrainResult, _check_output_dir, write_outputs
     from hftl.model import build_model
+    from hftl.output_dir import check_output_dir
+    from hftl.run import TrainResult, write_outputs
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
@@ -202,7 +203,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
         raise ConfigError(f"strategy {cfg.strategy.name} does not apply to image_captioning: a captioner's new "
                           "cross-attention sits inside the decoder, not in a head on top. Use finetune, partial "
                           "(e.g. strategy.frozen_groups to freeze the image encoder), lora or scratch.")
-    _check_output_dir(cfg)
+    check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_caption_data(cfg.data, cfg.train.seed)
     logger.info("Captions: %s, %d train / %d validation pairs", data.source, len(data.train), len(data.validation))

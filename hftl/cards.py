@@ -22,13 +22,16 @@ import json
 import logging
 import platform
 import re
+from importlib.resources import files
 from pathlib import Path
 
 from hftl.errors import HubError
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).parent / "model_cards" / "default.md"
+# The card templates: the top-level model_cards/ folder, installed as the package hftl.model_cards
+# (pyproject.toml maps it), so an editable install and a wheel find them alike.
+TEMPLATES = "hftl.model_cards"
 
 PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
                  "text_regression": "text-classification", "audio_classification": "audio-classification",
@@ -123,7 +126,7 @@ def _base_folder(info: dict) -> Path | None:
             found = try_to_load_from_cache(_strip_hub(base), "README.md", revision=info["base_commit"])
             return Path(found).parent if isinstance(found, str) else None
         if source == "local":
-            from hftl.hub import PACKAGE_PREFIX, package_folder
+            from hftl.refs import PACKAGE_PREFIX, package_folder
 
             return package_folder(base) if base.startswith(PACKAGE_PREFIX) else Path(base).expanduser()
     except Exception:  # a card is still written without the base's license
@@ -322,7 +325,7 @@ def epochs_text(info: dict) -> str:
 
 
 def render_card(info: dict):
-    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.api.write_outputs`` for the keys).
+    """Render a ``huggingface_hub.ModelCard`` from the run's facts (see ``hftl.run.write_outputs`` for the keys).
 
     Example:
         >>> card = render_card({"task": "image_classification", "library": "timm", "metrics": {"accuracy": 0.9}})
@@ -377,7 +380,7 @@ def render_card(info: dict):
     repo = info.get("repo_id") or REPO_PLACEHOLDER
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE),
+        template_str=files(TEMPLATES).joinpath("default.md").read_text(encoding="utf-8"),
         model_name=model_name,
         summary=info.get("summary", ""),
         task=task,

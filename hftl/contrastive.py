@@ -167,16 +167,17 @@ def load_unlabelled_images(cfg: Config) -> LabelledData:
 
 def train_simclr(cfg: Config, extra_card_info: dict | None = None):
     """Contrastive pretraining (``task: simclr``); returns a ``TrainResult`` whose metric is the held-out loss."""
-    from hftl.api import TrainResult, _check_output_dir, write_outputs
     from hftl.backbones.timm_vision import TimmModel
-    from hftl.hub import resolve_model
+    from hftl.output_dir import check_output_dir
+    from hftl.refs import resolve_model
+    from hftl.run import TrainResult, write_outputs
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
     if cfg.strategy.name not in ("finetune", "scratch", "partial"):
         raise ConfigError(f"strategy {cfg.strategy.name} does not apply to simclr (self-supervised pretraining "
                           "trains the encoder itself). Use finetune, scratch or partial.")
-    _check_output_dir(cfg)
+    check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_unlabelled_images(cfg)
     ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)

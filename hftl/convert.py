@@ -27,44 +27,20 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
 
 import torch
 
 from hftl.errors import ConfigError
+from hftl.state_dict import TransferReport, load_into
 
 logger = logging.getLogger(__name__)
 
 VIT_FAMILY = {"vit", "deit", "audio-spectrogram-transformer"}
 
 
-@dataclass
-class TransferReport:
-    """Which target tensors came from the source: copied as they were, converted, or left as initialised."""
-
-    source: str
-    copied: list[str] = field(default_factory=list)
-    renamed: dict[str, str] = field(default_factory=dict)  # copied target name -> source name (matched by order)
-    converted: dict[str, str] = field(default_factory=dict)  # target name -> what was done
-    kept: list[str] = field(default_factory=list)  # target tensors the source could not fill
-    unused: list[str] = field(default_factory=list)  # source tensors with no place in the target
-
-    def summary(self) -> str:
-        done = "; ".join(f"{k}: {v}" for k, v in self.converted.items())
-        pairs = list(self.renamed.items())
-        shown = ", ".join(f"{t} <- {s}" for t, s in pairs[:2]) + (f", ..., {pairs[-1][0]} <- {pairs[-1][1]}"
-                                                                  if len(pairs) > 2 else "")
-        return (f"{len(self.copied)} tensors copied"
-                + (f" ({len(pairs)} of them matched by order and shape where names differ: {shown})" if pairs else "")
-                + f", {len(self.converted)} converted"
-                + (f" ({done})" if done else "") + f", {len(self.kept)} kept as initialised"
-                + (f" ({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''})" if self.kept else "")
-                + f", {len(self.unused)} source tensors unused")
-
-
 def load_source(model_id: str, revision: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The source's weights (by name, as its library names them today) and what the conversion needs to know."""
-    from hftl.hub import resolve_model
+    from hftl.refs import resolve_model
 
     ref = resolve_model(model_id, revision=revision)
     if ref.library == "timm":
@@ -174,7 +150,7 @@ def transfer_weights(target_net: torch.nn.Module, model_id: str, revision: str |
     Example:
         >>> transfer_weights(timm.create_model("vit_tiny_patch16_224"), "google/vit-base-patch16-224").summary()  # doctest: +SKIP
     """
-    from hftl.state_dict import load_into, state_dict_path
+    from hftl.refs import state_dict_path
 
     file = state_dict_path(model_id)
     if file is not None:  # a bare state_dict: matched by name, then by order and shape (hftl.state_dict)

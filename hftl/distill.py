@@ -88,9 +88,9 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
 
     The teacher must predict the same classes, in the same order, as the student's data has.
     """
-    from hftl.api import build_datasets
     from hftl.features import cached_features
     from hftl.model import load
+    from hftl.tasks import build_datasets
 
     d = cfg.distill
     # The user's own settings decide what the teacher's folder may do, never the folder itself.

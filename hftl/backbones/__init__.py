@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hftl.backbones.base import TransferModel
 from hftl.errors import ConfigError
-from hftl.hub import ModelRef, resolve_model
+from hftl.refs import ModelRef, resolve_model
 
 __all__ = ["TransferModel", "create_model", "create_from_ref"]
 
@@ -75,7 +75,7 @@ def load_output(folder: str | Path, trust_remote_code: bool = False) -> Transfer
 
     ``trust_remote_code`` comes from the caller (the user's flag), never from the folder itself.
     """
-    from hftl.hub import detect_library
+    from hftl.refs import detect_library
 
     folder = Path(folder)
     library = detect_library(folder)

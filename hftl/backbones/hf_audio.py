@@ -44,7 +44,7 @@ from hftl.backbones.hf_common import (
     remote_kwargs,
 )
 from hftl.errors import ConfigError
-from hftl.hub import ModelRef
+from hftl.refs import ModelRef
 
 FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
 

@@ -42,7 +42,7 @@ from hftl.backbones.hf_common import (
 from hftl.backbones.hf_text import load_tokenizer
 from hftl.data import to_rgb
 from hftl.errors import ConfigError
-from hftl.hub import ModelRef
+from hftl.refs import ModelRef
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -85,7 +85,7 @@ class ImageCaptioner(TransformersModel):
             VisionEncoderDecoderModel,
         )
 
-        from hftl.hub import resolve_model
+        from hftl.refs import resolve_model
 
         trust, kwargs = config_kwargs(kwargs)
         processor = load_image_processor(ref.path, ref.describe())

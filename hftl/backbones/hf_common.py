@@ -22,7 +22,7 @@ from torch import nn
 
 from hftl.backbones.base import TransferModel
 from hftl.errors import ConfigError, ModelNotFoundError
-from hftl.hub import ModelRef
+from hftl.refs import ModelRef
 
 # Fallback LoRA targets by module-name suffix, for model types peft's table does not know.
 ATTENTION_NAMES = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn", "query_key_value", "Wqkv",

@@ -51,7 +51,7 @@ from hftl.backbones.hf_common import (
     remote_kwargs,
 )
 from hftl.errors import ConfigError
-from hftl.hub import ModelRef
+from hftl.refs import ModelRef
 
 logger = logging.getLogger(__name__)
 

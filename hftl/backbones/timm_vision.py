@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hftl.backbones.base import TransferModel
-from hftl.hub import ModelRef
+from hftl.refs import ModelRef
 
 SMALL_IMAGE = 64  # pixels: at this side and below, training augmentation is a mild random shift
 

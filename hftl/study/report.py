@@ -1,6 +1,8 @@
 """What a study found, rendered: the summary table the CLI prints, report.md, the model card's section, the plots.
 
-:mod:`hftl.study` runs a study and fills a :class:`StudyReport`; this module turns it into text and
+(Over 500 lines: four renderings of one StudyReport that share its formatting helpers.)
+
+:mod:`hftl.study.runner` runs a study and fills a :class:`StudyReport`; this module turns it into text and
 pictures. Everything here reads the report (and, for report.md, the study config and the per-fold
 records); nothing trains or computes statistics. The columns follow the study's task: accuracy,
 macro-F1 and loss for classifiers; MSE, MAE, Pearson's r and loss for ``text_regression``.
@@ -20,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hftl.study_search import describe_grid, describe_values
+from hftl.study.search import describe_grid, describe_values
 
 if TYPE_CHECKING:
-    from hftl.study import StudyConfig
+    from hftl.study.config import StudyConfig
 
 # Column headings of the results table (the per-fold table shortens "F1 (macro)" to "F1").
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1 (macro)", "loss": "loss", "mse": "MSE", "mae": "MAE",
@@ -70,7 +72,7 @@ class StudyReport:
     task: str = ""
     fold_metrics: list = field(default_factory=lambda: ["accuracy", "f1", "loss"])  # each fold's numbers, in order
     higher_is_better: bool = True  # of ``metric``: False for loss, mse and mae
-    searched: dict = field(default_factory=dict)  # arm -> the grid it searched ({}: none), hftl.study_search
+    searched: dict = field(default_factory=dict)  # arm -> the grid it searched ({}: none), hftl.study.search
     chosen: dict = field(default_factory=dict)  # arm -> budget tag -> [per-fold chosen values, {} if none]
 
     @property
@@ -79,7 +81,7 @@ class StudyReport:
 
     def chosen_cell(self, arm: str, tag: str | None = None) -> str:
         """What ``arm`` chose over the folds at a budget, e.g. ``lr 0.001 ×3, 0.003 ×2``."""
-        from hftl.study_search import describe_choices
+        from hftl.study.search import describe_choices
 
         if not self.searched.get(arm):
             return "not searched"

@@ -1,0 +1,187 @@
+"""What every training run shares, whatever its task: its result and the outputs it writes.
+
+The task runners (``hftl.api`` for classification, ``hftl.tasks`` for language models,
+``hftl.captioning``, ``hftl.contrastive``) train on the one Trainer and then hand their model here:
+:func:`write_outputs` writes the weights in the library's layout, ``hftl.json``, the resolved
+config, ``metrics.json`` and the model card, whole or not at all, and pushes when the config says so.
+
+Example:
+    >>> write_outputs(cfg, model, ref, data, strategy, trainer, trainer.fit())  # doctest: +SKIP
+    >>> TrainResult(Path(cfg.output_dir), metrics, trainer.history)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hftl.config import Config, redact_secrets, to_yaml
+from hftl.data import LabelledData
+from hftl.model import is_peft, model_kwargs, save_output
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where, its final metrics and its per-epoch history."""
+
+    output_dir: Path
+    metrics: dict
+    history: list = field(default_factory=list)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated (CUDA), in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:  # Linux: this process's own high-water mark (ru_maxrss carries a larger parent's over fork and exec)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def best_epoch(history: list[dict], metric: str) -> dict | None:
+    """The epoch with the best ``metric`` (lowest for losses, errors and perplexity), or None if never measured."""
+    from hftl.metrics import LOWER_IS_BETTER
+
+    scored = [h for h in history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    if not scored:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    best = pick(scored, key=lambda h: h[metric])
+    return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
+
+
+def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
+                  extra_info: dict | None = None) -> None:
+    """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
+
+    A full disk or a read-only folder is one line that says the run can be finished from its last
+    checkpoint (``train.resume=latest`` writes the outputs again without training).
+    """
+    import os
+    import shutil
+
+    from hftl.errors import HubError, OutputError
+
+    final = Path(cfg.output_dir)
+    # Written whole into a hidden folder first, then renamed into place file by file (hftl.json, metrics.json
+    # and the card last): a crash never leaves a half-written model that looks finished.
+    staging = final / f".tmp-outputs-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, staging, final.name)
+        _move_into_place(staging, final)
+    except (HubError, OutputError):
+        raise
+    except OSError as e:
+        raise OutputError(f"The trained model could not be written to '{cfg.output_dir}' ({e.strerror or e}). Free disk "
+                          "space or make the folder writable, then run again with train.resume=latest: it writes "
+                          "the outputs from the last checkpoint without training again.") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if cfg.hub.push:
+        from hftl.hub import push
+
+        push(final, cfg.hub.repo_id, private=cfg.hub.private, revision=cfg.hub.revision)
+
+
+FINISHING_FILES = ("metrics.json", "README.md", "hftl.json")  # moved last: their presence says the run finished
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    import os
+    import shutil
+
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name in FINISHING_FILES, FINISHING_FILES.index(p.name)
+                                                       if p.name in FINISHING_FILES else 0, p.name))
+    for entry in entries:
+        target = final / entry.name
+        if entry.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+
+
+def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
+                   extra_info: dict | None, out: Path, name: str) -> None:
+    from hftl.cards import render_card
+
+    meta = {
+        "task": cfg.task,
+        "label_names": data.label_names,
+        "base_model": cfg.model.id,
+        "base_arch": cfg.model.arch,  # the architecture of a state_dict base (an adapter's reload rebuilds it)
+        "base_revision": cfg.model.revision,
+        # The commit the revision resolved to: reloading an adapter rebuilds exactly this base.
+        "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
+        "base_source": ref.source,
+        "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
+        "model_kwargs": redact_secrets(model_kwargs(cfg)),  # a token given as a kwarg is never written
+        "strategy": cfg.strategy.name,
+        "library": model.library,
+        "init_from": {"id": cfg.model.init_from, "revision": cfg.model.init_from_revision} if cfg.model.init_from
+        else None,
+    }
+    save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
+    (out / "hftl_config.yaml").write_text(to_yaml(cfg))
+    if getattr(model, "tasks", None):  # multi-task: each task's folder loads, predicts and evaluates alone
+        from hftl.multitask import write_task_meta
+
+        write_task_meta(out, meta, model.tasks, cfg.to_dict())
+    probe = getattr(strategy, "probe", None)
+    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
+              # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
+              "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
+              "probe": probe, "history": trainer.history,
+              "train_seconds": round(trainer.train_seconds, 2),
+              "skipped_examples": data.skipped, "world_size": trainer.world_size,
+              "rank_weight_checksums": trainer.rank_checksums}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    info = {
+        **meta,
+        "model_name": name,
+        "summary": f"{model.library} model transferred from `{ref.describe()}` to {data.source} with "
+                   f"strategy `{cfg.strategy.name}`, trained with hftl.",
+        "base_model_line": f"`{ref.describe()}`" + ("" if meta["base_pretrained"] else " (architecture only, random init)"),
+        "is_adapter": is_peft(model),
+        "strategy_info": strategy.describe(model),
+        "data": data.source,
+        "num_train": len(data.train),
+        "num_validation": len(data.validation),
+        "num_labels": len(data.label_names),
+        "regression_target": data.label_names[0] if data.regression else None,
+        "epochs": trainer.epochs,
+        "epochs_run": len(trainer.history),
+        "kept_epoch": trainer.kept_epoch,
+        "keep_best": cfg.train.keep_best,
+        "patience": cfg.train.patience,
+        "metric": cfg.train.metric,
+        "probe": probe,
+        "global_batch_size": cfg.train.global_batch_size,
+        "lr": cfg.train.lr,
+        "scheduler": cfg.train.scheduler,
+        "mixed_precision": cfg.train.mixed_precision,
+        "train_seconds": trainer.train_seconds,
+        "peak_memory": f"{peak_memory_mb():.0f} MiB",
+        "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},
+        "repo_id": cfg.hub.repo_id,
+        "weights_from": f"`{cfg.model.init_from or cfg.model.id}`: {model.transfer_report.summary()}"
+        if getattr(model, "transfer_report", None) else None,
+        **(extra_info or {}),
+    }
+    render_card(info).save(out / "README.md")
+    for task in getattr(model, "tasks", None) or {}:  # multi-task: each task's folder gets its own card
+        task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
+        render_card({**info, "model_name": f"{name}-{task}", "metrics": task_metrics, "num_labels": len(
+            model.tasks[task]), "summary": f"{info['summary']} Task `{task}` of a multi-task run "
+                                            f"({', '.join(model.tasks)}) sharing one backbone."}
+                    ).save(out / "tasks" / task / "README.md")
