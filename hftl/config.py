@@ -137,7 +137,7 @@ class TrainConfig:
                              "reach it). Small data sets need steps, not passes: 200 examples in batches of 32 are "
                              "7 steps an epoch.")
     patience: int = _f(10, "Stop after this many epochs without a better validation train.metric (0: never stop "
-                           "early).")
+                           "early); with train.epochs null, never before train.min_steps steps.")
     keep_best: bool = _f(True, "At the end, restore the weights of the epoch with the best validation train.metric "
                                "(recorded in metrics.json and the card); false keeps the last epoch's.")
     global_batch_size: int = _f(32, "Examples per optimizer step, over all processes and accumulation.")

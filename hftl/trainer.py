@@ -349,6 +349,10 @@ class Trainer:
     def _stop_early(self) -> bool:
         """``cfg.patience`` epochs since the best one: a function of the history alone, so resume agrees."""
         patience = self.cfg.patience
+        if self.cfg.epochs is None and self.global_step < self.cfg.min_steps:
+            # min_steps is a floor: a net trained from scratch sits at chance for its first epochs (measured:
+            # stopped after 11 epochs of a 67-epoch budget, it kept epoch 0; benchmarks/quality.py, scratch)
+            return False
         return bool(patience and self.history and len(self.history) - 1 - self._best_index() >= patience)
 
     def evaluate(self, model, eval_dl) -> dict:

@@ -177,6 +177,18 @@ def test_epochs_follow_min_steps_when_unset(tmp_path):
     assert len(result.history) == 4  # 96 examples / 16 = 6 steps an epoch: 4 epochs reach 20 steps
 
 
+def test_early_stopping_waits_for_min_steps(tmp_path, monkeypatch):
+    from hftl.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, dl: {"loss": 1.0, "accuracy": 0.1})  # never improves
+    overrides = {"train.epochs": "null", "train.min_steps": 30, "train.patience": 1,
+                 "strategy.name": "linear_probe", "strategy.probe_solver": "sgd"}
+    result = hftl.train(None, tiny_train_overrides(tmp_path / "a", **overrides))
+    assert len(result.history) == 5  # 6 steps an epoch: patience 1 may stop it only once 30 steps are done
+    result = hftl.train(None, tiny_train_overrides(tmp_path / "b", **{**overrides, "train.epochs": 8}))
+    assert len(result.history) == 2  # epochs set: no floor, patience 1 stops after the second epoch
+
+
 def test_eval_on_a_file_scores_every_row(tmp_path, pretrained_folder):
     from hftl.data import _digits
 
