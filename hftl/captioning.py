@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from hftl.config import Config, DataConfig
 from hftl.data import LabelledData, check_text_file, to_rgb
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     model = strategy.prepare(model)
     train_ds, eval_ds, collate = caption_datasets(cfg, model, data)
     trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      loss_fn=caption_loss, metrics=("perplexity",), collate_fn=collate, run_config=cfg.to_dict())
+                      loss_fn=caption_loss, metrics=metrics_for_task(cfg.task), collate_fn=collate, run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

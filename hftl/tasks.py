@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from hftl.config import Config, DataConfig
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +408,7 @@ def _train_language_model(cfg: Config, extra_card_info: dict | None):
     model = strategy.prepare(model)
     trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
                       loss_fn=causal_lm_loss if cfg.task == "causal_lm" else masked_lm_loss,
-                      metrics=("perplexity",), run_config=cfg.to_dict())
+                      metrics=metrics_for_task(cfg.task), run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
