@@ -32,6 +32,7 @@ from hftl.config import Config, DataConfig
 from hftl.data import LabelledData, check_text_file, to_rgb
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import metrics_for_task
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +201,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name in ("linear_probe", "lp_ft", "gradual_unfreeze"):
-        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to image_captioning: a captioner's new "
-                          "cross-attention sits inside the decoder, not in a head on top. Use finetune, partial "
-                          "(e.g. strategy.frozen_groups to freeze the image encoder), lora or scratch.")
+    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_caption_data(cfg.data, cfg.train.seed)

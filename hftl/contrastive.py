@@ -32,6 +32,7 @@ from hftl.config import Config
 from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng, to_rgb
 from hftl.errors import ConfigError, DataError
 from hftl.metrics import metrics_for_task
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +176,7 @@ def train_simclr(cfg: Config, extra_card_info: dict | None = None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name not in ("finetune", "scratch", "partial"):
-        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to simclr (self-supervised pretraining "
-                          "trains the encoder itself). Use finetune, scratch or partial.")
+    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_unlabelled_images(cfg)
