@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from hftl.config import Config, DataConfig
 from hftl.data import LabelledData, check_text_file, to_rgb
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +201,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name in ("linear_probe", "lp_ft", "gradual_unfreeze"):
-        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to image_captioning: a captioner's new "
-                          "cross-attention sits inside the decoder, not in a head on top. Use finetune, partial "
-                          "(e.g. strategy.frozen_groups to freeze the image encoder), lora or scratch.")
+    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_caption_data(cfg.data, cfg.train.seed)
@@ -212,7 +211,7 @@ def train_captioner(cfg: Config, extra_card_info: dict | None = None):
     model = strategy.prepare(model)
     train_ds, eval_ds, collate = caption_datasets(cfg, model, data)
     trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      loss_fn=caption_loss, metrics=("perplexity",), collate_fn=collate, run_config=cfg.to_dict())
+                      loss_fn=caption_loss, metrics=metrics_for_task(cfg.task), collate_fn=collate, run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

@@ -26,6 +26,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from hftl.errors import HubError
+from hftl.registry import TASKS, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +34,6 @@ logger = logging.getLogger(__name__)
 # (pyproject.toml maps it), so an editable install and a wheel find them alike.
 TEMPLATES = "hftl.model_cards"
 
-PIPELINE_TAGS = {"image_classification": "image-classification", "text_classification": "text-classification",
-                 "text_regression": "text-classification", "audio_classification": "audio-classification",
-                 "image_captioning": "image-to-text", "simclr": "image-feature-extraction",
-                 "causal_lm": "text-generation", "masked_lm": "fill-mask"}
-TASK_NAMES = {"image_classification": "Image Classification", "text_classification": "Text Classification",
-              "text_regression": "Text Regression", "audio_classification": "Audio Classification",
-              "image_captioning": "Image Captioning", "simclr": "Self-supervised Image Pretraining",
-              "causal_lm": "Text Generation", "masked_lm": "Fill-Mask"}
-AUTO_CLASSES = {"text_classification": "AutoModelForSequenceClassification",
-                "text_regression": "AutoModelForSequenceClassification",
-                "audio_classification": "AutoModelForAudioClassification",
-                "image_captioning": "VisionEncoderDecoderModel", "causal_lm": "AutoModelForCausalLM",
-                "masked_lm": "AutoModelForMaskedLM"}
 # Our metric names -> the Hub's metric ids (the ids of huggingface/evaluate's metrics).
 HUB_METRICS = {"accuracy": "accuracy", "f1": "f1", "perplexity": "perplexity", "mse": "mse", "mae": "mae",
                "pearson": "pearsonr"}
@@ -201,7 +189,7 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
             peft = ["import timm", "from peft import PeftModel", "",
                     f"base = timm.create_model(\"{source}\", pretrained=True, num_classes={n}{kwargs})", *peft]
         else:
-            auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+            auto = get_task(task).auto_class or "AutoModelForSequenceClassification"
             where = base or meta.get("base_model", "<base folder>")
             pinned = f", revision=\"{commit}\"" if base and commit else ""
             labels = f", num_labels={n}" if task in ("text_classification", "text_regression", "audio_classification") and n else ""
@@ -218,7 +206,7 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
                   "labels = model.pretrained_cfg.get(\"label_names\")",
                   "# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
     else:
-        auto = AUTO_CLASSES.get(task, "AutoModelForSequenceClassification")
+        auto = get_task(task).auto_class or "AutoModelForSequenceClassification"
         if task == "image_captioning":
             lines += ["from PIL import Image",
                       "from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel", "",
@@ -339,8 +327,9 @@ def render_card(info: dict):
     dataset = str(info.get("data", "unknown"))
     is_adapter = bool(info.get("is_adapter"))
     model_name = info.get("model_name", "hftl-model")
+    spec = get_task(task)
     eval_results = [
-        EvalResult(task_type=PIPELINE_TAGS[task], task_name=TASK_NAMES[task], dataset_type=dataset,
+        EvalResult(task_type=spec.pipeline_tag, task_name=spec.card_name, dataset_type=dataset,
                    dataset_name=dataset, dataset_split="validation", metric_type=HUB_METRICS[name],
                    metric_name=name, metric_value=value)
         for name, value in metrics.items() if name in HUB_METRICS
@@ -353,7 +342,7 @@ def render_card(info: dict):
         tags.append("knowledge-distillation")
     data_kwargs = dict(
         library_name="peft" if is_adapter else info["library"],
-        pipeline_tag=PIPELINE_TAGS[task],
+        pipeline_tag=spec.pipeline_tag,
         license=card_license(info),
         tags=list(dict.fromkeys(tags)),
         metrics=[HUB_METRICS[m] for m in HUB_METRICS if m in metrics],
@@ -547,8 +536,8 @@ def card_for_repo(text: str, repo_id: str, revision: str | None = None, kind: st
     if getattr(data, "eval_results", None):
         data.model_name = repo_id.split("/")[-1]
     check_metadata(data.to_dict(), f"'{repo_id}' (README.md)")
-    task = meta.get("task") or {v: k for k, v in PIPELINE_TAGS.items()}.get(getattr(data, "pipeline_tag", None),
-                                                                           "text_classification")
+    task = meta.get("task") or {s.pipeline_tag: s.name for s in TASKS.values()}.get(getattr(data, "pipeline_tag", None),
+                                                                                   "text_classification")
     if USAGE_START in card.text and USAGE_END in card.text:
         start = card.text.index(USAGE_START)
         end = card.text.index(USAGE_END) + len(USAGE_END)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from hftl.errors import ConfigError
+from hftl.registry import STRATEGIES, get_task
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -251,16 +252,6 @@ def is_secret_value(value: Any) -> bool:
     return isinstance(value, str) and bool(SECRET_VALUE_RE.match(value.strip()))
 
 
-TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification",
-         "image_captioning", "simclr", "causal_lm", "masked_lm")
-# The metrics each task's evaluation computes (train.metric must be one of them).
-TASK_METRICS = {"image_classification": ("accuracy", "f1"), "text_classification": ("accuracy", "f1"),
-                "text_regression": ("mse", "mae", "pearson"), "audio_classification": ("accuracy", "f1"),
-                "image_captioning": ("perplexity",), "simclr": ("loss",), "causal_lm": ("perplexity",),
-                "masked_lm": ("perplexity",)}
-STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual_unfreeze", "partial", "lora", "scratch")
-
-
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     """Check (and gently coerce: int -> float) a value against a field annotation."""
     if isinstance(annotation, str):
@@ -413,23 +404,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def validate(cfg: Config) -> None:
     """Checks that span fields; each error names the key and the fix."""
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task '{cfg.task}' is not known. Valid tasks: {', '.join(TASKS)}.")
+    task = get_task(cfg.task)  # an unknown task: one error listing the registered ones
     if cfg.strategy.name not in STRATEGIES:
         raise ConfigError(
             f"strategy.name '{cfg.strategy.name}' is not known. Valid strategies: {', '.join(STRATEGIES)}."
         )
+    task.check_strategy(cfg.strategy.name)
     t = cfg.train
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, not '{t.mixed_precision}'.")
     if t.scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.scheduler must be cosine, linear or constant, not '{t.scheduler}'.")
-    if t.metric not in TASK_METRICS[cfg.task]:
+    if t.metric not in task.metrics:
         if t.metric == "accuracy":  # the default: each task without accuracy gets its own headline metric
-            t.metric = TASK_METRICS[cfg.task][0]
+            t.metric = task.metric
         else:
             raise ConfigError(f"train.metric '{t.metric}' is not computed for task {cfg.task}; choose one of "
-                              f"{', '.join(TASK_METRICS[cfg.task])}.")
+                              f"{', '.join(task.metrics)}.")
     if t.tracker not in ("none", "tensorboard", "trackio"):
         raise ConfigError(f"train.tracker must be none, tensorboard or trackio, not '{t.tracker}'.")
     for name in ("epochs", "global_batch_size", "per_device_batch_size"):
@@ -459,7 +450,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.validation_fraction must be between 0 and 1.")
     d = cfg.distill
     if d.teacher:
-        if cfg.task not in ("image_classification", "text_classification", "audio_classification"):
+        if not task.classification:
             raise ConfigError(f"distill.teacher works for classification tasks, not {cfg.task}.")
         if not 0.0 <= d.alpha <= 1.0:
             raise ConfigError(f"distill.alpha must be between 0 and 1, not {d.alpha}.")

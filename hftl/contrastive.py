@@ -31,6 +31,8 @@ from hftl.backbones.base import TransferModel
 from hftl.config import Config
 from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng, to_rgb
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +176,7 @@ def train_simclr(cfg: Config, extra_card_info: dict | None = None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name not in ("finetune", "scratch", "partial"):
-        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to simclr (self-supervised pretraining "
-                          "trains the encoder itself). Use finetune, scratch or partial.")
+    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     data = load_unlabelled_images(cfg)
@@ -192,7 +192,7 @@ def train_simclr(cfg: Config, extra_card_info: dict | None = None):
     eval_ds = TwoViews(data.validation, transform, cfg.train.seed, random=False)
     logger.info("simclr on %s: %d train / %d held-out images", data.source, len(train_ds), len(eval_ds))
     trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      loss_fn=nt_xent_loss(cfg.contrastive.temperature), metrics=(), run_config=cfg.to_dict())
+                      loss_fn=nt_xent_loss(cfg.contrastive.temperature), metrics=metrics_for_task(cfg.task), run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

@@ -27,6 +27,7 @@ import torch
 
 from hftl.config import DataConfig
 from hftl.errors import DataError
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
     """
     import datasets
 
-    regression = task == "text_regression"
+    regression = get_task(task).regression
     skipped: dict = {}
     validation = None
     source = cfg.id
@@ -478,7 +479,7 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str, whole: b
     kind = "csv" if path.suffix.lower() == ".csv" else "json"
     full = datasets.load_dataset(kind, data_files=str(path), split="train")
     _check_columns(full, cfg, task)
-    regression = task == "text_regression"
+    regression = get_task(task).regression
     full, names = _labels_for(full, cfg.label_column, regression)
     fingerprint = _file_fingerprint([str(path)])
     return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression, whole)

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from hftl.config import Config, DataConfig
 from hftl.errors import ConfigError, DataError
+from hftl.metrics import metrics_for_task
+from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -393,9 +395,7 @@ def _train_language_model(cfg: Config, extra_card_info: dict | None):
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
-    if cfg.strategy.name in ("linear_probe", "lp_ft"):
-        raise ConfigError(f"strategy {cfg.strategy.name} does not apply to {cfg.task} (there is no new head to probe). "
-                          "Use finetune, lora, partial, gradual_unfreeze or scratch.")
+    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     check_output_dir(cfg.output_dir, cfg.train.resume)
     torch.manual_seed(cfg.train.seed)
     model, ref = build_model(cfg, [])
@@ -407,7 +407,7 @@ def _train_language_model(cfg: Config, extra_card_info: dict | None):
     model = strategy.prepare(model)
     trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
                       loss_fn=causal_lm_loss if cfg.task == "causal_lm" else masked_lm_loss,
-                      metrics=("perplexity",), run_config=cfg.to_dict())
+                      metrics=metrics_for_task(cfg.task), run_config=cfg.to_dict())
     trainer.num_workers = cfg.data.num_workers
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:

@@ -12,20 +12,25 @@ import math
 from functools import cache
 from pathlib import Path
 
+from hftl.registry import get_task
+
 _HERE = Path(__file__).parent
-CLASSIFICATION_METRICS = ("accuracy", "f1")
-REGRESSION_METRICS = ("mse", "mae", "pearson")  # all three from the shipped ``regression`` module
 # Metrics where lower is better; every other one is better higher.
 LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity")
+# The module that computes each reported metric (a name not listed: a shipped module of that name). ``perplexity``
+# is no module: the evaluation computes it from the loss. The loss needs none: every evaluation reports it.
+METRIC_MODULES = {"accuracy": "accuracy", "f1": "f1", "mse": "regression", "mae": "regression", "pearson": "regression",
+                  "perplexity": "perplexity"}
 
 
 def metrics_for_task(task: str) -> tuple[str, ...]:
-    """The shipped metric modules a run of ``task`` evaluates with (LM tasks: perplexity, from the loss)."""
-    if task == "text_regression":
-        return ("regression",)
-    if task in ("causal_lm", "masked_lm"):
-        return ("perplexity",)
-    return CLASSIFICATION_METRICS
+    """The metric modules a run of ``task`` evaluates with: those computing what its registry entry reports.
+
+    Example:
+        >>> metrics_for_task("text_regression"), metrics_for_task("causal_lm"), metrics_for_task("simclr")
+        (('regression',), ('perplexity',), ())
+    """
+    return tuple(dict.fromkeys(METRIC_MODULES.get(m, m) for m in get_task(task).metrics if m != "loss"))
 
 
 @cache

@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hftl.config import STRATEGIES, TASK_METRICS, Config, _apply, _f, config_from_dict, parse_overrides
+from hftl.config import Config, _apply, _f, config_from_dict, parse_overrides
 from hftl.errors import ConfigError
+from hftl.registry import STRATEGIES, get_task, task_names
 from hftl.study.search import SEARCH_HELP, candidates, nested, parse_search, read_value, resolve_grid
 from hftl.study.stats import TESTS, fold_metrics, min_wilcoxon_folds
 
-STUDY_TASKS = ("image_classification", "text_classification", "text_regression", "audio_classification")
+# The tasks a study supports: those learnt from labelled examples (classes or values). A snapshot of the registry
+# at import, kept for hftl.study's public names; the checks below ask the registry itself.
+STUDY_TASKS = task_names(labelled=True)
 PRETRAIN_PREFIX = "pretrain:"
 
 
@@ -222,8 +225,8 @@ def study_config_from_dict(data: dict) -> StudyConfig:
     settings = StudySettings()
     _apply(settings, raw_study, prefix="study.")
     base = _run_config(raw_base, {}, "base")
-    if "metric" not in raw_study and base.task in STUDY_TASKS:
-        settings.metric = TASK_METRICS[base.task][0]  # the task's headline metric: accuracy, or mse (regression)
+    if "metric" not in raw_study and get_task(base.task).labelled:
+        settings.metric = get_task(base.task).metric  # the task's headline metric: accuracy, or mse (regression)
     _validate_settings(settings, base)
 
     sources = [_parse_pretrain(e, i) for i, e in enumerate(settings.pretrain)]
@@ -291,10 +294,10 @@ def _validate_settings(s: StudySettings, base: Config) -> None:
     s.search = parse_search(s.search, "study.search")
     if not 0 < s.search_validation < 1:
         raise ConfigError(f"study.search_validation must be a share in (0, 1), e.g. 0.2 (got {s.search_validation}).")
-    if base.task not in STUDY_TASKS:
+    if not get_task(base.task).labelled:
         raise ConfigError(
             f"A study compares classifiers or regressors on labelled examples; base.task '{base.task}' is not "
-            f"supported. Use one of: {', '.join(STUDY_TASKS)}."
+            f"supported. Use one of: {', '.join(task_names(labelled=True))}."
         )
     if s.metric not in fold_metrics(base.task):
         raise ConfigError(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hftl.registry import TASKS
 from hftl.study.search import describe_grid, describe_values
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class StudyReport:
 
     @property
     def regression(self) -> bool:
-        return self.task == "text_regression"
+        spec = TASKS.get(self.task)  # a report built without a task (task "") is not a regression
+        return bool(spec and spec.regression)
 
     @property
     def examples_word(self) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hftl.config import TASK_METRICS
 from hftl.metrics import LOWER_IS_BETTER
+from hftl.registry import get_task
 
 TESTS = ("t", "corrected_t", "wilcoxon")
 VERDICTS = ("positive transfer", "no significant difference", "negative transfer")
@@ -33,7 +33,7 @@ def fold_metrics(task: str) -> tuple[str, ...]:
         >>> fold_metrics("text_regression")
         ('mse', 'mae', 'pearson', 'loss')
     """
-    return (*TASK_METRICS[task], "loss")
+    return (*get_task(task).metrics, "loss")
 
 
 def higher_is_better(metric: str) -> bool:
