@@ -36,30 +36,13 @@ from hftl.data import ImageDataset, load_labelled_data
 
 def make_shapes(root: Path, per_class: int = 60, seed: int = 0) -> Path:
     """An image folder of 4 shape classes, 32 px, random size / position / colour, noisy background."""
-    from PIL import Image, ImageDraw
+    from quality_data import draw_shape
 
     rng = np.random.default_rng(seed)
     for name in ("circle", "square", "triangle", "cross"):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            background = rng.integers(0, 120, size=(32, 32, 3), dtype=np.uint8)
-            img = Image.fromarray(background)
-            draw = ImageDraw.Draw(img)
-            r = int(rng.integers(5, 12))
-            cx, cy = (int(v) for v in rng.integers(r + 1, 32 - r - 1, size=2))
-            colour = tuple(int(v) for v in rng.integers(130, 256, size=3))
-            box = (cx - r, cy - r, cx + r, cy + r)
-            if name == "circle":
-                draw.ellipse(box, fill=colour)
-            elif name == "square":
-                draw.rectangle(box, fill=colour)
-            elif name == "triangle":
-                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-            else:
-                w = max(2, r // 3)
-                draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
-                draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
-            img.save(root / name / f"{i}.png")
+            draw_shape(rng, name).save(root / name / f"{i}.png")
     return root
 
 

@@ -53,7 +53,7 @@ def _noise(rng, size: int):
     return Image.fromarray(rng.integers(0, 120, size=(size, size, 3), dtype=np.uint8))
 
 
-def _draw_shape(rng, name: str, size: int = 32):
+def draw_shape(rng, name: str, size: int = 32):
     from PIL import ImageDraw
 
     img = _noise(rng, size)
@@ -93,7 +93,7 @@ def _draw_glyph(rng, letter: str, size: int = 32):
 def image_folders(root: Path, name: str, per_class_train: int, per_class_test: int, seed: int = 0) -> tuple[Path, Path]:
     """(train folder, test folder) of ``shapes`` or ``glyphs``."""
     classes = ("circle", "square", "triangle", "cross") if name == "shapes" else tuple("ABCDEFGHKR")
-    draw = _draw_shape if name == "shapes" else _draw_glyph
+    draw = draw_shape if name == "shapes" else _draw_glyph
     rng = np.random.default_rng(seed)
     out = []
     for split, n in (("train", per_class_train), ("test", per_class_test)):
