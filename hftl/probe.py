@@ -125,7 +125,8 @@ def _folds(y: torch.Tensor, regression: bool, seed: int) -> list[tuple[list[int]
             pass
     folds = min(SELECTION_FOLDS, n // 2)
     if not regression:
-        smallest = int(torch.bincount(y).masked_select(torch.bincount(y) > 0).min())
+        counts = torch.bincount(y)
+        smallest = int(counts[counts > 0].min())
         if smallest >= 2:
             splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
             return [(a.tolist(), b.tolist()) for a, b in splitter.split(np.zeros(n), y.numpy())]

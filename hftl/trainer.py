@@ -347,7 +347,8 @@ class Trainer:
         return max(range(len(self.history)), key=key)
 
     def _stop_early(self) -> bool:
-        """``cfg.patience`` epochs since the best one: a function of the history alone, so resume agrees."""
+        """``cfg.patience`` epochs since the best one: a function of the history and the step count alone
+        (both restored from a checkpoint), so a resumed run stops where an uninterrupted one would."""
         patience = self.cfg.patience
         if self.cfg.epochs is None and self.global_step < self.cfg.min_steps:
             # min_steps is a floor: a net trained from scratch sits at chance for its first epochs (measured:
