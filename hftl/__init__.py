@@ -36,7 +36,7 @@ def __getattr__(name: str):
 
         return run_study
     if name == "caption":
-        from hftl.captioning import caption
+        from hftl.tasks.image_captioning import caption
 
         return caption
     if name == "push":

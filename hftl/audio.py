@@ -133,7 +133,7 @@ def audio_source(value):
 class AudioDataset(torch.utils.data.Dataset):
     """Clips from a ``datasets.Dataset`` (``audio`` and ``label`` columns) as model-ready batches.
 
-    ``collate`` runs the model's feature extractor over a batch of waveforms (hftl.features uses it
+    ``collate`` runs the model's feature extractor over a batch of waveforms (hftl.methods.feature_cache uses it
     for cached probes too). ``random`` crops long training clips at a seeded random offset.
     """
 

@@ -397,6 +397,7 @@ def render_card(info: dict):
         distillation=info.get("distillation"),
         weights_from=info.get("weights_from"),
         caption_samples=info.get("caption_samples"),
+        task_rows=info.get("task_rows"),  # a task's own facts (Task.card_facts), one table row each
         lr_groups=None if info.get("epochs") == 0 else desc.get("lr_groups"),  # a solved probe has no learning rate
         lora=lora,
         metrics=metrics,

@@ -113,7 +113,7 @@ def run(argv: list[str]) -> int:
 
         model = load(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
         if getattr(model, "kind", None) == "captioner":
-            from hftl.captioning import caption
+            from hftl.tasks.image_captioning import caption
 
             for item, text in zip(args.inputs, caption(model, args.inputs)):
                 print(f"{item}: {text}")
@@ -129,7 +129,7 @@ def run(argv: list[str]) -> int:
         print(json.dumps(evaluate(args.model, _normalise_eval_overrides(args.overrides),
                                   trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle), indent=2))
     elif args.command == "generate":
-        from hftl.tasks import generate
+        from hftl.tasks.language_model import generate
 
         print(generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     elif args.command == "study":

@@ -110,8 +110,9 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
     try:
         with refuse_remote_code(str(folder)):
             if (folder / "adapter_config.json").is_file():
-                return _load_adapter(folder, meta, trust_remote_code, allow_pickle)
-            model = load_output(folder, trust_remote_code)
+                model = _load_adapter(folder, meta, trust_remote_code, allow_pickle)
+            else:
+                model = load_output(folder, trust_remote_code)
     except HftlError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:  # damaged config, weights, tokenizer
@@ -120,6 +121,8 @@ def load(folder: str | Path, revision: str | None = None, *, trust_remote_code: 
                                  "may be damaged or incomplete: copy the folder again, or retrain.") from e
     if meta.get("label_names"):
         model.label_names = meta["label_names"]
+    if meta.get("task"):
+        model.task = meta["task"]  # what hftl.predict and hftl.evaluate dispatch on
     model.eval()
     return model
 

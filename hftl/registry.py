@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hftl.errors import ConfigError
 
-# The ways to transfer (hftl.strategies.STRATEGIES holds their classes, under these names).
+# The ways to transfer (hftl.methods.strategies.STRATEGIES holds their classes, under these names).
 STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual_unfreeze", "partial", "lora", "scratch")
 MODALITIES = ("image", "text", "audio", "image-text")
 
@@ -29,7 +29,7 @@ class TaskSpec:
 
     Example:
         >>> TaskSpec("image_classification", "image", metrics=("accuracy", "f1"), pipeline_tag="image-classification",
-        ...          card_name="Image Classification", classification=True).metric
+        ...          card_name="Image Classification", classification=True, implementation=_impl("image_classification:ImageClassification")).metric
         'accuracy'
     """
 
@@ -45,6 +45,9 @@ class TaskSpec:
     auto_class: str | None = None  # the transformers class a card's loading snippet uses, where one applies
     strategies: tuple[str, ...] = STRATEGIES  # the strategy.name values that apply
     strategy_note: str = ""  # why the others do not (the error message says it)
+    # The hftl.tasks.base.Task subclass that runs it: the class, or "module:Class" (imported on first use, so
+    # reading the registry never imports torch).
+    implementation: object = None
 
     def __post_init__(self):
         if not self.metric:
@@ -81,7 +84,7 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
 
     Example:
         >>> register_task(TaskSpec("toy", "text", metrics=("accuracy",), pipeline_tag="text-classification",
-        ...                        card_name="Toy", classification=True))  # doctest: +SKIP
+        ...                        card_name="Toy", classification=True, implementation=ToyTask))  # doctest: +SKIP
     """
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"register_task takes a TaskSpec, not {type(spec).__name__}.")
@@ -98,6 +101,8 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
         raise ValueError(f"Task '{spec.name}': strategies {unknown or '()'} are not known; valid: {', '.join(STRATEGIES)}.")
     if spec.classification and spec.regression:
         raise ValueError(f"Task '{spec.name}' cannot be both classification and regression.")
+    if spec.implementation is None:
+        raise ValueError(f"Task '{spec.name}' needs an implementation: a hftl.tasks.base.Task subclass.")
     TASKS[spec.name] = spec
     return spec
 
@@ -125,32 +130,41 @@ def task_names(**facts) -> tuple[str, ...]:
     return tuple(n for n, s in TASKS.items() if all(getattr(s, k) == v for k, v in facts.items()))
 
 
+def _impl(name: str) -> str:
+    return f"hftl.tasks.{name}"
+
+
 _NO_PROBE = ("finetune", "lora", "partial", "gradual_unfreeze", "scratch")
 _LM_NOTE = "there is no new head to probe"
 
 for _spec in (
     TaskSpec("image_classification", "image", metrics=("accuracy", "f1"), pipeline_tag="image-classification",
-             card_name="Image Classification", classification=True),
+             card_name="Image Classification", classification=True, implementation=_impl("image_classification:ImageClassification")),
     TaskSpec("text_classification", "text", metrics=("accuracy", "f1"), pipeline_tag="text-classification",
-             card_name="Text Classification", classification=True, auto_class="AutoModelForSequenceClassification"),
+             card_name="Text Classification", classification=True, auto_class="AutoModelForSequenceClassification",
+             implementation=_impl("text_classification:TextClassification")),
     TaskSpec("text_regression", "text", metrics=("mse", "mae", "pearson"), pipeline_tag="text-classification",
              card_name="Text Regression", higher_is_better=False, regression=True,
-             auto_class="AutoModelForSequenceClassification"),
+             auto_class="AutoModelForSequenceClassification", implementation=_impl("text_classification:TextClassification")),
     TaskSpec("audio_classification", "audio", metrics=("accuracy", "f1"), pipeline_tag="audio-classification",
-             card_name="Audio Classification", classification=True, auto_class="AutoModelForAudioClassification"),
+             card_name="Audio Classification", classification=True, auto_class="AutoModelForAudioClassification",
+             implementation=_impl("audio_classification:AudioClassification")),
     TaskSpec("image_captioning", "image-text", metrics=("perplexity",), pipeline_tag="image-to-text",
              card_name="Image Captioning", higher_is_better=False, auto_class="VisionEncoderDecoderModel",
              strategies=("finetune", "partial", "lora", "scratch"),
              strategy_note="a captioner's new cross-attention sits inside the decoder, not in a head on top; "
-                           "partial with strategy.frozen_groups freezes the image encoder"),
+                           "partial with strategy.frozen_groups freezes the image encoder",
+             implementation=_impl("image_captioning:ImageCaptioning")),
     TaskSpec("simclr", "image", metrics=("loss",), pipeline_tag="image-feature-extraction",
              card_name="Self-supervised Image Pretraining", higher_is_better=False,
              strategies=("finetune", "scratch", "partial"),
-             strategy_note="self-supervised pretraining trains the encoder itself"),
+             strategy_note="self-supervised pretraining trains the encoder itself", implementation=_impl("simclr:SimCLR")),
     TaskSpec("causal_lm", "text", metrics=("perplexity",), pipeline_tag="text-generation", card_name="Text Generation",
-             higher_is_better=False, auto_class="AutoModelForCausalLM", strategies=_NO_PROBE, strategy_note=_LM_NOTE),
+             higher_is_better=False, auto_class="AutoModelForCausalLM", strategies=_NO_PROBE, strategy_note=_LM_NOTE,
+             implementation=_impl("language_model:LanguageModelTask")),
     TaskSpec("masked_lm", "text", metrics=("perplexity",), pipeline_tag="fill-mask", card_name="Fill-Mask",
-             higher_is_better=False, auto_class="AutoModelForMaskedLM", strategies=_NO_PROBE, strategy_note=_LM_NOTE),
+             higher_is_better=False, auto_class="AutoModelForMaskedLM", strategies=_NO_PROBE, strategy_note=_LM_NOTE,
+             implementation=_impl("language_model:LanguageModelTask")),
 ):
     register_task(_spec)
 del _spec

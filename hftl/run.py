@@ -1,18 +1,22 @@
-"""What every training run shares, whatever its task: its result and the outputs it writes.
+"""THE run path, whatever the task: seed, the task's hooks, the ways to transfer, the one Trainer, the outputs.
 
-The task runners (``hftl.api`` for classification, ``hftl.tasks`` for language models,
-``hftl.captioning``, ``hftl.contrastive``) train on the one Trainer and then hand their model here:
-:func:`write_outputs` writes the weights in the library's layout, ``hftl.json``, the resolved
-config, ``metrics.json`` and the model card, whole or not at all, and pushes when the config says so.
+:func:`run` is what ``hftl.train`` calls once the output folder is checked and locked. It reads
+like a recipe: the task (hftl.tasks) loads its data, builds its model and datasets and says its
+loss and predictions; each way to transfer the config switches on (hftl.methods) changes that
+setup; the strategy prepares the model; the Trainer fits it; :func:`write_outputs` writes the
+weights in the library's layout, ``hftl.json``, the resolved config, ``metrics.json`` and the
+model card, whole or not at all, and pushes when the config says so. :func:`evaluate_model` is
+the one evaluation, the Trainer's, for ``hftl eval`` too.
 
 Example:
-    >>> write_outputs(cfg, model, ref, data, strategy, trainer, trainer.fit())  # doctest: +SKIP
-    >>> TrainResult(Path(cfg.output_dir), metrics, trainer.history)  # doctest: +SKIP
+    >>> result = run(load_config("recipes/configs/image_classification/resnet18_linear_probe.yaml"))  # doctest: +SKIP
+    >>> result.metrics["accuracy"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import sys
@@ -25,6 +29,8 @@ from hftl.config import Config, redact_secrets, to_yaml
 from hftl.data import LabelledData
 from hftl.model import is_peft, model_kwargs, save_output
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainResult:
@@ -33,6 +39,54 @@ class TrainResult:
     output_dir: Path
     metrics: dict
     history: list = field(default_factory=list)
+
+
+def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | None = None) -> TrainResult:
+    """Train as ``cfg`` says (``data`` replaces loading ``cfg.data``: a study's folds); returns the result.
+
+    The caller (``hftl.train``) has checked and locked the output folder.
+    """
+    from hftl.chain import chain_card_info
+    from hftl.methods import Setup, active_methods
+    from hftl.methods.strategies import check_base, get_strategy
+    from hftl.tasks import get_task_impl
+    from hftl.trainer import Trainer
+
+    task = get_task_impl(cfg.task)
+    task.spec.check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
+    methods = active_methods(cfg)
+    card_info = chain_card_info(cfg, extra_card_info) or {}  # started from an hftl output: the card records the chain
+    torch.manual_seed(cfg.train.seed)
+    data = data or task.load_data(cfg)
+    model, ref = task.build_model(cfg, data)
+    check_base(cfg, model, ref)
+    train_ds, eval_ds, collate = task.datasets(cfg, model, data)
+    setup = Setup(cfg, task, data, model, ref, train_ds, eval_ds, collate, task.loss(cfg), task.predictions,
+                  strategy=get_strategy(cfg.strategy), train_cfg=cfg.train, card_info=dict(card_info))
+    for method in methods:
+        method.before_strategy(setup)
+    setup.model = setup.trained = setup.strategy.prepare(setup.model)
+    for method in methods:
+        method.after_strategy(setup)
+    trainer = Trainer(setup.train_cfg, setup.trained, setup.train_ds, setup.eval_ds, output_dir=cfg.output_dir,
+                      strategy=setup.strategy, loss_fn=setup.loss_fn, metrics=task.metric_modules(),
+                      predictions=setup.predictions, tasks=setup.metric_tasks, collate_fn=setup.collate,
+                      num_workers=cfg.data.num_workers, run_config=cfg.to_dict())
+    metrics = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
+        write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info})
+    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+
+
+def evaluate_model(cfg: Config, task, model, dataset, collate=None) -> dict:
+    """The Trainer's evaluation of ``model`` on ``dataset`` (what each epoch of a run reports), plus ``examples``."""
+    from hftl.trainer import Trainer
+
+    trainer = Trainer(cfg.train, model, None, dataset, output_dir=cfg.output_dir, loss_fn=task.loss(cfg),
+                      metrics=task.metric_modules(), predictions=task.predictions, collate_fn=collate,
+                      num_workers=cfg.data.num_workers)
+    return {**trainer.evaluate_only(), "examples": len(dataset)}
 
 
 def peak_memory_mb() -> float:
@@ -64,6 +118,9 @@ def best_epoch(history: list[dict], metric: str) -> dict | None:
 def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
                   extra_info: dict | None = None) -> None:
     """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
+
+    ``extra_info`` holds the card's facts the task and the ways to transfer give (sizes, classes,
+    a teacher, a chain of runs).
 
     A full disk or a read-only folder is one line that says the run can be finished from its last
     checkpoint (``train.resume=latest`` writes the outputs again without training).
@@ -134,7 +191,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
     if getattr(model, "tasks", None):  # multi-task: each task's folder loads, predicts and evaluates alone
-        from hftl.multitask import write_task_meta
+        from hftl.methods.multitask import write_task_meta
 
         write_task_meta(out, meta, model.tasks, cfg.to_dict())
     probe = getattr(strategy, "probe", None)
@@ -155,10 +212,6 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "is_adapter": is_peft(model),
         "strategy_info": strategy.describe(model),
         "data": data.source,
-        "num_train": len(data.train),
-        "num_validation": len(data.validation),
-        "num_labels": len(data.label_names),
-        "regression_target": data.label_names[0] if data.regression else None,
         "epochs": trainer.epochs,
         "epochs_run": len(trainer.history),
         "kept_epoch": trainer.kept_epoch,

@@ -48,6 +48,11 @@ def classification_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def argmax_predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each example: what accuracy and F1 compare with the labels."""
+    return logits.argmax(-1)
+
+
 def make_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
     """Linear warmup from 0, then cosine/linear decay to 0 or constant; counted in optimizer steps."""
 
@@ -99,17 +104,22 @@ class Trainer:
         model: ``model(batch) -> logits``.
         train_dataset, eval_dataset: map-style datasets yielding dicts with ``labels``.
         output_dir: where checkpoints, ``log.jsonl`` and tracker logs go.
-        strategy: an object with ``param_groups`` and ``on_epoch_start`` (see hftl.strategies).
+        strategy: an object with ``param_groups`` and ``on_epoch_start`` (see hftl.methods.strategies).
         loss_fn: ``loss_fn(logits, batch) -> loss``; cross-entropy by default.
         metrics: names of shipped metric modules: ``accuracy``/``f1`` on argmax predictions, ``regression``
             (mse, mae, pearson) on the one output, ``perplexity`` (from the loss) for LMs.
+        predictions: ``predictions(logits) -> tensor`` compared with ``batch["labels"]`` by the metrics (the
+            task's; None: no metric needs predictions).
+        tasks: multi-task runs: (task name, slice of the logits) per task, for per-task metrics.
         collate_fn: batches examples (default: torch's).
+        num_workers: data-loading worker processes.
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_dataset, eval_dataset, *,
                  output_dir: str | Path, strategy=None, loss_fn: Callable = classification_loss,
-                 metrics: tuple[str, ...] = ("accuracy", "f1"), collate_fn: Callable | None = None,
-                 run_config: dict | None = None):
+                 metrics: tuple[str, ...] = ("accuracy", "f1"), predictions: Callable | None = argmax_predictions,
+                 tasks: list[tuple[str, slice]] | None = None, collate_fn: Callable | None = None,
+                 num_workers: int = 0, run_config: dict | None = None):
         self.cfg = cfg
         self.model = model
         self.train_dataset = train_dataset
@@ -118,12 +128,14 @@ class Trainer:
         self.strategy = strategy
         self.loss_fn = loss_fn
         self.metrics = metrics
+        self.predictions = predictions
+        # Multi-task runs: (task name, slice of the logits) per task; labels then hold one column per task.
+        self.tasks = tasks
         self.collate_fn = collate_fn
+        self.num_workers = num_workers
         self.run_config = run_config or {}
         self.history: list[dict] = []
         self.global_step = 0
-        # Multi-task runs: (task name, slice of the logits) per task; labels then hold one column per task.
-        self.tasks: list[tuple[str, slice]] | None = None
         self._log_file = None  # log.jsonl, opened once per fit
 
     # ------------------------------------------------------------------------------ set-up
@@ -176,7 +188,7 @@ class Trainer:
         lone = shuffle and len(dataset) > 1 and len(dataset) % self.cfg.per_device_batch_size == 1
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.per_device_batch_size, shuffle=shuffle, collate_fn=self.collate_fn,
-            num_workers=getattr(self, "num_workers", 0), generator=generator, drop_last=lone,
+            num_workers=self.num_workers, generator=generator, drop_last=lone,
         )
 
     # ------------------------------------------------------------------------------ the loop
@@ -356,11 +368,29 @@ class Trainer:
             return False
         return bool(patience and self.history and len(self.history) - 1 - self._best_index() >= patience)
 
+    def evaluate_only(self) -> dict:
+        """Evaluate the model on the evaluation dataset without training (``hftl eval``): what an epoch reports."""
+        acc = self._accelerator()
+        self.accelerator = acc
+        model = _release(self.model)
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model, eval_dl = acc.prepare(model, self._loader(self.eval_dataset, shuffle=False))
+        try:
+            return self.evaluate(model, eval_dl)
+        finally:
+            self.model = _release(model)
+            if self.cfg.channels_last:
+                self.model.to(memory_format=torch.contiguous_format)
+            self.model.eval()
+
     def evaluate(self, model, eval_dl) -> dict:
         """Loss and metrics over the whole evaluation set, gathered from every process."""
         acc = self.accelerator
         model.eval()
         losses, predictions, references = [], [], []
+        names = [m for m in self.metrics if m != "perplexity"]  # perplexity comes from the loss
+        scored = bool(names) and self.predictions is not None
         with torch.inference_mode():
             for batch in eval_dl:
                 if self.cfg.channels_last:
@@ -370,27 +400,20 @@ class Trainer:
                 # Scored positions only: padding and unmasked tokens (-100) carry no loss.
                 count = (batch["labels"] != -100).sum().reshape(1)
                 losses.append(acc.gather_for_metrics((loss.detach().float().reshape(1) * count, count)))
-                if "regression" in self.metrics:  # one output: the value itself is the prediction
-                    preds, refs = acc.gather_for_metrics((logits.float().squeeze(-1), batch["labels"]))
-                    predictions += preds.cpu().tolist()
-                    references += refs.cpu().tolist()
-                elif "accuracy" in self.metrics or "f1" in self.metrics:
-                    preds = logits.argmax(-1) if not self.tasks else \
-                        torch.stack([logits[:, s].argmax(-1) for _, s in self.tasks], dim=-1)
-                    preds, refs = acc.gather_for_metrics((preds, batch["labels"]))
+                if scored:
+                    preds, refs = acc.gather_for_metrics((self.predictions(logits), batch["labels"]))
                     predictions += preds.cpu().tolist()
                     references += refs.cpu().tolist()
         total = sum(l_[0].sum().item() for l_ in losses)
         n = sum(l_[1].sum().item() for l_ in losses)
         out = {"loss": total / max(1, n)}
-        names = [m for m in self.metrics if m != "perplexity"]
-        if names and self.tasks:  # multi-task: each task's metrics, and their mean under the plain name
+        if scored and self.tasks:  # multi-task: each task's metrics, and their mean under the plain name
             per_task = {task: compute_metrics(names, [p[i] for p in predictions], [r[i] for r in references])
                         for i, (task, _) in enumerate(self.tasks)}
             for key in next(iter(per_task.values())):
                 out[key] = sum(m[key] for m in per_task.values()) / len(per_task)
                 out.update({f"{key}/{task}": m[key] for task, m in per_task.items()})
-        elif names:
+        elif scored:
             out.update(compute_metrics(names, predictions, references))
         if "perplexity" in self.metrics:
             out["perplexity"] = perplexity(out["loss"])

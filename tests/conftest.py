@@ -42,8 +42,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def launch_two_processes(recipe: str, overrides: list[str], cwd: Path) -> dict:
-    """``accelerate launch --cpu --num_processes 2 recipes/<recipe>.py``; returns the run's metrics.json.
+def launch_two_processes(overrides: list[str], cwd: Path) -> dict:
+    """``accelerate launch --cpu --num_processes 2 recipes/train.py``; returns the run's metrics.json.
 
     Asserts what every such run must show: two ranks, and identical weights on both (DDP kept them in step).
     """
@@ -52,7 +52,7 @@ def launch_two_processes(recipe: str, overrides: list[str], cwd: Path) -> dict:
     import sys
 
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(REPO / "recipes" / f"{recipe}.py"), *overrides]
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", str(REPO / "recipes" / "train.py"), *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]

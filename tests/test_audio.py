@@ -347,7 +347,7 @@ def test_hub_layout_dataset_with_an_audio_column(models, clips, tmp_path):
 @pytest.mark.slow
 def test_recipe_under_accelerate_launch_on_two_processes(models, clips, tmp_path):
     """wav2vec2's LayerDrop skips layers at random: DDP must look for unused parameters or the ranks fall out of step."""
-    launch_two_processes("audio_classification", overrides(models["wav2vec2"], clips, tmp_path / "ddp", **{
+    launch_two_processes(overrides(models["wav2vec2"], clips, tmp_path / "ddp", **{
         "train.epochs": 1, "train.per_device_batch_size": 4}), cwd=tmp_path)
 
 

@@ -17,10 +17,10 @@ from conftest import launch_two_processes
 from huggingface_hub import ModelCard
 
 import hftl
-from hftl.captioning import DIGIT_TEMPLATES, DIGIT_WORDS
 from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
+from hftl.tasks.image_captioning import DIGIT_TEMPLATES, DIGIT_WORDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
@@ -190,8 +190,8 @@ def test_hub_layout_with_several_captions_per_image(models, captions_csv, tmp_pa
     folder = tmp_path / "hub_layout"
     (folder / "data").mkdir(parents=True)
     ds.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
-    from hftl.captioning import load_caption_data
     from hftl.config import DataConfig
+    from hftl.tasks.image_captioning import load_caption_data
 
     data = load_caption_data(DataConfig(id=str(folder), image_column="img", text_column="sentences"), seed=0)
     assert len(data.train) + len(data.validation) == 80 and isinstance(data.train[0]["caption"], str)
@@ -212,5 +212,5 @@ def test_scratch_from_an_existing_captioner(captioner, tmp_path):
 @pytest.mark.slow
 def test_recipe_under_accelerate_launch_on_two_processes(models, captions_csv, tmp_path):
     """The ViT's unused pooler must not stall DDP's gradient all-reduce."""
-    launch_two_processes("image_captioning", overrides(models, captions_csv, tmp_path / "ddp", **{
+    launch_two_processes(overrides(models, captions_csv, tmp_path / "ddp", **{
         "train.epochs": 1, "train.per_device_batch_size": 8}), cwd=tmp_path)

@@ -57,7 +57,7 @@ def test_teacher_predictions_are_computed_once(teacher, tmp_path, cache_root, ca
 
     runs = {"distill.teacher": teacher, "distill.alpha": 0.5, "train.epochs": 1}
     hftl.train(None, student(tmp_path / "first", **runs))
-    with caplog.at_level(logging.INFO, logger="hftl.features"):
+    with caplog.at_level(logging.INFO, logger="hftl.methods.feature_cache"):
         hftl.train(None, student(tmp_path / "second", **runs))
     assert any("Cache hit for the train logits" in r.message for r in caplog.records)
 

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_two_process_cpu_launch_trains_identical_replicas(tmp_path):
-    metrics = launch_two_processes("image_classification", tiny_train_overrides(tmp_path / "ddp", **{
+    metrics = launch_two_processes(tiny_train_overrides(tmp_path / "ddp", **{
         "train.epochs": 1, "train.global_batch_size": 16, "train.per_device_batch_size": 8}), cwd=tmp_path)
     assert set(metrics["final"]) >= {"accuracy", "f1", "loss"}
     assert metrics["stdout"].count('"output_dir"') == 1  # one summary, from rank 0

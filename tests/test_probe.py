@@ -113,11 +113,11 @@ def test_probe_run_is_solved_recorded_and_reloads(tmp_path, pretrained_folder):
 
 
 def test_lp_ft_starts_from_the_solved_head_and_trains(tmp_path, pretrained_folder, monkeypatch):
-    import hftl.api as api
+    import hftl.methods.feature_cache as feature_cache
     from hftl.trainer import Trainer
 
     seen = {}
-    solve, fit = api.solve_heads, Trainer.fit
+    solve, fit = feature_cache.solve_heads, Trainer.fit
 
     def solve_and_keep(cfg, model, *a, **k):
         info = solve(cfg, model, *a, **k)
@@ -128,7 +128,7 @@ def test_lp_ft_starts_from_the_solved_head_and_trains(tmp_path, pretrained_folde
         seen["start"] = self.model.head.weight.detach().clone()
         return fit(self)
 
-    monkeypatch.setattr(api, "solve_heads", solve_and_keep)
+    monkeypatch.setattr(feature_cache, "solve_heads", solve_and_keep)
     monkeypatch.setattr(Trainer, "fit", fit_and_look)
     out = tmp_path / "lpft"
     result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder),

@@ -64,14 +64,15 @@ def test_strategies_outside_a_task_are_refused_by_config(name):
 
 
 def test_strategy_names_match_the_strategy_classes():
-    from hftl.strategies import STRATEGIES as CLASSES
+    from hftl.methods.strategies import STRATEGIES as CLASSES
 
     assert set(CLASSES) == set(STRATEGIES)
 
 
 def test_a_registered_task_is_accepted_by_config_and_returned():
     spec = TaskSpec("toy_tagging", "text", metrics=("accuracy", "f1"), pipeline_tag="token-classification",
-                    card_name="Toy Tagging", classification=True, strategies=("finetune", "scratch"))
+                    card_name="Toy Tagging", classification=True, strategies=("finetune", "scratch"),
+                    implementation="hftl.tasks.text_classification:TextClassification")
     assert "toy_tagging" not in TASKS
     with pytest.raises(ConfigError, match="toy_tagging"):
         load_config(None, ["task=toy_tagging"])
@@ -98,6 +99,12 @@ def test_a_bad_spec_is_refused():
         register_task(TaskSpec("bad", "text", metrics=("accuracy",), pipeline_tag="fill-mask", card_name="Bad",
                                strategies=("magic",)))
     assert "bad" not in TASKS
+
+
+def test_a_spec_without_an_implementation_is_refused():
+    with pytest.raises(ValueError, match="needs an implementation"):
+        register_task(TaskSpec("bare", "text", metrics=("accuracy",), pipeline_tag="fill-mask", card_name="Bare"))
+    assert "bare" not in TASKS
 
 
 def test_an_unknown_task_lists_the_registered_ones():

@@ -289,7 +289,7 @@ def _cache_file(cache_root: Path, before: set) -> Path:
 def test_a_damaged_or_altered_feature_cache_is_recomputed(cache_root, damage, caplog):
     from safetensors.torch import save_file
 
-    from hftl.features import cached_features
+    from hftl.methods.feature_cache import cached_features
 
     root = cache_root / "hftl_cache" / "features"
     before = set(root.glob("*.safetensors")) if root.is_dir() else set()
@@ -315,7 +315,7 @@ def test_a_damaged_or_altered_feature_cache_is_recomputed(cache_root, damage, ca
 def test_an_unwritable_feature_cache_runs_uncached(monkeypatch, caplog):
     import safetensors.torch
 
-    from hftl.features import cached_features
+    from hftl.methods.feature_cache import cached_features
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -136,20 +136,20 @@ def test_efficientnet_lite0_package_predicts_imagenet_classes(tmp_path, capsys):
 
 def test_lora_on_a_state_dict_base_reloads(timm_pth, tmp_path, monkeypatch):
     """hftl.json records model.arch, so an adapter's reload rebuilds the same state_dict base."""
-    import hftl.api
+    import hftl.run
 
     path, _ = timm_pth
     out = tmp_path / "lora"
     x = {"pixel_values": torch.randn(2, 3, 32, 32)}
     before = {}
-    real_write = hftl.api.write_outputs
+    real_write = hftl.run.write_outputs
 
     def predict_then_write(cfg, model, *args, **kwargs):
         with torch.no_grad():
             before["logits"] = model.eval()(x)
         real_write(cfg, model, *args, **kwargs)
 
-    monkeypatch.setattr(hftl.api, "write_outputs", predict_then_write)
+    monkeypatch.setattr(hftl.run, "write_outputs", predict_then_write)
     hftl.train(None, tiny_train_overrides(out, **{"model.id": str(path), "model.arch": "timm:test_resnet",
                                                    "strategy.name": "lora", "train.epochs": 1,
                                                    "data.max_train_samples": 32, "data.max_eval_samples": 20}))

@@ -587,7 +587,7 @@ def test_resume_of_a_killed_search(tmp_path, monkeypatch):
 
 
 def test_default_grids_and_a_strategy_that_declares_its_own(tmp_path, monkeypatch):
-    from hftl.strategies import LinearProbe
+    from hftl.methods.strategies import LinearProbe
 
     cfg = study_config_from_dict(tiny_study(tmp_path, arms=["scratch", "linear_probe", "finetune"], search=True))
     grids = {a.name: a.grid for a in cfg.arms}

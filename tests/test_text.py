@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 
 import hftl
 import hftl.api
-import hftl.tasks
+import hftl.tasks.language_model
 from hftl.cards import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError, DataError, ModelNotFoundError
@@ -335,7 +335,7 @@ def test_tokenization_pairs_truncation_and_dynamic_padding(models, tmp_path):
     from hftl.backbones import create_model
     from hftl.config import load_config
     from hftl.data import load_labelled_data
-    from hftl.tasks import build_text_datasets
+    from hftl.tasks.text_classification import build_text_datasets
 
     data_file = write_csv(tmp_path / "pairs.csv", ["a good film", "the plot " * 100, "", "bad"] * 4,
                           ["pos", "neg", "neg", "neg"] * 4, {"second": ["the movie was great"] * 16})
@@ -569,7 +569,7 @@ def test_generate_command(gpt2_finetuned, capsys):
     assert cli(["generate", str(gpt2_finetuned.output_dir), "the cat sat", "--max-new-tokens", "6"]) == 0
     text = capsys.readouterr().out.strip()
     assert text.startswith("the cat sat") and len(text) > len("the cat sat")
-    sampled = hftl.tasks.generate(gpt2_finetuned.output_dir, "", max_new_tokens=4, temperature=0.8)
+    sampled = hftl.tasks.language_model.generate(gpt2_finetuned.output_dir, "", max_new_tokens=4, temperature=0.8)
     assert isinstance(sampled, str)
     assert cli(["predict", str(gpt2_finetuned.output_dir), "the cat"]) == 2  # not a classifier: clear error
     assert "hftl generate" in capsys.readouterr().err
@@ -591,7 +591,7 @@ def test_causal_lm_lora(models, corpus, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(peft_model(input_ids=ids).logits, ours({"input_ids": ids}))
-    assert hftl.tasks.generate(out, "the dog", max_new_tokens=3).startswith("the dog")
+    assert hftl.tasks.language_model.generate(out, "the dog", max_new_tokens=3).startswith("the dog")
     assert hftl.evaluate(out)["perplexity"] == pytest.approx(result.metrics["perplexity"], rel=1e-5)
 
 

@@ -86,7 +86,7 @@ def test_predict_and_eval_commands(finetuned, tmp_path, capsys):
 
 def test_layer_decay_scales_learning_rates():
     from hftl.config import StrategyConfig
-    from hftl.strategies import get_strategy
+    from hftl.methods.strategies import get_strategy
 
     model = create_model("timm:test_resnet", ["a", "b"], image_size=32)
     groups = get_strategy(StrategyConfig(name="finetune", layer_decay=0.5)).param_groups(model, 1.0, 0.0)
@@ -117,7 +117,7 @@ def test_partial_keeps_the_first_groups_frozen(tmp_path):
 
 def test_gradual_unfreeze_thaws_top_groups_first():
     from hftl.config import StrategyConfig
-    from hftl.strategies import get_strategy
+    from hftl.methods.strategies import get_strategy
 
     model = create_model("timm:test_resnet", ["a", "b"], image_size=32)
     strategy = get_strategy(StrategyConfig(name="gradual_unfreeze", unfreeze_every=1))
@@ -142,12 +142,12 @@ def test_gradual_unfreeze_trains_end_to_end(tmp_path):
 
 
 def test_lora_adapter_reloads_with_identical_predictions(tmp_path, pretrained_folder, monkeypatch):
-    import hftl.api
+    import hftl.run
 
     out = tmp_path / "lora"
     probe = {"pixel_values": torch.randn(3, 3, 32, 32)}
     before = {}
-    real_write = hftl.api.write_outputs
+    real_write = hftl.run.write_outputs
 
     def predict_then_write(cfg, model, *args, **kwargs):
         model.eval()
@@ -155,7 +155,7 @@ def test_lora_adapter_reloads_with_identical_predictions(tmp_path, pretrained_fo
             before["logits"] = model(probe)
         real_write(cfg, model, *args, **kwargs)
 
-    monkeypatch.setattr(hftl.api, "write_outputs", predict_then_write)
+    monkeypatch.setattr(hftl.run, "write_outputs", predict_then_write)
     hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "strategy.name": "lora",
                                                    "strategy.merge_lora": True, "train.epochs": 1,
                                                    "train.lr": 0.005}))
@@ -179,7 +179,7 @@ def test_lora_on_random_weights_is_refused(tmp_path):
 
 def test_lora_trains_only_adapters_and_head():
     from hftl.config import StrategyConfig
-    from hftl.strategies import get_strategy
+    from hftl.methods.strategies import get_strategy
 
     model = create_model("timm:resnet18", ["a", "b"], image_size=32)
     get_strategy(StrategyConfig(name="lora")).prepare(model)
@@ -189,7 +189,7 @@ def test_lora_trains_only_adapters_and_head():
 
 
 def test_linear_probe_caches_features_and_never_serves_stale(tmp_path, cache_root, monkeypatch):
-    import hftl.features as features
+    import hftl.methods.feature_cache as features
 
     monkeypatch.setenv("HFTL_CACHE", str(tmp_path / "cache"))
     computed = []

@@ -514,7 +514,8 @@ def load_transformers_output(folder: str | Path, trust_remote_code: bool = False
     meta = folder / "hftl.json"
     if meta.is_file():
         task = json.loads(meta.read_text()).get("task")
-    if task is None:
+    if task not in ("text_classification", "text_regression", "causal_lm", "masked_lm"):
+        # No hftl.json, or a task registered outside hftl on a text adapter: the architecture tells which one.
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
         task = next((t for a in architectures for suffix, t in TASK_BY_ARCHITECTURE if a.endswith(suffix)), None)
     if task in ("text_classification", "text_regression"):

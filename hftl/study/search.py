@@ -114,7 +114,7 @@ def resolve_grid(search: bool | dict, strategy: str) -> dict[str, list]:
         return {}
     if isinstance(search, dict):
         return search
-    from hftl.strategies import STRATEGIES as STRATEGY_CLASSES
+    from hftl.methods.strategies import STRATEGIES as STRATEGY_CLASSES
 
     declared = getattr(STRATEGY_CLASSES.get(strategy), "study_search", None)
     if declared is not None:  # the strategy says what matters for it (possibly nothing)

@@ -13,12 +13,15 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from hftl.backbones.base import TransferModel
 from hftl.config import StrategyConfig
 from hftl.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 
 def _split_decay(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, label: str) -> list[dict]:
     """Norm weights and biases (1-d) get no weight decay, as in timm and transformers."""
@@ -243,3 +246,28 @@ def get_strategy(cfg: StrategyConfig) -> Strategy:
     if cfg.name not in STRATEGIES:
         raise ConfigError(f"strategy.name '{cfg.name}' is not known. Valid: {', '.join(STRATEGIES)}.")
     return STRATEGIES[cfg.name](cfg)
+
+
+def check_base(cfg, model: TransferModel, ref) -> None:
+    """Warn when a strategy transfers nothing (a random base); refuse LoRA over weights a reload would redraw."""
+    random_base = ref.source == "arch" and not cfg.model.init_from
+    name = cfg.strategy.name
+    if name in ("lora", "linear_probe", "lp_ft", "partial", "gradual_unfreeze") and random_base:
+        logger.warning("strategy %s on a randomly initialised %s: nothing pretrained is being transferred",
+                       name, ref.describe())
+    if name != "lora":
+        return
+    if random_base:
+        raise ConfigError(
+            f"strategy.name=lora adapts pretrained weights, but model.id '{cfg.model.id}' has none (random init), "
+            "and an adapter over random weights could not be reloaded. Give a pretrained model (Hub id or "
+            "folder, or model.init_from), or use strategy.name=scratch."
+        )
+    report = getattr(model, "transfer_report", None)
+    unfilled = [n for n in (report.kept if report else []) if n not in set(model.head_parameter_names())]
+    if ref.source == "arch" and unfilled:
+        raise ConfigError(
+            f"strategy.name=lora freezes the base weights, but {len(unfilled)} of them ({', '.join(unfilled[:3])}, ...) "
+            f"did not come from model.init_from '{cfg.model.init_from}': they would be drawn anew when the adapter "
+            "is reloaded. Use strategy.name=finetune, or a source that fills them."
+        )

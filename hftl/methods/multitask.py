@@ -31,6 +31,7 @@ from torch import nn
 
 from hftl.backbones.base import TransferModel
 from hftl.errors import ConfigError, DataError
+from hftl.methods.base import Method, Setup
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,27 @@ def add_task_labels(cfg, data, train_ds, eval_ds) -> dict[str, list[str]]:
     train_ds.labels = [list(row) for row in zip(*per_split["train"])]
     eval_ds.labels = [list(row) for row in zip(*per_split["validation"])]
     return tasks
+
+
+class MultiTask(Method):
+    """``multitask.label_columns``: one head per column on the shared backbone, their losses summed."""
+
+    name, section = "multitask", "multitask"
+
+    def applies(self, cfg) -> bool:
+        return bool(cfg.multitask.label_columns)
+
+    def check(self, cfg) -> None:
+        check_multitask(cfg)
+
+    def before_strategy(self, setup: Setup) -> None:
+        # The tasks' classes come from the data; the heads then join the model, before the strategy freezes it.
+        model = MultiTaskModel(setup.model, add_task_labels(setup.cfg, setup.data, setup.train_ds, setup.eval_ds))
+        slices = model.slices
+        setup.model = model
+        setup.loss_fn = multitask_loss(slices, setup.cfg.multitask.weights or [1.0] * len(slices))
+        setup.predictions = lambda logits: torch.stack([logits[:, s].argmax(-1) for _, s in slices], dim=-1)
+        setup.metric_tasks = slices
 
 
 def check_multitask(cfg) -> None:

@@ -23,9 +23,26 @@ import torch
 import torch.nn.functional as F
 
 from hftl.errors import ConfigError
+from hftl.methods.base import Method, Setup
 from hftl.trainer import classification_loss
 
 logger = logging.getLogger(__name__)
+
+
+class Distillation(Method):
+    """``distill.teacher``: the teacher's logits on each training example join the batch; the loss mixes them in."""
+
+    name, section = "distill", "distill"
+
+    def applies(self, cfg) -> bool:
+        return bool(cfg.distill.teacher)
+
+    def after_strategy(self, setup: Setup) -> None:
+        d = setup.cfg.distill
+        logits, info = teacher_logits(setup.cfg, setup.data, setup.cfg.train.progress)
+        setup.train_ds = WithTeacher(setup.train_ds, logits)
+        setup.collate, setup.loss_fn = setup.train_ds.collate, distillation_loss(d.temperature, d.alpha)
+        setup.card_info["distillation"] = info
 
 
 def distillation_loss(temperature: float, alpha: float):
@@ -88,9 +105,9 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
 
     The teacher must predict the same classes, in the same order, as the student's data has.
     """
-    from hftl.features import cached_features
+    from hftl.methods.feature_cache import cached_features
     from hftl.model import load
-    from hftl.tasks import build_datasets
+    from hftl.tasks import get_task_impl
 
     d = cfg.distill
     # The user's own settings decide what the teacher's folder may do, never the folder itself.
@@ -101,7 +118,7 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
                           f"{data.label_names}. A teacher must have the same classes, in the same order.")
     plain = copy.deepcopy(cfg)
     plain.data.augment = False  # the teacher sees each example once, as evaluation would show it
-    train_ds, _, _ = build_datasets(plain, teacher, data)
+    train_ds, _, _ = get_task_impl(plain.task).datasets(plain, teacher, data)
     # The backbone's fingerprint leaves the head out (probes replace it); a teacher's predictions depend on it.
     head = hashlib.sha256(b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                                    for t in teacher.head.state_dict().values())).hexdigest()[:16]

@@ -1,5 +1,9 @@
 """Cached backbone features for linear probes: compute once, reuse across epochs and runs.
 
+As a way to transfer (:class:`FeatureCache`): a linear probe with ``strategy.cache_features``
+trains (or, with ``strategy.probe_solver=lbfgs``, solves) its head on the frozen backbone's
+features, so E epochs cost one backbone pass; LP-FT solves its probe on them before fine-tuning.
+
 The cache key covers everything that changes the features: the backbone's weights and eval
 preprocessing (``TransferModel.fingerprint``) and the exact examples (the data fingerprint and
 split). Change any of them and the key changes, so a stale cache is never served. Files are
@@ -12,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -19,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from hftl.methods.base import Method, Setup
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +151,62 @@ class HeadOnly(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.head(batch["features"])
+
+
+class FeatureCache(Method):
+    """A cached linear probe (``strategy.cache_features``), the solved probe, and LP-FT's first stage."""
+
+    name, section = "feature_cache", "strategy"
+
+    def applies(self, cfg) -> bool:
+        s = cfg.strategy
+        return (s.name == "linear_probe" and s.cache_features) or s.name == "lp_ft"
+
+    def after_strategy(self, setup: Setup) -> None:
+        cfg, model, strategy = setup.cfg, setup.model, setup.strategy
+        if cfg.strategy.name == "lp_ft":  # the probe solved on the frozen features first, then all of it trains
+            train, _ = cached_probe_data(setup, validation=False)
+            strategy.probe = solve_heads(cfg, model, train.features, train.labels, setup.data.regression)
+            return
+        if cfg.data.augment and setup.task.spec.modality in ("image", "audio"):
+            logger.info("linear_probe caches features of the un-augmented inputs (augmentation would defeat the cache)")
+        probe_train, probe_eval = cached_probe_data(setup)
+        setup.trained, setup.train_ds, setup.eval_ds, setup.collate = HeadOnly(model.head), probe_train, probe_eval, None
+        if cfg.strategy.probe_solver == "lbfgs":  # a convex problem: solved on the features, then scored (0 epochs)
+            strategy.probe = solve_heads(cfg, model, probe_train.features, probe_train.labels, setup.data.regression)
+            setup.train_cfg = dataclasses.replace(setup.train_cfg, epochs=0)
+
+
+def cached_probe_data(setup: Setup, validation: bool = True):
+    """(train, validation) FeatureDatasets of the frozen backbone; ``validation=False``: (train, None)."""
+    from accelerate import PartialState
+
+    cfg, model = setup.cfg, setup.model
+    plain_train = setup.task.plain_train_dataset(cfg, model, setup.data, setup.train_ds)
+    with PartialState().main_process_first():  # rank 0 fills the cache; the others then read it
+        fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
+        batch = cfg.train.per_device_batch_size  # evaluation batches are made up the same way (padding)
+        tr_x, tr_y, _ = cached_features(model, plain_train, setup.data.fingerprint, "train", cfg.train.progress,
+                                        fingerprint=fingerprint, batch_size=batch)
+        if not validation:
+            return FeatureDataset(tr_x, tr_y), None
+        va_x, va_y, _ = cached_features(model, setup.eval_ds, setup.data.fingerprint, "validation", cfg.train.progress,
+                                        fingerprint=fingerprint, batch_size=batch)
+    return FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y)
+
+
+def solve_heads(cfg, model, features: torch.Tensor, labels: torch.Tensor, regression: bool) -> dict:
+    """Solve the model's head(s) on training features (see hftl.probe); multi-task: one probe per task.
+
+    Example:
+        >>> info = solve_heads(cfg, model, train_features, train_labels, regression=False)  # doctest: +SKIP
+    """
+    from hftl.probe import DEFAULT_GRID, solve_probe
+
+    grid = list(cfg.strategy.probe_l2) or DEFAULT_GRID
+    tasks = getattr(model, "slices", None)
+    if tasks:
+        heads = [model.multi_head.first, *model.multi_head.others.values()]
+        return {"tasks": {name: solve_probe(head, features, labels[:, i], grid=grid, seed=cfg.train.seed)
+                          for i, ((name, _), head) in enumerate(zip(tasks, heads))}}
+    return solve_probe(model.head, features, labels, regression=regression, grid=grid, seed=cfg.train.seed)

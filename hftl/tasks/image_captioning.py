@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from hftl.config import Config, DataConfig
 from hftl.data import LabelledData, check_text_file, to_rgb
 from hftl.errors import ConfigError, DataError
-from hftl.metrics import metrics_for_task
-from hftl.registry import get_task
+from hftl.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -189,36 +188,28 @@ def caption_datasets(cfg: Config, model, data: LabelledData):
     return train, CaptionDataset(data.validation, model), train.collate
 
 
-def train_captioner(cfg: Config, extra_card_info: dict | None = None):
-    """Train an image captioner (``task: image_captioning``); returns a ``TrainResult`` with perplexity.
+class ImageCaptioning(Task):
+    """Strategies: finetune (with layer_decay), partial (``frozen_groups`` counts from the encoder's
+    input: freeze the image encoder, train the decoder), lora, scratch."""
 
-    Strategies: finetune (with layer_decay), partial (``frozen_groups`` counts from the encoder's
-    input: freeze the image encoder, train the decoder), lora, scratch.
-    """
-    from hftl.model import build_model
-    from hftl.output_dir import check_output_dir
-    from hftl.run import TrainResult, write_outputs
-    from hftl.strategies import get_strategy
-    from hftl.trainer import Trainer
+    def load_data(self, cfg: Config, whole: bool = False) -> LabelledData:
+        data = load_caption_data(cfg.data, cfg.train.seed)
+        logger.info("Captions: %s, %d train / %d validation pairs", data.source, len(data.train), len(data.validation))
+        return data
 
-    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
-    check_output_dir(cfg.output_dir, cfg.train.resume)
-    torch.manual_seed(cfg.train.seed)
-    data = load_caption_data(cfg.data, cfg.train.seed)
-    logger.info("Captions: %s, %d train / %d validation pairs", data.source, len(data.train), len(data.validation))
-    model, ref = build_model(cfg, [])
-    strategy = get_strategy(cfg.strategy)
-    model = strategy.prepare(model)
-    train_ds, eval_ds, collate = caption_datasets(cfg, model, data)
-    trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      loss_fn=caption_loss, metrics=metrics_for_task(cfg.task), collate_fn=collate, run_config=cfg.to_dict())
-    trainer.num_workers = cfg.data.num_workers
-    metrics = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        samples = _sample_captions(model, data.validation)
-        info = {"num_labels": "no", "caption_samples": samples, **(extra_card_info or {})}
-        write_outputs(cfg, model, ref, data, strategy, trainer, metrics, info)
-    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+    def datasets(self, cfg: Config, model, data, whole: bool = False):
+        return caption_datasets(cfg, model, data)
+
+    def loss(self, cfg: Config):
+        return caption_loss
+
+    def card_facts(self, cfg: Config, model, data, train_ds, eval_ds) -> dict:
+        return {**super().card_facts(cfg, model, data, train_ds, eval_ds), "num_labels": "no",
+                "caption_samples": _sample_captions(model, data.validation)}  # what the trained model writes
+
+    def predict(self, model, inputs: list, top_k: int = 3) -> list:
+        raise ConfigError("This is an image captioner: use hftl.caption (the CLI's `hftl predict` prints captions "
+                          "for it).")
 
 
 def _sample_captions(model, validation, n: int = 4) -> list[dict]:

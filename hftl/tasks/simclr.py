@@ -31,8 +31,7 @@ from hftl.backbones.base import TransferModel
 from hftl.config import Config
 from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng, to_rgb
 from hftl.errors import ConfigError, DataError
-from hftl.metrics import metrics_for_task
-from hftl.registry import get_task
+from hftl.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -167,36 +166,41 @@ def load_unlabelled_images(cfg: Config) -> LabelledData:
     return load_labelled_data(cfg.data, "image_classification", cfg.train.seed)
 
 
-def train_simclr(cfg: Config, extra_card_info: dict | None = None):
-    """Contrastive pretraining (``task: simclr``); returns a ``TrainResult`` whose metric is the held-out loss."""
-    from hftl.backbones.timm_vision import TimmModel
-    from hftl.output_dir import check_output_dir
-    from hftl.refs import resolve_model
-    from hftl.run import TrainResult, write_outputs
-    from hftl.strategies import get_strategy
-    from hftl.trainer import Trainer
+class SimCLR(Task):
+    """Contrastive pretraining: the metric is the held-out NT-Xent loss; the output is the encoder alone."""
 
-    get_task(cfg.task).check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
-    check_output_dir(cfg.output_dir, cfg.train.resume)
-    torch.manual_seed(cfg.train.seed)
-    data = load_unlabelled_images(cfg)
-    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
-    if ref.library != "timm":
-        raise ConfigError(f"simclr pretrains timm image encoders; '{ref.describe()}' is a {ref.library} model.")
-    encoder = TimmModel.create(ref, [], pretrained=cfg.model.pretrained and cfg.strategy.name != "scratch",
-                               image_size=cfg.data.image_size, **dict(cfg.model.kwargs))
-    strategy = get_strategy(cfg.strategy)
-    model = strategy.prepare(SimCLRModel(encoder, cfg.contrastive.projection_dim))
-    transform = simclr_transform(encoder.data_config())
-    train_ds = TwoViews(data.train, transform, cfg.train.seed, random=True)
-    eval_ds = TwoViews(data.validation, transform, cfg.train.seed, random=False)
-    logger.info("simclr on %s: %d train / %d held-out images", data.source, len(train_ds), len(eval_ds))
-    trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir=cfg.output_dir, strategy=strategy,
-                      loss_fn=nt_xent_loss(cfg.contrastive.temperature), metrics=metrics_for_task(cfg.task), run_config=cfg.to_dict())
-    trainer.num_workers = cfg.data.num_workers
-    metrics = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        info = {"num_labels": "no (self-supervised)", **(extra_card_info or {})}
-        unlabelled = dataclasses.replace(data, label_names=[])  # the encoder predicts no classes
-        write_outputs(cfg, model, ref, unlabelled, strategy, trainer, metrics, info)
-    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+    def load_data(self, cfg: Config, whole: bool = False) -> LabelledData:
+        data = load_unlabelled_images(cfg)
+        return dataclasses.replace(data, label_names=[])  # the encoder predicts no classes
+
+    def build_model(self, cfg: Config, data):
+        from hftl.backbones.timm_vision import TimmModel
+        from hftl.refs import resolve_model
+
+        ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle)
+        if ref.library != "timm":
+            raise ConfigError(f"simclr pretrains timm image encoders; '{ref.describe()}' is a {ref.library} model.")
+        encoder = TimmModel.create(ref, [], pretrained=cfg.model.pretrained and cfg.strategy.name != "scratch",
+                                   image_size=cfg.data.image_size, **dict(cfg.model.kwargs))
+        return SimCLRModel(encoder, cfg.contrastive.projection_dim), ref
+
+    def datasets(self, cfg: Config, model, data, whole: bool = False):
+        transform = simclr_transform(model.encoder.data_config())
+        train_ds = TwoViews(data.train, transform, cfg.train.seed, random=True)
+        eval_ds = TwoViews(data.validation, transform, cfg.train.seed, random=False)
+        logger.info("simclr on %s: %d train / %d held-out images", data.source, len(train_ds), len(eval_ds))
+        return train_ds, eval_ds, None
+
+    def loss(self, cfg: Config):
+        return nt_xent_loss(cfg.contrastive.temperature)
+
+    def card_facts(self, cfg: Config, model, data, train_ds, eval_ds) -> dict:
+        return {**super().card_facts(cfg, model, data, train_ds, eval_ds), "num_labels": "no (self-supervised)"}
+
+    def check_evaluable(self, folder) -> None:
+        raise ConfigError(f"'{folder}' is a self-supervised encoder (task simclr): it has no task to score. Probe or "
+                          "fine-tune it (task image_classification, model.id set to it) and evaluate that run.")
+
+    def predict(self, model, inputs: list, top_k: int = 3) -> list:
+        raise ConfigError("This model has no classes (a self-supervised encoder): train a classifier from it first "
+                          "(task image_classification with model.id set to it).")

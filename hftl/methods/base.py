@@ -1,0 +1,51 @@
+"""What every way to transfer shares: the Setup it changes and the Method interface (see hftl.methods).
+
+Example:
+    >>> class Nothing(Method):
+    ...     name = "nothing"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Setup:
+    """What a run trains, as the task built it; methods change it in turn before the Trainer starts."""
+
+    cfg: object  # hftl.config.Config
+    task: object  # hftl.tasks.base.Task
+    data: object  # hftl.data.LabelledData
+    model: object  # the TransferModel that is saved
+    ref: object  # where its weights came from (hftl.refs.ModelRef)
+    train_ds: object
+    eval_ds: object
+    collate: Callable | None
+    loss_fn: Callable
+    predictions: Callable | None
+    strategy: object = None
+    trained: object = None  # what the trainer trains: the model, or only its head on cached features
+    train_cfg: object = None  # cfg.train, or a copy (a solved probe trains 0 epochs)
+    metric_tasks: list | None = None  # multi-task: (column, logits slice) per task, for per-task metrics
+    card_info: dict = field(default_factory=dict)
+
+
+class Method:
+    """One way to transfer: its name, its config section, when it applies, and its hooks on a Setup."""
+
+    name = ""
+    section = ""  # the config section that switches it on
+
+    def applies(self, cfg) -> bool:
+        return False
+
+    def check(self, cfg) -> None:
+        """Raise a ConfigError when the run's settings cannot be combined with this method."""
+
+    def before_strategy(self, setup: Setup) -> None:
+        """Change the model before the strategy freezes and wraps it."""
+
+    def after_strategy(self, setup: Setup) -> None:
+        """Change what the trainer sees (datasets, loss, the trained module)."""

@@ -1,0 +1,26 @@
+"""Audio classification: a transformers audio encoder (wav2vec2, HuBERT, AST, Whisper's encoder) with a new head.
+
+Clips are decoded, resampled to the model's rate and cropped to ``data.max_duration`` seconds
+(a random window in training with ``data.augment``, the start otherwise); see hftl.audio.
+
+Example:
+    >>> hftl.train(None, ["task=audio_classification", "model.id=facebook/wav2vec2-base", "data.id=clips/"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from hftl.tasks.base import LabelledTask
+
+
+class AudioClassification(LabelledTask):
+    def datasets(self, cfg, model, data, whole: bool = False):
+        from hftl.audio import build_audio_datasets
+
+        return build_audio_datasets(cfg, model, data)
+
+    def encode(self, model, inputs: list) -> dict:
+        from hftl.audio import fit_length, read_audio
+
+        rate, seconds = model.sampling_rate, model.max_duration or 10.0
+        return model.encode_audio([fit_length(read_audio(p, rate, max_seconds=seconds), int(seconds * rate))
+                                   for p in inputs])

@@ -1,0 +1,52 @@
+"""Image classification: a timm backbone with a new head, on an image folder, a CSV, a Hub dataset or a built-in set.
+
+Example:
+    >>> hftl.train(None, ["task=image_classification", "model.id=timm/resnet18.a1_in1k", "data.id=builtin:digits"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hftl.errors import DataError
+from hftl.tasks.base import LabelledTask
+
+
+class ImageClassification(LabelledTask):
+    def datasets(self, cfg, model, data, whole: bool = False):
+        from hftl.data import ImageDataset
+
+        train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
+                             random=cfg.data.augment)
+        validation = ImageDataset(data.validation, model.transform(train=False), cfg.train.seed, random=False)
+        return train, validation, None
+
+    def plain_train_dataset(self, cfg, model, data, train_ds):
+        from hftl.data import ImageDataset
+
+        # The eval transform: a random crop per epoch cannot be cached.
+        return ImageDataset(data.train, model.transform(train=False), cfg.train.seed, random=False)
+
+    def encode(self, model, inputs: list) -> dict:
+        return {"pixel_values": load_images(inputs, model.transform(train=False))}
+
+
+def load_images(paths: list, transform) -> torch.Tensor:
+    """Image files (or PIL images), each transformed, as one batch tensor; a missing or unreadable file is a DataError."""
+    from PIL import Image
+
+    from hftl.data import to_rgb
+
+    images = []
+    for p in paths:
+        if isinstance(p, Image.Image):
+            images.append(transform(to_rgb(p)))
+            continue
+        try:
+            with Image.open(p) as img:
+                images.append(transform(to_rgb(img)))
+        except FileNotFoundError as e:
+            raise DataError(f"Image '{p}' does not exist.") from e
+        except Exception as e:
+            raise DataError(f"'{p}' could not be read as an image: {e}") from e
+    return torch.stack(images)
