@@ -70,12 +70,13 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
         method.after_strategy(setup)
     trainer = Trainer(setup.train_cfg, setup.trained, setup.train_ds, setup.eval_ds, output_dir=cfg.output_dir,
                       strategy=setup.strategy, loss_fn=setup.loss_fn, metrics=task.metric_modules(),
-                      predictions=setup.predictions, tasks=setup.metric_tasks, collate_fn=setup.collate,
+                      predictions=setup.predictions, score=setup.score, collate_fn=setup.collate,
                       num_workers=cfg.data.num_workers, run_config=cfg.to_dict())
     metrics = trainer.fit()
     if trainer.accelerator.is_main_process:
         facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
-        write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info})
+        write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
+                      methods)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
 
 
@@ -116,7 +117,7 @@ def best_epoch(history: list[dict], metric: str) -> dict | None:
 
 
 def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                  extra_info: dict | None = None) -> None:
+                  extra_info: dict | None = None, methods=()) -> None:
     """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
 
     ``extra_info`` holds the card's facts the task and the ways to transfer give (sizes, classes,
@@ -136,7 +137,7 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     staging = final / f".tmp-outputs-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, staging, final.name)
+        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, methods, staging, final.name)
         _move_into_place(staging, final)
     except (HubError, OutputError):
         raise
@@ -169,7 +170,7 @@ def _move_into_place(staging: Path, final: Path) -> None:
 
 
 def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                   extra_info: dict | None, out: Path, name: str) -> None:
+                   extra_info: dict | None, methods, out: Path, name: str) -> None:
     from hftl.cards import render_card
 
     meta = {
@@ -190,10 +191,6 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     }
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
-    if getattr(model, "tasks", None):  # multi-task: each task's folder loads, predicts and evaluates alone
-        from hftl.methods.multitask import write_task_meta
-
-        write_task_meta(out, meta, model.tasks, cfg.to_dict())
     probe = getattr(strategy, "probe", None)
     record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
               # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
@@ -232,9 +229,5 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         **(extra_info or {}),
     }
     render_card(info).save(out / "README.md")
-    for task in getattr(model, "tasks", None) or {}:  # multi-task: each task's folder gets its own card
-        task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
-        render_card({**info, "model_name": f"{name}-{task}", "metrics": task_metrics, "num_labels": len(
-            model.tasks[task]), "summary": f"{info['summary']} Task `{task}` of a multi-task run "
-                                            f"({', '.join(model.tasks)}) sharing one backbone."}
-                    ).save(out / "tasks" / task / "README.md")
+    for method in methods:  # what a way to transfer adds (multi-task: one folder per task)
+        method.write_outputs(out, model, meta, {**info, "run_config": cfg.to_dict()})

@@ -110,7 +110,8 @@ class Trainer:
             (mse, mae, pearson) on the one output, ``perplexity`` (from the loss) for LMs.
         predictions: ``predictions(logits) -> tensor`` compared with ``batch["labels"]`` by the metrics (the
             task's; None: no metric needs predictions).
-        tasks: multi-task runs: (task name, slice of the logits) per task, for per-task metrics.
+        score: ``score(metric_names, predictions, references) -> dict`` (default: hftl.metrics.compute_metrics;
+            multi-task runs score each task's column).
         collate_fn: batches examples (default: torch's).
         num_workers: data-loading worker processes.
     """
@@ -118,7 +119,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_dataset, eval_dataset, *,
                  output_dir: str | Path, strategy=None, loss_fn: Callable = classification_loss,
                  metrics: tuple[str, ...] = ("accuracy", "f1"), predictions: Callable | None = argmax_predictions,
-                 tasks: list[tuple[str, slice]] | None = None, collate_fn: Callable | None = None,
+                 score: Callable | None = None, collate_fn: Callable | None = None,
                  num_workers: int = 0, run_config: dict | None = None):
         self.cfg = cfg
         self.model = model
@@ -129,8 +130,7 @@ class Trainer:
         self.loss_fn = loss_fn
         self.metrics = metrics
         self.predictions = predictions
-        # Multi-task runs: (task name, slice of the logits) per task; labels then hold one column per task.
-        self.tasks = tasks
+        self.score = score or compute_metrics
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.run_config = run_config or {}
@@ -407,14 +407,8 @@ class Trainer:
         total = sum(l_[0].sum().item() for l_ in losses)
         n = sum(l_[1].sum().item() for l_ in losses)
         out = {"loss": total / max(1, n)}
-        if scored and self.tasks:  # multi-task: each task's metrics, and their mean under the plain name
-            per_task = {task: compute_metrics(names, [p[i] for p in predictions], [r[i] for r in references])
-                        for i, (task, _) in enumerate(self.tasks)}
-            for key in next(iter(per_task.values())):
-                out[key] = sum(m[key] for m in per_task.values()) / len(per_task)
-                out.update({f"{key}/{task}": m[key] for task, m in per_task.items()})
-        elif scored:
-            out.update(compute_metrics(names, predictions, references))
+        if scored:
+            out.update(self.score(names, predictions, references))
         if "perplexity" in self.metrics:
             out["perplexity"] = perplexity(out["loss"])
         model.train()

@@ -28,7 +28,7 @@ class Setup:
     strategy: object = None
     trained: object = None  # what the trainer trains: the model, or only its head on cached features
     train_cfg: object = None  # cfg.train, or a copy (a solved probe trains 0 epochs)
-    metric_tasks: list | None = None  # multi-task: (column, logits slice) per task, for per-task metrics
+    score: Callable | None = None  # score(metric names, predictions, references) -> metrics; None: compute_metrics
     card_info: dict = field(default_factory=dict)
 
 
@@ -49,3 +49,6 @@ class Method:
 
     def after_strategy(self, setup: Setup) -> None:
         """Change what the trainer sees (datasets, loss, the trained module)."""
+
+    def write_outputs(self, folder, model, meta: dict, info: dict) -> None:
+        """Write what this method adds to the output folder (after the model, its config and its card)."""

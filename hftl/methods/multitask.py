@@ -172,7 +172,37 @@ class MultiTask(Method):
         setup.model = model
         setup.loss_fn = multitask_loss(slices, setup.cfg.multitask.weights or [1.0] * len(slices))
         setup.predictions = lambda logits: torch.stack([logits[:, s].argmax(-1) for _, s in slices], dim=-1)
-        setup.metric_tasks = slices
+        setup.score = per_task_score([column for column, _ in slices])
+
+    def write_outputs(self, folder, model, meta: dict, info: dict) -> None:
+        """Each task's folder (``tasks/<column>``) gets its hftl.json, config and card: it loads, predicts and
+        evaluates alone."""
+        from hftl.cards import render_card
+
+        write_task_meta(folder, meta, model.tasks, info["run_config"])
+        for task in model.tasks:
+            task_metrics = {k.split("/")[0]: v for k, v in info["metrics"].items() if k.endswith(f"/{task}")}
+            render_card({**info, "model_name": f"{info['model_name']}-{task}", "metrics": task_metrics,
+                         "num_labels": len(model.tasks[task]),
+                         "summary": f"{info['summary']} Task `{task}` of a multi-task run ({', '.join(model.tasks)}) "
+                                    "sharing one backbone."}).save(folder / "tasks" / task / "README.md")
+
+
+def per_task_score(columns: list[str]):
+    """``score(names, predictions, references)`` for rows of one class per task: each task's metrics
+    (``accuracy/<column>``), and their mean under the plain name (``accuracy``)."""
+    from hftl.metrics import compute_metrics
+
+    def score(names, predictions, references) -> dict:
+        per_task = {c: compute_metrics(names, [p[i] for p in predictions], [r[i] for r in references])
+                    for i, c in enumerate(columns)}
+        out = {}
+        for key in per_task[columns[0]]:
+            out[key] = sum(m[key] for m in per_task.values()) / len(per_task)
+            out.update({f"{key}/{c}": m[key] for c, m in per_task.items()})
+        return out
+
+    return score
 
 
 def check_multitask(cfg) -> None:
