@@ -151,7 +151,23 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
     data = task.load_data(cfg, whole=whole)
     task.check_classes(data, meta)
     _, eval_ds, collate = task.datasets(cfg, model, data, whole=whole)
-    return evaluate_model(cfg, task, model, eval_ds, collate)
+    scored = evaluate_model(cfg, task, model, eval_ds, collate)
+    if not whole and _refit_on_validation(folder):
+        logger.warning("%s: its probe was solved again on this validation split too (strategy.probe_refit), so these "
+                       "metrics are optimistic; score data it has not seen (data.id=...) for an unbiased number", folder)
+        scored["validation_seen_in_training"] = True
+    return scored
+
+
+def _refit_on_validation(folder: Path) -> bool:
+    """Whether the run's solved probe was refitted on training + validation examples (metrics.json says so)."""
+    import json
+
+    try:
+        probe = json.loads((folder / "metrics.json").read_text()).get("probe") or {}
+    except (OSError, ValueError):
+        return False
+    return any(p.get("refit_examples") for p in ([*probe["tasks"].values()] if "tasks" in probe else [probe]))
 
 
 def _user_flag(overrides: list[str] | None, key: str) -> bool:

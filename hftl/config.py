@@ -121,6 +121,11 @@ class StrategyConfig:
                  "5-fold cross-validation on the training data; sgd trains it with the training loop (train.epochs, lr ...).")
     probe_l2: list = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
                             "values from 1e-6 to 1e2, log-spaced; one value: that strength, no search.")
+    probe_refit: bool = _f(
+        True, "lbfgs linear_probe: once scored on the validation split hftl held out of the training data, solve the "
+              "head again on training + validation examples with the chosen L2 (every label used, as scikit-learn's "
+              "refit after a search). The reported metrics stay those of the first fit; a split the data or a study "
+              "gave is never trained on.")
     lora_r: int = _f(8, "lora: adapter rank.")
     lora_alpha: int = _f(16, "lora: scaling numerator (scale = alpha / r).")
     lora_dropout: float = _f(0.0, "lora: dropout on the adapter input.")

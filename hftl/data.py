@@ -45,6 +45,7 @@ class LabelledData:
     fingerprint: str
     skipped: dict = field(default_factory=dict)  # reason -> count, e.g. {"corrupt image": 2}
     regression: bool = False  # float labels; label_names then holds the one output's name
+    carved: bool = False  # the validation split was held out by hftl from the training data (not given with it)
 
     def summary(self) -> str:
         skipped = f", skipped {self.skipped}" if self.skipped else ""
@@ -433,11 +434,13 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
         if validation is not None:
             validation, _ = _keep_classes(validation, names, cfg.classes)
         names = kept
+    carved = False
     if validation is None and whole:
         train, validation = full, full
     elif validation is None:
         train_idx, val_idx = stratified_split(full["label"], cfg.validation_fraction, seed)
         train, validation = full.select(train_idx), full.select(val_idx)
+        carved = True
     else:
         train = full
     train = _subsample(train, cfg.max_train_samples, seed)
@@ -450,7 +453,7 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
         f"|{cfg.label_column}|{regression}|{cfg.image_column}|{cfg.audio_column}|{cfg.text_column}|{cfg.text_pair_column}"
         f"{'|whole' if whole else ''}"
         .encode()).hexdigest()[:24]
-    return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression)
+    return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression, carved)
 
 
 def _check_columns(ds, cfg: DataConfig, task: str) -> None:

@@ -73,6 +73,8 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
                       predictions=setup.predictions, score=setup.score, collate_fn=setup.collate,
                       num_workers=cfg.data.num_workers, run_config=cfg.to_dict())
     metrics = trainer.fit()
+    for method in methods:
+        method.after_fit(setup, trainer)
     if trainer.accelerator.is_main_process:
         facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
         write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},

@@ -94,7 +94,8 @@ def test_two_layer_head_carries_the_solution(width):
 def test_probe_run_is_solved_recorded_and_reloads(tmp_path, pretrained_folder):
     out = tmp_path / "probe"
     result = hftl.train(None, tiny_train_overrides(out, **{"model.id": str(pretrained_folder),
-                                                            "strategy.name": "linear_probe"}))
+                                                            "strategy.name": "linear_probe",
+                                                            "strategy.probe_refit": False}))
     record = json.loads((out / "metrics.json").read_text())
     assert record["epochs_planned"] == 0 and len(record["history"]) == 1  # solved, then scored once
     assert record["probe"]["l2"] in record["probe"]["grid"] and record["probe"]["C"] > 0
@@ -110,6 +111,44 @@ def test_probe_run_is_solved_recorded_and_reloads(tmp_path, pretrained_folder):
     source = load_file(str(pretrained_folder / "model.safetensors"))
     trained = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(trained[k], source[k]) for k in trained if not k.startswith("fc."))  # backbone frozen
+
+
+def test_probe_is_solved_again_on_every_label_when_hftl_held_the_validation_split_out(tmp_path, pretrained_folder):
+    import dataclasses
+
+    from hftl.data import load_labelled_data
+    from hftl.methods.feature_cache import cached_features
+    from hftl.probe import solve_probe
+    from hftl.tasks import get_task_impl
+
+    out = tmp_path / "refit"
+    overrides = tiny_train_overrides(out, **{"model.id": str(pretrained_folder), "strategy.name": "linear_probe"})
+    result = hftl.train(None, overrides)
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["probe"]["refit_examples"] == 96 + 60  # the training and the held-out examples
+    assert "Then solved again with that strength on all 156 labelled examples" in (out / "README.md").read_text()
+    # The saved head is the probe solved on all 156 features at the strength the cross-validation chose.
+    cfg = load_config(None, overrides)
+    model = hftl.load(out)
+    task = get_task_impl("image_classification")
+    data = task.load_data(cfg)
+    train_ds, eval_ds, _ = task.datasets(cfg, model, data)
+    feats = [cached_features(model, ds, data.fingerprint, split, False, fingerprint=model.fingerprint(),
+                             batch_size=16)[:2] for ds, split in ((task.plain_train_dataset(cfg, model, data, train_ds),
+                                                                   "train"), (eval_ds, "validation"))]
+    head = nn.Linear(model.head.in_features, 10)
+    solve_probe(head, torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), grid=[record["probe"]["l2"]])
+    torch.testing.assert_close(model.head.weight, head.weight, atol=1e-4, rtol=1e-3)
+    # Scoring it on the split it has now seen says so; the reported metrics are still the first fit's.
+    scored = hftl.evaluate(out)
+    assert scored["validation_seen_in_training"] is True
+    assert result.metrics == record["final"]
+    # A validation split given with the data (a study's fold, a source's own split) is never trained on.
+    given = dataclasses.replace(load_labelled_data(cfg.data, cfg.task, cfg.train.seed), carved=False)
+    hftl.train(None, tiny_train_overrides(tmp_path / "given", **{"model.id": str(pretrained_folder),
+                                                                  "strategy.name": "linear_probe"}), data=given)
+    assert "refit_examples" not in json.loads((tmp_path / "given" / "metrics.json").read_text())["probe"]
+    assert "validation_seen_in_training" not in hftl.evaluate(tmp_path / "given")
 
 
 def test_lp_ft_starts_from_the_solved_head_and_trains(tmp_path, pretrained_folder, monkeypatch):

@@ -176,6 +176,20 @@ class FeatureCache(Method):
             strategy.probe = solve_heads(cfg, model, probe_train.features, probe_train.labels, setup.data.regression)
             setup.train_cfg = dataclasses.replace(setup.train_cfg, epochs=0)
 
+    def after_fit(self, setup: Setup, trainer) -> None:
+        """Refit a solved probe on training + validation features, when hftl itself held the validation split out."""
+        cfg, probe = setup.cfg, getattr(setup.strategy, "probe", None)
+        if not (cfg.strategy.name == "linear_probe" and probe and cfg.strategy.probe_refit and setup.data.carved):
+            return
+        train, held = setup.train_ds, setup.eval_ds  # FeatureDatasets
+        features, labels = torch.cat([train.features, held.features]), torch.cat([train.labels, held.labels])
+        chosen = {n: [p["l2"]] for n, p in probe["tasks"].items()} if "tasks" in probe else [probe["l2"]]
+        solve_heads(cfg, setup.model, features, labels, setup.data.regression, grid=chosen)
+        for record in probe["tasks"].values() if "tasks" in probe else [probe]:  # what the card says of the head
+            record["refit_examples"] = len(labels)
+        logger.info("probe refitted on %d training + validation examples (l2 chosen before); the reported metrics are "
+                    "the first fit's, on the %d held-out ones", len(labels), len(held))
+
 
 def cached_probe_data(setup: Setup, validation: bool = True):
     """(train, validation) FeatureDatasets of the frozen backbone; ``validation=False``: (train, None)."""
@@ -195,18 +209,23 @@ def cached_probe_data(setup: Setup, validation: bool = True):
     return FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y)
 
 
-def solve_heads(cfg, model, features: torch.Tensor, labels: torch.Tensor, regression: bool) -> dict:
+def solve_heads(cfg, model, features: torch.Tensor, labels: torch.Tensor, regression: bool,
+                grid: list | dict | None = None) -> dict:
     """Solve the model's head(s) on training features (see hftl.probe); multi-task: one probe per task.
+
+    ``grid``: the L2 strengths to choose from (default: ``strategy.probe_l2`` or hftl.probe's grid);
+    multi-task: a grid per task, by name.
 
     Example:
         >>> info = solve_heads(cfg, model, train_features, train_labels, regression=False)  # doctest: +SKIP
     """
     from hftl.probe import DEFAULT_GRID, solve_probe
 
-    grid = list(cfg.strategy.probe_l2) or DEFAULT_GRID
+    grid = grid or list(cfg.strategy.probe_l2) or DEFAULT_GRID
     tasks = getattr(model, "slices", None)
     if tasks:
         heads = [model.multi_head.first, *model.multi_head.others.values()]
-        return {"tasks": {name: solve_probe(head, features, labels[:, i], grid=grid, seed=cfg.train.seed)
+        return {"tasks": {name: solve_probe(head, features, labels[:, i], seed=cfg.train.seed,
+                                            grid=grid[name] if isinstance(grid, dict) else grid)
                           for i, ((name, _), head) in enumerate(zip(tasks, heads))}}
     return solve_probe(model.head, features, labels, regression=regression, grid=grid, seed=cfg.train.seed)
