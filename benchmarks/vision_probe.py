@@ -40,8 +40,9 @@ def main() -> None:
 
     from hftl.backbones import create_model
     from hftl.config import DataConfig, StrategyConfig, TrainConfig
-    from hftl.data import ImageDataset, load_labelled_data
+    from hftl.data import load_labelled_data
     from hftl.features import FeatureDataset, HeadOnly, cached_features
+    from hftl.images import ImageDataset
     from hftl.strategies import get_strategy
     from hftl.trainer import Trainer
 
