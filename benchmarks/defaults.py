@@ -31,7 +31,8 @@ import torch
 
 import hftl
 from hftl.config import DataConfig
-from hftl.data import ImageDataset, load_labelled_data
+from hftl.data import load_labelled_data
+from hftl.images import ImageDataset
 
 
 def make_shapes(root: Path, per_class: int = 60, seed: int = 0) -> Path:

@@ -40,7 +40,8 @@ def main() -> None:
 
     from hftl.backbones import create_model
     from hftl.config import DataConfig, StrategyConfig, TrainConfig
-    from hftl.data import ImageDataset, load_labelled_data
+    from hftl.data import load_labelled_data
+    from hftl.images import ImageDataset
     from hftl.methods.feature_cache import FeatureDataset, HeadOnly, cached_features
     from hftl.methods.strategies import get_strategy
     from hftl.trainer import Trainer

@@ -1,5 +1,8 @@
 """Typed run configuration: dataclasses, loaded from YAML with dotted ``key=value`` overrides.
 
+(Over 500 lines: every key is declared here once, with its type, default and help text, and loading,
+checking and printing the config all read those declarations.)
+
 Every field carries its help text (``hftl train CONFIG --help`` prints it). Unknown keys and values
 of the wrong type are errors that name the key and list what is valid: a typo never silently
 becomes a default.

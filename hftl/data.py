@@ -3,7 +3,8 @@
 Whatever the source, the result is a :class:`LabelledData`: a train and a validation
 ``datasets.Dataset`` with an integer ``label`` column, and the class names (text_regression: a float
 ``label`` column and the target's name). Corrupt image files in
-local folders are skipped and counted at load time (never a crash mid-epoch).
+local folders are skipped and counted at load time (never a crash mid-epoch). Reading image files
+and the torch dataset that decodes them for training are in :mod:`hftl.images`.
 
 Example:
     >>> from hftl.config import DataConfig
@@ -14,24 +15,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hftl.config import DataConfig
 from hftl.errors import DataError
+from hftl.images import _image_folder, _verify_image
 from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -68,47 +65,6 @@ def _digits():
 
 
 BUILTIN = {"digits": _digits}
-
-
-def _verify_image(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:  # verify() misses truncated data; a full decode does not
-            img.load()
-        return True
-    except Exception:
-        return False
-
-
-def _image_folder(root: Path):
-    if not root.is_dir():
-        raise DataError(f"Image folder '{root}' does not exist. Check data.id.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"Image folder '{root}' has no class subfolders. Expected one subfolder per class: "
-            f"{root}/<class_name>/<image files>."
-        )
-    paths, labels, corrupt = [], [], 0
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            if not _verify_image(path):
-                logger.warning("Skipping corrupt image %s", path)
-                corrupt += 1
-                continue
-            paths.append(str(path))
-            labels.append(index)
-    if not paths:
-        raise DataError(
-            f"Image folder '{root}' holds no readable images ({corrupt} corrupt) in its class subfolders "
-            f"({', '.join(classes)}). Supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}."
-        )
-    return paths, labels, classes, corrupt
 
 
 def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
@@ -486,75 +442,3 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str, whole: b
     full, names = _labels_for(full, cfg.label_column, regression)
     fingerprint = _file_fingerprint([str(path)])
     return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression, whole)
-
-
-# ------------------------------------------------------------------------------ torch-side datasets
-
-def to_rgb(image):
-    """An 8-bit RGB copy of any PIL image: 16-bit and float images are scaled, not clipped.
-
-    ``convert("RGB")`` clips a 16-bit PNG (values to 65535) to white and maps a float TIFF (values in
-    0..1) to black; scientific and medical images often come this way.
-
-    Example:
-        >>> to_rgb(Image.open("scan16.png")).mode  # doctest: +SKIP
-        'RGB'
-    """
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        if image.mode == "F":
-            top = 1.0 if np.nanmax(values, initial=0.0) <= 1.0 else 255.0
-        else:  # 16-bit (or 32-bit integer holding 16-bit data, as PIL opens many PNGs)
-            top = 65535.0 if np.nanmax(values, initial=0.0) > 255 else 255.0
-        values = np.nan_to_num(values * (255.0 / top)).clip(0, 255).astype(np.uint8)
-        image = Image.fromarray(values, mode="L")
-    return image.convert("RGB")
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Run a block under its own torch and Python RNG seed, leaving the global states untouched."""
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(state)
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Decodes images and applies a transform whose randomness depends only on (seed, epoch, index).
-
-    That makes augmentation identical whether the run is resumed, the data loader prefetches, or
-    workers are used: the global RNG is never consumed by data loading.
-    """
-
-    def __init__(self, hf_dataset, transform, seed: int = 0, random: bool = True):
-        self.ds = hf_dataset
-        self.transform = transform
-        self.seed = seed
-        self.random = random
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            example = self.ds[int(index)]
-            image = to_rgb(example["image"])
-        except Exception as e:
-            raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
-        if self.random:
-            with seeded_rng(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF):
-                pixels = self.transform(image)
-        else:
-            pixels = self.transform(image)
-        return {"pixel_values": pixels, "labels": int(example["label"])}

@@ -2,9 +2,9 @@
 
 It runs unchanged on a CPU, a GPU or many processes (``accelerate launch``/``torchrun``) and does:
 gradient accumulation derived from the global batch size, clipping, warmup + cosine/linear
-schedule counted in optimizer steps, evaluation each epoch, atomic checkpoints every N steps,
-exact resume, a guard that stops on a NaN/inf loss before the weights are touched, trackers, a
-progress bar and a JSONL log.
+schedule counted in optimizer steps, evaluation each epoch, atomic checkpoints every N steps and
+exact resume (both in :mod:`hftl.checkpoint`), a guard that stops on a NaN/inf loss before the
+weights are touched, trackers, a progress bar and a JSONL log.
 
 Example:
     >>> trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir="outputs/run")  # doctest: +SKIP
@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,17 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hftl.checkpoint import find_checkpoint, last_checkpoint, load_checkpoint, save_checkpoint
 from hftl.config import TrainConfig
-from hftl.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
+from hftl.errors import ConfigError, NonFiniteLossError
 from hftl.metrics import compute_metrics, perplexity
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-# What a checkpoint folder holds (plus random_states_<rank>.pkl, read with weights_only=True).
-CHECKPOINT_FILES = {STATE_FILE, "model.safetensors", "optimizer.bin", "best_model.safetensors"}
-CHECKPOINT_FORMAT = "hftl-checkpoint/3"  # 2: scheduler state in JSON, the run's shape; 3: file checksums
-BEST_FILE = "best_model.safetensors"  # in a checkpoint: the weights of the best epoch so far
 
 
 def classification_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -65,35 +59,6 @@ def make_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
         return 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def find_checkpoint(output_dir: Path, resume: str) -> Path:
-    """The checkpoint to resume from: 'latest' (highest complete step) or one of this output dir's checkpoints.
-
-    Only checkpoints hftl wrote into ``output_dir/checkpoints`` are resumed: a checkpoint folder from
-    elsewhere is untrusted input (Accelerate's state files are pickles), and belongs to another run anyway.
-    """
-    root = output_dir / "checkpoints"
-    if resume != "latest":
-        path = Path(resume)
-        if not path.is_absolute() and not path.exists():
-            path = root / resume
-        if path.resolve().parent != root.resolve():
-            raise CheckpointError(
-                f"train.resume='{resume}' is not a checkpoint of this run: hftl resumes only checkpoints it wrote in "
-                f"'{root}' (train.resume=latest or checkpoint-N). To start from other weights, use model.id or "
-                "model.init_from.")
-        if not (path / STATE_FILE).is_file():
-            raise CheckpointError(f"'{resume}' is not a complete hftl checkpoint (no {STATE_FILE} in it).")
-        return path
-    # Only renamed-into-place folders count: a crash mid-write leaves a .tmp-* folder, never checkpoint-N.
-    complete = [p for p in root.glob("checkpoint-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
-    if not complete:
-        raise CheckpointError(
-            f"train.resume=latest but '{root}' holds no complete checkpoint. Start without train.resume, or "
-            "point it at a checkpoint folder."
-        )
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]))
 
 
 class Trainer:
@@ -438,7 +403,7 @@ class Trainer:
             self._stop(what, epoch)
 
     def _stop(self, what: str, epoch: int) -> NoReturn:
-        last = self._last_checkpoint()
+        last = last_checkpoint(self.output_dir)
         kept = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
         raise NonFiniteLossError(
             f"The {what} became NaN/inf at optimizer step {self.global_step} (epoch {epoch}); the run stopped "
@@ -446,115 +411,26 @@ class Trainer:
             "or check the data for bad values."
         )
 
-    def _last_checkpoint(self) -> Path | None:
-        try:
-            return find_checkpoint(self.output_dir, "latest")
-        except CheckpointError:
-            return None
-
     def _save_checkpoint(self, acc, epoch: int, batches_done: int) -> None:
-        """Write to a temporary folder, then rename into place: a crash never leaves a whole-looking half."""
+        """Checkpoint the run now (hftl.checkpoint.save_checkpoint), after checking the weights are finite."""
         # Never checkpoint weights that already went bad (a finite loss can precede inf weights).
         finite = torch.stack([torch.isfinite(p.detach()).all() for p in acc.unwrap_model(self._prepared).parameters()])
         self._check_finite(acc, finite.float().log(), "weights", epoch)
-        root = self.output_dir / "checkpoints"
-        final = root / f"checkpoint-{self.global_step}"
-        tmp = root / f".tmp-checkpoint-{self.global_step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        try:
-            self._write_checkpoint(acc, epoch, batches_done, tmp, final, root)
-        except (OSError, RuntimeError) as e:  # a full disk, a read-only folder (torch.save: "iostream error")
-            if acc.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written folder holding the space
-            last = self._last_checkpoint()
-            why = getattr(e, "strerror", None) or str(e)[:120]
-            then = f"the run can resume from {last.name} (train.resume=latest)." if last else "no earlier checkpoint exists."
-            raise OutputError(f"Checkpoint {final.name} could not be written to '{root}' ({why}). Free disk space or "
-                              f"choose a writable output_dir; {then}") from e
-        acc.wait_for_everyone()
-
-    def _write_checkpoint(self, acc, epoch: int, batches_done: int, tmp: Path, final: Path, root: Path) -> None:
-        if self.cfg.channels_last:  # safetensors stores contiguous tensors only
-            self._prepared.to(memory_format=torch.contiguous_format)
-        acc.save_state(str(tmp), safe_serialization=True)
-        if self.cfg.channels_last:
-            self._prepared.to(memory_format=torch.channels_last)
-        acc.wait_for_everyone()  # every rank's RNG file is on disk before rank 0 checksums the folder
-        if acc.is_main_process:
-            if self._best_state is not None:  # the best epoch's weights, restored at the end even after a resume
-                from safetensors.torch import save_file
-
-                save_file(self._best_state, str(tmp / BEST_FILE))
-            state = {"format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": epoch,
-                     "batches_done": batches_done, "history": self.history, "run": self._run_shape,
-                     "scheduler": self._scheduler.state_dict(), "files": _digests(tmp)}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            done = sorted((p for p in root.glob("checkpoint-*") if (p / STATE_FILE).is_file()),
-                          key=lambda p: int(p.name.split("-")[-1]))
-            for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+        state = {"global_step": self.global_step, "epoch": epoch, "batches_done": batches_done,
+                 "history": self.history, "run": self._run_shape, "scheduler": self._scheduler.state_dict()}
+        save_checkpoint(acc, self.output_dir, state, model=self._prepared, best_state=self._best_state,
+                        channels_last=self.cfg.channels_last, keep=self.cfg.keep_checkpoints)
 
     def _resume(self, acc, path: Path) -> tuple[int, int]:
-        state = self._checked_state(path)
-        try:  # every piece Accelerate reads here is safetensors or torch.load(weights_only=True)
-            acc.load_state(str(path))
-        except Exception as e:  # a damaged optimizer/RNG file: name the checkpoint, not a deep traceback
-            raise CheckpointError(f"Checkpoint '{path}' could not be read ({type(e).__name__}: {str(e)[:200]}). "
-                                  "Resume from an earlier checkpoint-N, or start without train.resume.") from e
+        """Restore the run from checkpoint ``path`` (verified first); returns (epoch, batches done in it)."""
+        state, best_state = load_checkpoint(acc, path, self._run_shape)
         self._scheduler.load_state_dict(state["scheduler"])
         self.global_step = state["global_step"]
         self.history = state.get("history", [])
-        if (path / BEST_FILE).is_file():
-            from safetensors.torch import load_file
-
-            self._best_state = load_file(str(path / BEST_FILE))
+        if best_state is not None:
+            self._best_state = best_state
         logger.info("Resumed from %s (step %d, epoch %d)", path, self.global_step, state["epoch"])
         return state["epoch"], state["batches_done"]
-
-    def _checked_state(self, path: Path) -> dict:
-        """The checkpoint's state file, after checking hftl wrote it for a run shaped like this one."""
-        try:
-            state = json.loads((path / STATE_FILE).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CheckpointError(f"'{path / STATE_FILE}' is damaged ({e}); resume from an earlier checkpoint-N.") from e
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"'{path}' was not written by this version of hftl (no '{CHECKPOINT_FORMAT}' in "
-                                  f"{STATE_FILE}); start the run again without train.resume.")
-        foreign = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in CHECKPOINT_FILES
-                         and not (p.name.startswith("random_states_") and p.suffix == ".pkl"))
-        if foreign:
-            raise CheckpointError(f"Checkpoint '{path}' holds files hftl never writes ({', '.join(foreign[:3])}); it "
-                                  "is not resumed. Resume from another checkpoint-N, or start without train.resume.")
-        missing = [name for name in ("model.safetensors", "optimizer.bin") if not (path / name).is_file()]
-        missing += [name for name in state["files"] if name not in missing and not (path / name).is_file()]
-        if missing:
-            raise CheckpointError(f"Checkpoint '{path}' is incomplete (no {', '.join(missing)}); resume from an "
-                                  "earlier checkpoint-N, or start without train.resume.")
-        now = _digests(path)
-        changed = [name for name, digest in state["files"].items() if now.get(name) != digest]
-        if changed:  # a truncated or edited file: never resume from weights that are not the ones saved
-            raise CheckpointError(f"Checkpoint '{path}' does not match its checksums ({', '.join(changed[:3])} "
-                                  "changed since it was written); resume from an earlier checkpoint-N, or start "
-                                  "without train.resume.")
-        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
-        try:  # Accelerate would skip an unreadable RNG file with a log line: the resume would then not be exact
-            from accelerate.utils import load as weights_only_load
-
-            weights_only_load(rng)
-        except Exception as e:
-            raise CheckpointError(f"Checkpoint '{path}' could not be read ({rng.name}: {type(e).__name__}). Resume "
-                                  "from an earlier checkpoint-N, or start without train.resume.") from e
-        differs = [f"{k} {v} (now {self._run_shape[k]})" for k, v in (state.get("run") or {}).items()
-                   if k in self._run_shape and v != self._run_shape[k]]
-        if differs:
-            raise CheckpointError(f"Checkpoint '{path}' belongs to a run of another shape: {'; '.join(differs)}. "
-                                  "Resume with the same data and batch settings, or start a new output_dir.")
-        return state
 
     def _log(self, acc, row: dict) -> None:
         if self.cfg.tracker != "none":
@@ -563,21 +439,6 @@ class Trainer:
             if self._log_file is None:  # closed at the end of fit; line-buffered: a killed run keeps every row
                 self._log_file = open(self.output_dir / "log.jsonl", "a", buffering=1)
             self._log_file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    """``{file name: "size:sha256"}`` of a checkpoint folder's files (the state file itself excluded)."""
-    import hashlib
-
-    out = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name != STATE_FILE:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[p.name] = f"{p.stat().st_size}:{h.hexdigest()}"
-    return out
 
 
 # tracker -> (module Accelerate imports, what to install)

@@ -122,3 +122,18 @@ def test_every_folder_of_the_package_is_installed():
     assert set(setuptools["packages"]) == folders | {"hftl.model_cards"}
     assert setuptools["package-dir"] == {"hftl.model_cards": "model_cards"}
     assert (PACKAGE.parent / "model_cards" / "default.md").is_file()
+
+
+MAX_LINES = 500
+
+
+def test_every_module_over_500_lines_says_why():
+    # A module over MAX_LINES lines either splits along a seam or says at the top of its docstring why it
+    # is one module, as "(Over 500 lines: ...)".
+    silent = []
+    for name, path in _modules(PACKAGE).items():
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines > MAX_LINES and f"Over {MAX_LINES} lines" not in (ast.get_docstring(ast.parse(text)) or ""):
+            silent.append(f"{name} ({lines} lines)")
+    assert not silent, "over 500 lines without a reason in the module docstring: " + ", ".join(silent)

@@ -17,7 +17,7 @@ from conftest import launch_two_processes
 from huggingface_hub import ModelCard
 
 import hftl
-from hftl.cards import check_metadata
+from hftl.card_metadata import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 from hftl.tasks.image_captioning import DIGIT_TEMPLATES, DIGIT_WORDS

@@ -10,14 +10,13 @@ from conftest import tiny_train_overrides
 from huggingface_hub import ModelCard, ModelCardData
 
 import hftl
+from hftl.card_metadata import check_metadata, validate_metadata
 from hftl.cards import (
     USAGE_END,
     USAGE_START,
     card_for_repo,
-    check_metadata,
     render_card,
     usage_snippet,
-    validate_metadata,
 )
 from hftl.errors import HubError
 

@@ -9,7 +9,7 @@ from conftest import tiny_train_overrides
 from huggingface_hub import ModelCard
 
 import hftl
-from hftl.cards import check_metadata
+from hftl.card_metadata import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError
 

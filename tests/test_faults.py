@@ -94,7 +94,7 @@ def test_half_written_checkpoint_is_never_picked(tmp_path, uninterrupted):
     broken = out / "checkpoints" / "checkpoint-8"
     shutil.copytree(uninterrupted / "checkpoints" / "checkpoint-8", broken)
     (broken / "trainer_state.json").unlink()
-    from hftl.trainer import find_checkpoint
+    from hftl.checkpoint import find_checkpoint
 
     assert find_checkpoint(out, "latest").name == "checkpoint-4"
 

@@ -3,7 +3,8 @@
 import pytest
 
 from hftl import registry
-from hftl.cards import HUB_METRICS, HUB_PIPELINE_TAGS, render_card
+from hftl.card_metadata import HUB_PIPELINE_TAGS
+from hftl.cards import HUB_METRICS, render_card
 from hftl.config import load_config
 from hftl.errors import ConfigError
 from hftl.metrics import LOWER_IS_BETTER, compute_metrics, metrics_for_task

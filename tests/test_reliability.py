@@ -162,7 +162,7 @@ def test_top_k_must_be_positive(finished, capsys):
 # ------------------------------------------------------------------------------ data
 
 def test_sixteen_bit_and_float_images_keep_their_contrast(tmp_path):
-    from hftl.data import to_rgb
+    from hftl.images import to_rgb
 
     ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     png = tmp_path / "deep.png"

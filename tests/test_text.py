@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard
 import hftl
 import hftl.api
 import hftl.tasks.language_model
-from hftl.cards import check_metadata
+from hftl.card_metadata import check_metadata
 from hftl.cli import main as cli
 from hftl.errors import ConfigError, DataError, ModelNotFoundError
 

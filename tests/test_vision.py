@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import hftl
 from hftl.backbones import create_model
 from hftl.cli import main as cli
-from hftl.data import ImageDataset
+from hftl.images import ImageDataset
 
 
 def _save_digit_pngs(folder: Path, n: int = 3) -> list[Path]:

@@ -40,8 +40,8 @@ from hftl.backbones.hf_common import (
     remote_kwargs,
 )
 from hftl.backbones.hf_text import load_tokenizer
-from hftl.data import to_rgb
 from hftl.errors import ConfigError
+from hftl.images import to_rgb
 from hftl.refs import ModelRef
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"

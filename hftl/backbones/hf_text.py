@@ -1,5 +1,8 @@
 """transformers text models (BERT, RoBERTa, DeBERTa, MiniLM, GPT-2, ...) behind hftl's interface.
 
+(Over 500 lines: one family of adapters on one base class, ``HFTextModel``; the notes below on what
+``forward_features`` returns per architecture cover all of them.)
+
 Two adapters share the tokenizer, the layer grouping and the saving:
 
 - :class:`TextClassifier` wraps ``AutoModelForSequenceClassification`` (regression: one output).

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from hftl.config import Config, DataConfig
-from hftl.data import LabelledData, check_text_file, to_rgb
+from hftl.data import LabelledData, check_text_file
 from hftl.errors import ConfigError, DataError
+from hftl.images import to_rgb
 from hftl.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _table(path: Path, cfg: DataConfig):
     """(image paths, captions, unreadable count) from a CSV / JSON-lines file of paths and captions."""
     import pandas as pd
 
-    from hftl.data import _verify_image
+    from hftl.images import _verify_image
 
     if not path.is_file():
         raise DataError(f"Data file '{path}' does not exist. Check data.id.")

@@ -14,7 +14,7 @@ from hftl.tasks.base import LabelledTask
 
 class ImageClassification(LabelledTask):
     def datasets(self, cfg, model, data, whole: bool = False):
-        from hftl.data import ImageDataset
+        from hftl.images import ImageDataset
 
         train = ImageDataset(data.train, model.transform(train=True, augment=cfg.data.augment), cfg.train.seed,
                              random=cfg.data.augment)
@@ -22,7 +22,7 @@ class ImageClassification(LabelledTask):
         return train, validation, None
 
     def plain_train_dataset(self, cfg, model, data, train_ds):
-        from hftl.data import ImageDataset
+        from hftl.images import ImageDataset
 
         # The eval transform: a random crop per epoch cannot be cached.
         return ImageDataset(data.train, model.transform(train=False), cfg.train.seed, random=False)
@@ -35,7 +35,7 @@ def load_images(paths: list, transform) -> torch.Tensor:
     """Image files (or PIL images), each transformed, as one batch tensor; a missing or unreadable file is a DataError."""
     from PIL import Image
 
-    from hftl.data import to_rgb
+    from hftl.images import to_rgb
 
     images = []
     for p in paths:

@@ -29,8 +29,9 @@ from torch import nn
 
 from hftl.backbones.base import TransferModel
 from hftl.config import Config
-from hftl.data import IMAGE_EXTENSIONS, LabelledData, _verify_image, seeded_rng, to_rgb
+from hftl.data import LabelledData
 from hftl.errors import ConfigError, DataError
+from hftl.images import IMAGE_EXTENSIONS, _verify_image, seeded_rng, to_rgb
 from hftl.tasks.base import Task
 
 logger = logging.getLogger(__name__)
