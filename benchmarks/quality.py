@@ -9,7 +9,9 @@ each arm is run three ways and scored on the same held-out test split:
   (standardised, C or alpha chosen by 5-fold CV) for the probe; a bare PyTorch loop (AdamW + OneCycle,
   a fixed 400 steps, no augmentation) for fine-tuning and scratch;
 - ``hftl``: ``hftl.train`` with nothing set but the model, the data, the strategy and the image size,
-  then ``hftl.evaluate`` on the test split;
+  then ``hftl.evaluate`` on the test split (the solved probe is refitted on every training label once
+  scored on its held-out 20%: ``strategy.probe_refit``; the table shows how many examples the saved
+  model learned from);
 - ``study`` (with ``--study``): ``hftl.run_study`` on the training split (3 folds, each arm's learning
   rate searched on inner splits), then its winning model evaluated on the test split.
 
@@ -21,7 +23,8 @@ so it is not measured here (the probe solver is the same code as for images and 
 Goals (issue 10): probe >= plain - 0.5 points; finetune and scratch >= plain - 1 point; the study's
 winner >= the best plain arm. Each row prints PASS or MISS.
 
-Usage: python benchmarks/quality.py [--families vision,scratch,text,regression] [--study] [--quick]
+Usage: python benchmarks/quality.py [--families vision,scratch,text,regression] [--arms probe,finetune,scratch]
+       [--study] [--quick]
 """
 
 from __future__ import annotations

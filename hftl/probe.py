@@ -46,6 +46,10 @@ DEFAULT_GRID = tuple(float(v) for v in np.logspace(-6, 2, 13))
 SELECTION_FOLDS = 5  # the L2 strength is chosen by k-fold cross-validation on the training features
 HOLDOUT_ABOVE = 20_000  # ... or, above this many examples, on one held-out share of them:
 SELECTION_FRACTION = 0.2
+# L-BFGS iterations per strength (scikit-learn's LogisticRegression stops at 100). Only the weakest strengths
+# on (nearly) separable features need more, and there the optimum lies at infinity anyway: 1000 iterations took
+# 4.4x as long as 300 and chose the same strength with the same held-out scores (120 x 64 random features).
+MAX_ITER = 300
 
 
 def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,7 +62,7 @@ def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 max_iter: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+                 max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS; returns (W of shape (features, classes), b).
 
     ``init`` warm-starts from another strength's solution (the grid is walked from strong to weak).
