@@ -315,7 +315,8 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
     """
     import datasets
 
-    regression = get_task(task).regression
+    spec = get_task(task)  # what the data holds follows the task's modality, not its name
+    regression, modality = spec.regression, spec.modality
     skipped: dict = {}
     validation = None
     source = cfg.id
@@ -329,7 +330,7 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         fingerprint = f"builtin:{name}:v1"
-    elif task == "audio_classification" and (Path(cfg.id).suffix.lower() in (".csv", ".json", ".jsonl")
+    elif modality == "audio" and (Path(cfg.id).suffix.lower() in (".csv", ".json", ".jsonl")
                                              or _is_class_folder(Path(cfg.id))):
         from hftl.audio import audio_folder, is_readable_audio
 
@@ -344,9 +345,9 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
                                           features=datasets.Features({"audio": datasets.Value("string"),
                                                                       "label": datasets.Value("int64")}))
         fingerprint = _file_fingerprint(paths)
-    elif task != "image_classification" and Path(cfg.id).suffix.lower() in (".csv", ".jsonl", ".json", ".txt"):
+    elif modality != "image" and Path(cfg.id).suffix.lower() in (".csv", ".jsonl", ".json", ".txt"):
         return _load_text_table(cfg, Path(cfg.id), seed, task, whole)
-    elif Path(cfg.id).suffix.lower() == ".csv" or (task == "image_classification" and Path(cfg.id).is_dir()):
+    elif Path(cfg.id).suffix.lower() == ".csv" or (modality == "image" and Path(cfg.id).is_dir()):
         path = Path(cfg.id)
         if path.suffix.lower() == ".csv" and not path.is_file():
             raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
@@ -371,11 +372,11 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
             validation, _ = _labels_for(dsdict[val_name], cfg.label_column, regression, names) \
                 if cfg.label_column in dsdict[val_name].column_names else (None, None)
         fingerprint = f"hub:{cfg.id}@{cfg.revision}:{full._fingerprint}"
-        if task == "image_classification" and cfg.image_column != "image":
+        if modality == "image" and cfg.image_column != "image":
             full = full.rename_column(cfg.image_column, "image")
             if validation is not None:
                 validation = validation.rename_column(cfg.image_column, "image")
-        if task == "audio_classification":
+        if modality == "audio":
             full = _encoded_audio(full, cfg.audio_column)
             validation = _encoded_audio(validation, cfg.audio_column) if validation is not None else None
     return _finish(full, validation, names, cfg, seed, source, fingerprint, skipped, regression, whole)
@@ -414,11 +415,12 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
 
 def _check_columns(ds, cfg: DataConfig, task: str) -> None:
     needed = [cfg.label_column]
-    if task == "image_classification":
+    modality = get_task(task).modality
+    if modality == "image":
         needed.append(cfg.image_column)
-    elif task in ("text_classification", "text_regression"):
+    elif modality == "text":
         needed += [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
-    elif task == "audio_classification":
+    elif modality == "audio":
         needed.append(cfg.audio_column)
     for column in needed:
         if column not in ds.column_names:

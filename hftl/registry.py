@@ -1,9 +1,11 @@
 """Tasks and ways to transfer, by name: the one list that config, metrics, cards, studies and the CLI read.
 
 Each task's facts (what it reports, which strategies apply to it, how the Hub names it, which
-transformers class loads it) are one :class:`TaskSpec`, so they cannot disagree from one module to
-the next. A new task's facts are one :func:`register_task` call. This module imports nothing heavy
-(no torch) and sits below ``hftl.config`` in the import graph: config imports it, never the reverse.
+transformers class loads it, which :class:`hftl.tasks.base.Task` runs it) are one :class:`TaskSpec`,
+so they cannot disagree from one module to the next. A new task is its Task subclass plus one
+:func:`register_task` call. This module imports nothing heavy (no torch; a built-in task names its
+class as "module:Class", imported on first use) and sits below ``hftl.config`` in the import graph:
+config imports it, never the reverse.
 
 Example:
     >>> from hftl.registry import get_task
