@@ -17,46 +17,10 @@ from pathlib import Path
 
 from hftl.backbones import TransferModel, create_from_ref, load_output
 from hftl.backbones.hf_common import refuse_remote_code
-from hftl.config import Config
 from hftl.errors import ConfigError, HftlError, ModelNotFoundError
-from hftl.refs import ModelRef, resolve_model
+from hftl.refs import resolve_model
 
 META_FILE = "hftl.json"
-
-
-def build_model(cfg: Config, label_names: list[str]) -> tuple[TransferModel, ModelRef]:
-    """The task's model from ``cfg.model``; scratch runs get the same architecture, randomly initialised."""
-    ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle,
-                        arch=cfg.model.arch)
-    pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
-    with refuse_remote_code(ref.describe()):
-        model = create_from_ref(ref, cfg.task, label_names, pretrained=pretrained, **model_kwargs(cfg))
-    if cfg.model.init_from:
-        if cfg.strategy.name == "scratch":
-            raise ConfigError("model.init_from transfers weights; strategy scratch trains from random ones. Drop one.")
-        init_weights_from(model, cfg.model.init_from, cfg.model.init_from_revision)
-    return model, ref
-
-
-def init_weights_from(model: TransferModel, model_id: str, revision: str | None = None) -> None:
-    """Partial / converted weight transfer from another model (hftl.convert); the report goes on the model."""
-    from hftl.convert import transfer_weights
-
-    model.transfer_report = transfer_weights(model.net, model_id, revision, skip=tuple(model.head_parameter_names()))
-
-
-def model_kwargs(cfg: Config) -> dict:
-    """Constructor arguments beyond the reference (recorded in hftl.json so a base can be rebuilt)."""
-    extra = dict(cfg.model.kwargs)
-    if cfg.task == "image_classification":
-        extra["image_size"] = cfg.data.image_size
-    else:
-        extra["trust_remote_code"] = cfg.model.trust_remote_code
-    if cfg.task in ("text_classification", "text_regression") and cfg.model.pooling != "auto":
-        extra["pooling"] = cfg.model.pooling
-    if cfg.task == "image_captioning" and cfg.model.decoder_id:
-        extra.update(decoder_id=cfg.model.decoder_id, decoder_revision=cfg.model.decoder_revision)
-    return extra
 
 
 def save_output(model: TransferModel, folder: str | Path, meta: dict, merge_lora: bool = False) -> None:
@@ -186,6 +150,8 @@ def _load_adapter(folder: Path, meta: dict, trust_remote_code: bool, allow_pickl
     base = create_from_ref(ref, meta["task"], meta["label_names"], pretrained=meta.get("base_pretrained", True),
                            **kwargs)
     if meta.get("init_from"):  # the adapter was trained on these transferred weights: rebuild them first
+        from hftl.tasks.base import init_weights_from
+
         init_weights_from(base, meta["init_from"]["id"], meta["init_from"].get("revision"))
     base.net = PeftModel.from_pretrained(base.net, str(folder))
     if hasattr(base, "restore_settings"):  # preprocessing the run recorded (text: truncation length)

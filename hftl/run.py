@@ -27,7 +27,7 @@ import torch
 
 from hftl.config import Config, redact_secrets, to_yaml
 from hftl.data import LabelledData
-from hftl.model import is_peft, model_kwargs, save_output
+from hftl.model import is_peft, save_output
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,7 @@ def _move_into_place(staging: Path, final: Path) -> None:
 def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
                    extra_info: dict | None, methods, out: Path, name: str) -> None:
     from hftl.cards import render_card
+    from hftl.tasks import get_task_impl
 
     meta = {
         "task": cfg.task,
@@ -185,7 +186,8 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "base_commit": ref.path.name if ref.source == "hub" and ref.path is not None else None,
         "base_source": ref.source,
         "base_pretrained": ref.source != "arch" and cfg.model.pretrained and cfg.strategy.name != "scratch",
-        "model_kwargs": redact_secrets(model_kwargs(cfg)),  # a token given as a kwarg is never written
+        # A token given as a kwarg is never written.
+        "model_kwargs": redact_secrets(get_task_impl(cfg.task).model_kwargs(cfg)),
         "strategy": cfg.strategy.name,
         "library": model.library,
         "init_from": {"id": cfg.model.init_from, "revision": cfg.model.init_from_revision} if cfg.model.init_from

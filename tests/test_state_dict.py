@@ -82,7 +82,9 @@ def test_state_dict_as_init_from_and_nested_checkpoint(timm_pth, tmp_path):
     wrapped = tmp_path / "ckpt.pt"
     torch.save({"state_dict": source.state_dict(), "epoch": 3}, wrapped)
     model = create_model("timm:test_resnet", ["a", "b"], image_size=32)
-    hftl.model.init_weights_from(model, str(wrapped))
+    from hftl.tasks.base import init_weights_from
+
+    init_weights_from(model, str(wrapped))
     torch.testing.assert_close(model.net.conv1[0].weight, source.conv1[0].weight)
     assert model.transfer_report.kept == ["fc.weight", "fc.bias"]  # init_from never fills the new head
 

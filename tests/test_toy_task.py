@@ -1,7 +1,7 @@
 """A task that hftl does not ship, added from this file alone: one Task subclass and one registry entry.
 
-The toy task reads a format no built-in task reads (tab-separated ``label<TAB>text`` lines), builds
-its own model, trains with its own loss (label-smoothed cross-entropy) and adds its own row to the
+The toy task reads a format no built-in task reads (tab-separated ``label<TAB>text`` lines), picks
+the backbone adapter its model is built with, trains with its own loss (label-smoothed cross-entropy) and adds its own row to the
 card. Through the public API it trains, evaluates, predicts and writes a card, with no change to
 library code: the proof that the Task interface holds what a task needs.
 """
@@ -45,12 +45,10 @@ class TsvIntent(LabelledTask):
         train, validation = (full, full) if whole else (full.select(range(cut)), full.select(range(cut, len(full))))
         return LabelledData(train, validation, names, f"tsv:{cfg.data.id}", f"tsv:{cfg.data.id}:{len(full)}")
 
-    def build_model(self, cfg, data):
-        from hftl.backbones import create_from_ref
-        from hftl.refs import resolve_model
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.hf_text import TextClassifier
 
-        ref = resolve_model(cfg.model.id)  # a text encoder with a new head: the text classifier's adapter
-        return create_from_ref(ref, "text_classification", list(data.label_names)), ref
+        return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)  # an encoder, a new head
 
     def datasets(self, cfg, model, data, whole=False):
         return build_text_datasets(cfg, model, data)

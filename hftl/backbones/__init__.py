@@ -17,49 +17,14 @@ __all__ = ["TransferModel", "create_model", "create_from_ref"]
 
 
 def create_from_ref(ref: ModelRef, task: str, label_names: list[str], *, pretrained: bool = True,
-                    image_size: int | None = None, **kwargs) -> TransferModel:
-    """Build the task's model from a resolved reference, with its head sized to ``label_names``."""
-    if task == "image_classification":
-        if ref.library != "timm":
-            raise ConfigError(
-                f"image_classification reads timm models; '{ref.describe()}' is a {ref.library} model. "
-                "Use a timm id (timm/resnet18.a1_in1k) or timm:<architecture>."
-            )
-        from hftl.backbones.timm_vision import TimmModel
+                    **kwargs) -> TransferModel:
+    """Build the task's model from a resolved reference, with its head sized to ``label_names``.
 
-        return TimmModel.create(ref, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
-    if task in ("text_classification", "text_regression", "causal_lm", "masked_lm"):
-        if ref.library != "transformers":
-            hint = " (a LoRA output: train from its merged/ folder, strategy.merge_lora=true)" \
-                if ref.library == "peft" else ""
-            raise ConfigError(
-                f"{task} reads transformers models; '{ref.describe()}' is a {ref.library} model{hint}. Use a Hub "
-                "id (FacebookAI/roberta-base), a save_pretrained folder or python-package:<module>/<folder>."
-            )
-        from hftl.backbones.hf_text import LanguageModel, TextClassifier
+    Which adapter builds it is the task's to say (``Task.create_model`` in hftl.tasks).
+    """
+    from hftl.tasks import get_task_impl
 
-        if task == "text_classification":
-            return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
-        if task == "text_regression":
-            return TextClassifier.create(ref, label_names, pretrained=pretrained, problem_type="regression", **kwargs)
-        return LanguageModel.create(ref, task, pretrained=pretrained, **kwargs)
-    if task == "audio_classification":
-        if ref.library != "transformers":
-            raise ConfigError(f"audio_classification reads transformers audio models; '{ref.describe()}' is a "
-                              f"{ref.library} model. Use a Hub id (facebook/wav2vec2-base, MIT/ast-finetuned-"
-                              "audioset-10-10-0.4593, openai/whisper-tiny) or a save_pretrained folder.")
-        from hftl.backbones.hf_audio import AudioClassifier
-
-        return AudioClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
-    if task == "image_captioning":
-        if ref.library != "transformers":
-            raise ConfigError(f"image_captioning joins a transformers vision encoder to a text decoder; "
-                              f"'{ref.describe()}' is a {ref.library} model. Use e.g. "
-                              "google/vit-base-patch16-224-in21k with model.decoder_id=openai-community/gpt2.")
-        from hftl.backbones.hf_captioning import ImageCaptioner
-
-        return ImageCaptioner.create(ref, pretrained=pretrained, **kwargs)
-    raise ConfigError(f"No backbone adapter for task '{task}' yet.")
+    return get_task_impl(task).create_model(ref, label_names, pretrained=pretrained, **kwargs)
 
 
 def create_model(model_id: str, label_names: list[str], *, task: str = "image_classification",
@@ -67,7 +32,9 @@ def create_model(model_id: str, label_names: list[str], *, task: str = "image_cl
                  image_size: int | None = None, arch: str | None = None, **kwargs) -> TransferModel:
     """Resolve ``model_id`` (Hub id, folder, ``timm:<arch>``, or a state_dict file with ``arch``) and build the task's model."""
     ref = resolve_model(model_id, revision=revision, allow_pickle=allow_pickle, arch=arch)
-    return create_from_ref(ref, task, label_names, pretrained=pretrained, image_size=image_size, **kwargs)
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return create_from_ref(ref, task, label_names, pretrained=pretrained, **kwargs)
 
 
 def load_output(folder: str | Path, trust_remote_code: bool = False) -> TransferModel:

@@ -9,10 +9,18 @@ Example:
 
 from __future__ import annotations
 
-from hftl.tasks.base import LabelledTask
+from hftl.tasks.base import LabelledTask, library_error
 
 
 class AudioClassification(LabelledTask):
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.hf_audio import AudioClassifier
+
+        if ref.library != "transformers":
+            raise library_error(self.name, ref, "transformers audio", "a Hub id (facebook/wav2vec2-base, "
+                                "MIT/ast-finetuned-audioset-10-10-0.4593, openai/whisper-tiny) or a save_pretrained folder")
+        return AudioClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
+
     def datasets(self, cfg, model, data, whole: bool = False):
         from hftl.audio import build_audio_datasets
 

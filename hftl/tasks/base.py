@@ -63,10 +63,32 @@ class Task:
         raise NotImplementedError(f"Task '{self.name}' does not say how to load its data (load_data).")
 
     def build_model(self, cfg: Config, data):
-        """The model and its resolved reference; by default the backbone adapter for this task's name."""
-        from hftl.model import build_model
+        """The model from ``cfg.model`` and its resolved reference; scratch runs get the same architecture,
+        randomly initialised; ``model.init_from`` then transfers weights into it."""
+        from hftl.backbones.hf_common import refuse_remote_code
+        from hftl.refs import resolve_model
 
-        return build_model(cfg, list(data.label_names))
+        ref = resolve_model(cfg.model.id, revision=cfg.model.revision, allow_pickle=cfg.model.allow_pickle,
+                            arch=cfg.model.arch)
+        pretrained = cfg.model.pretrained and cfg.strategy.name != "scratch"
+        with refuse_remote_code(ref.describe()):
+            model = self.create_model(ref, list(data.label_names), pretrained=pretrained, **self.model_kwargs(cfg))
+        if cfg.model.init_from:
+            if cfg.strategy.name == "scratch":
+                raise ConfigError("model.init_from transfers weights; strategy scratch trains from random ones. "
+                                  "Drop one.")
+            init_weights_from(model, cfg.model.init_from, cfg.model.init_from_revision)
+        return model, ref
+
+    def create_model(self, ref, label_names: list[str], *, pretrained: bool = True, **kwargs):
+        """The backbone adapter's model for this task from a resolved reference, its head sized to ``label_names``
+        (also what rebuilds an adapter's base on loading)."""
+        raise ConfigError(f"Task '{self.name}' has no backbone adapter: its Task must say how to build its model "
+                          "(create_model or build_model).")
+
+    def model_kwargs(self, cfg: Config) -> dict:
+        """Constructor arguments beyond the reference (recorded in hftl.json, so that a base can be rebuilt)."""
+        return {**dict(cfg.model.kwargs), "trust_remote_code": cfg.model.trust_remote_code}
 
     def datasets(self, cfg: Config, model, data, whole: bool = False):
         """(train dataset, evaluation dataset, collate or None)."""
@@ -104,6 +126,19 @@ class Task:
 
     def predict(self, model, inputs: list, top_k: int = 3) -> list:
         raise ConfigError(f"A {self.name} model does not predict with hftl.predict.")
+
+
+def init_weights_from(model, model_id: str, revision: str | None = None) -> None:
+    """Partial / converted weight transfer from another model (hftl.convert); the report goes on the model."""
+    from hftl.convert import transfer_weights
+
+    model.transfer_report = transfer_weights(model.net, model_id, revision, skip=tuple(model.head_parameter_names()))
+
+
+def library_error(task: str, ref, wants: str, examples: str) -> ConfigError:
+    """The one-line error for a model of another library than the task's adapter reads."""
+    hint = " (a LoRA output: train from its merged/ folder, strategy.merge_lora=true)" if ref.library == "peft" else ""
+    return ConfigError(f"{task} reads {wants} models; '{ref.describe()}' is a {ref.library} model{hint}. Use {examples}.")
 
 
 class LabelledTask(Task):

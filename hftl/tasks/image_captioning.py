@@ -193,6 +193,21 @@ class ImageCaptioning(Task):
     """Strategies: finetune (with layer_decay), partial (``frozen_groups`` counts from the encoder's
     input: freeze the image encoder, train the decoder), lora, scratch."""
 
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.hf_captioning import ImageCaptioner
+
+        if ref.library != "transformers":
+            raise ConfigError(f"image_captioning joins a transformers vision encoder to a text decoder; "
+                              f"'{ref.describe()}' is a {ref.library} model. Use e.g. "
+                              "google/vit-base-patch16-224-in21k with model.decoder_id=openai-community/gpt2.")
+        return ImageCaptioner.create(ref, pretrained=pretrained, **kwargs)
+
+    def model_kwargs(self, cfg: Config) -> dict:
+        extra = super().model_kwargs(cfg)
+        if cfg.model.decoder_id:
+            extra.update(decoder_id=cfg.model.decoder_id, decoder_revision=cfg.model.decoder_revision)
+        return extra
+
     def load_data(self, cfg: Config, whole: bool = False) -> LabelledData:
         data = load_caption_data(cfg.data, cfg.train.seed)
         logger.info("Captions: %s, %d train / %d validation pairs", data.source, len(data.train), len(data.validation))

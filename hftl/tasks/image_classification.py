@@ -9,10 +9,20 @@ from __future__ import annotations
 import torch
 
 from hftl.errors import DataError
-from hftl.tasks.base import LabelledTask
+from hftl.tasks.base import LabelledTask, library_error
 
 
 class ImageClassification(LabelledTask):
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.timm_vision import TimmModel
+
+        if ref.library != "timm":
+            raise library_error(self.name, ref, "timm", "a timm id (timm/resnet18.a1_in1k) or timm:<architecture>")
+        return TimmModel.create(ref, label_names, pretrained=pretrained, **kwargs)
+
+    def model_kwargs(self, cfg) -> dict:
+        return {**dict(cfg.model.kwargs), "image_size": cfg.data.image_size}  # timm runs no remote code
+
     def datasets(self, cfg, model, data, whole: bool = False):
         from hftl.images import ImageDataset
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from hftl.config import Config, DataConfig
 from hftl.data import LabelledData
 from hftl.errors import ConfigError, DataError
-from hftl.tasks.base import Task
+from hftl.tasks.base import Task, library_error
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,14 @@ class LanguageModelTask(Task):
     @property
     def causal(self) -> bool:
         return self.name == "causal_lm"
+
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.hf_text import LanguageModel
+
+        if ref.library != "transformers":
+            raise library_error(self.name, ref, "transformers", "a Hub id (openai-community/gpt2), a "
+                                "save_pretrained folder or python-package:<module>/<folder>")
+        return LanguageModel.create(ref, self.name, pretrained=pretrained, **kwargs)
 
     def load_data(self, cfg: Config, whole: bool = False) -> LabelledData:
         return load_corpus(cfg.data)

@@ -16,13 +16,27 @@ import torch
 
 from hftl.config import Config, DataConfig
 from hftl.errors import DataError
-from hftl.tasks.base import LabelledTask
+from hftl.tasks.base import LabelledTask, library_error
 
 logger = logging.getLogger(__name__)
 
 
 class TextClassification(LabelledTask):
     """``text_classification`` and ``text_regression`` (the spec's ``regression`` tells them apart)."""
+
+    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
+        from hftl.backbones.hf_text import TextClassifier
+
+        if ref.library != "transformers":
+            raise library_error(self.name, ref, "transformers", "a Hub id (FacebookAI/roberta-base), a "
+                                "save_pretrained folder or python-package:<module>/<folder>")
+        if self.spec.regression:
+            kwargs["problem_type"] = "regression"
+        return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
+
+    def model_kwargs(self, cfg) -> dict:
+        extra = super().model_kwargs(cfg)
+        return {**extra, "pooling": cfg.model.pooling} if cfg.model.pooling != "auto" else extra
 
     def datasets(self, cfg, model, data, whole: bool = False):
         return build_text_datasets(cfg, model, data)
