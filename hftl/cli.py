@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--create-pr", action="store_true")
     pu.add_argument("--merged", action="store_true", help="push a LoRA run's merged model instead of the adapter")
     pu.add_argument("--license", default=None, help="license for the card (a Hub license id, e.g. mit)")
+
+    ex = sub.add_parser("export", help="Export a trained classifier to ONNX, checked against onnxruntime.")
+    ex.add_argument("model", help="output folder of a run")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("--output", default=None, help="the .onnx file to write (default: MODEL/onnx/model.onnx)")
+    ex.add_argument("--opset", type=_positive_int, default=18)
+    _add_trust_flags(ex)
     return p
 
 
@@ -141,6 +148,11 @@ def run(argv: list[str]) -> int:
         from hftl.demo import run_demo
 
         print(run_demo(args.output_dir, quick=args.quick).summary())
+    elif args.command == "export":
+        from hftl.export import export_onnx
+
+        print(export_onnx(args.model, args.output, opset=args.opset, trust_remote_code=args.trust_remote_code,
+                          allow_pickle=args.allow_pickle))
     elif args.command == "push":
         from hftl.hub import push
 

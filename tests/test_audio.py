@@ -122,6 +122,13 @@ def wav2vec2_finetuned(models, clips, tmp_path_factory):
     return hftl.train(None, overrides(models["wav2vec2"], clips, out, **{"train.epochs": 6}))
 
 
+def test_an_audio_classifier_exports_to_onnx(wav2vec2_finetuned, tmp_path):
+    from test_export import check_export
+
+    record = check_export(wav2vec2_finetuned.output_dir, tmp_path)
+    assert record["inputs"]["input_values"][0] == "batch"
+
+
 def test_finetune_learns_pitch_classes(wav2vec2_finetuned):
     history = wav2vec2_finetuned.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -195,6 +195,18 @@ def bert_finetuned(models, review_csv, tmp_path_factory):
     return hftl.train(None, clf_overrides(models["bert"], review_csv, out, **{"strategy.layer_decay": 0.8}))
 
 
+def test_a_text_classifier_and_a_regressor_export_to_onnx(bert_finetuned, regression_run, gpt2_finetuned, tmp_path):
+    from test_export import check_export
+
+    record = check_export(bert_finetuned.output_dir, tmp_path / "clf")
+    assert record["inputs"]["input_ids"] == ["batch", "sequence"]  # both dimensions dynamic
+    check_export(regression_run[0].output_dir, tmp_path / "reg")
+    from hftl.export import export_onnx
+
+    with pytest.raises(ConfigError, match="a causal_lm model cannot be exported yet"):
+        export_onnx(gpt2_finetuned.output_dir)
+
+
 def test_finetune_learns_a_separable_text_task(bert_finetuned):
     history = bert_finetuned.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -26,6 +26,16 @@ class AudioClassification(LabelledTask):
 
         return build_audio_datasets(cfg, model, data)
 
+    def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
+        import torch
+
+        rate, seconds = model.sampling_rate, model.max_duration or 1.0
+        gen = torch.Generator().manual_seed(batch_size)
+        # Clips are fitted to data.max_duration before the feature extractor: the time axis is fixed.
+        waves = [0.1 * torch.randn(int(seconds * rate), generator=gen).numpy() for _ in range(batch_size)]
+        batch = {k: v for k, v in model.encode_audio(waves).items() if isinstance(v, torch.Tensor)}
+        return batch, {k: {0: "batch"} for k in batch}
+
     def encode(self, model, inputs: list) -> dict:
         from hftl.audio import fit_length, read_audio
 

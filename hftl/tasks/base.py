@@ -127,6 +127,11 @@ class Task:
     def predict(self, model, inputs: list, top_k: int = 3) -> list:
         raise ConfigError(f"A {self.name} model does not predict with hftl.predict.")
 
+    def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
+        """(example batch, its dynamic dimensions {input: {axis: name}}) for an ONNX export (hftl.export)."""
+        raise ConfigError(f"ONNX export covers image, text and audio classifiers; a {self.name} model cannot be "
+                          "exported yet.")
+
 
 def init_weights_from(model, model_id: str, revision: str | None = None) -> None:
     """Partial / converted weight transfer from another model (hftl.convert); the report goes on the model."""

@@ -40,6 +40,11 @@ class ImageClassification(LabelledTask):
     def encode(self, model, inputs: list) -> dict:
         return {"pixel_values": load_images(inputs, model.transform(train=False))}
 
+    def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
+        size = model.data_config()["input_size"]  # what the eval transform makes: (3, H, W)
+        gen = torch.Generator().manual_seed(batch_size)
+        return {"pixel_values": torch.randn(batch_size, *size, generator=gen)}, {"pixel_values": {0: "batch"}}
+
 
 def load_images(paths: list, transform) -> torch.Tensor:
     """Image files (or PIL images), each transformed, as one batch tensor; a missing or unreadable file is a DataError."""

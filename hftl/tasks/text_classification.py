@@ -44,6 +44,12 @@ class TextClassification(LabelledTask):
     def encode(self, model, inputs: list) -> dict:
         return model.encode_texts([str(t) for t in inputs])
 
+    def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
+        words = "a short example text that the exported model reads".split()
+        batch = model.encode_texts([" ".join(words[: 3 + 2 * i]) for i in range(batch_size)])
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return batch, {k: {0: "batch", 1: "sequence"} for k in batch}
+
 
 class TextDataset(torch.utils.data.Dataset):
     """Tokenized texts (or pairs) with their labels; ``collate`` pads each batch to its longest row.
