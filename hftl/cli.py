@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--merged", action="store_true", help="push a LoRA run's merged model instead of the adapter")
     pu.add_argument("--license", default=None, help="license for the card (a Hub license id, e.g. mit)")
 
+    rk = sub.add_parser("rank", help="Score candidate backbones on a config's training data (LogME, LEEP, NCE, "
+                                     "H-score, k-NN) before training any of them.")
+    rk.add_argument("config", nargs="?", help="YAML config naming the task and data (model.id is replaced)")
+    rk.add_argument("overrides", nargs="*")
+    rk.add_argument("--candidates", nargs="+", required=True, help="model ids to score")
+
     ex = sub.add_parser("export", help="Export a trained classifier to ONNX, checked against onnxruntime.")
     ex.add_argument("model", help="output folder of a run")
     ex.add_argument("--format", default="onnx", choices=["onnx"])
@@ -148,6 +154,12 @@ def run(argv: list[str]) -> int:
         from hftl.demo import run_demo
 
         print(run_demo(args.output_dir, quick=args.quick).summary())
+    elif args.command == "rank":
+        from hftl.transferability import rank, rank_table
+
+        rows = rank(args.config, args.candidates, args.overrides)
+        print(rank_table(rows))
+        print(f"\nRecommended (highest LogME): {rows[0]['candidate']}")
     elif args.command == "export":
         from hftl.export import export_onnx
 
