@@ -121,14 +121,20 @@ def transfer_partial(source, target) -> dict:
     """
     src, dst = source.policy.state_dict(), target.policy.state_dict()
     copied, skipped, fresh = [], [], []
-    for name, tensor in dst.items():
-        if name.startswith(HEADS):
-            fresh.append(name)
-        elif name in src and src[name].shape == tensor.shape:
-            tensor.copy_(src[name])  # state_dict tensors share storage with the parameters
-            copied.append(name)
+    # A layer moves as a whole: the bias of a first layer whose weight does not fit (another observation size)
+    # would be meaningless next to a fresh weight.
+    layers: dict[str, list[str]] = {}
+    for name in dst:
+        layers.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    for names in layers.values():
+        if names[0].startswith(HEADS):
+            fresh += names
+        elif all(n in src and src[n].shape == dst[n].shape for n in names):
+            for n in names:
+                dst[n].copy_(src[n])  # state_dict tensors share storage with the parameters
+            copied += names
         else:
-            skipped.append(name)
+            skipped += names
     if not copied:
         raise ConfigError(f"Partial transfer found no trunk layer of the same shape{_space_note(source, target)}: "
                           "nothing would transfer. Compare the ppo.net_arch of the source and the target.")
