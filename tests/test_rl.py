@@ -300,15 +300,15 @@ def study(tmp_path_factory):
     cfg = tiny_study(out, arms=["scratch", "parameter", "partial", "policy",
                                 {"name": "policy_explore", "kind": "policy", "ent_coef": 0.02},
                                 {"name": "distill", "kind": "distill", "distill_steps": 256, "distill_rounds": 2,
-                                 "distill_epochs": 2, "net_arch": [8]}])
+                                 "distill_epochs": 2, "net_arch": [8]}, "multitask"])
     return cfg, run_rl_study(cfg)
 
 
 def test_every_arm_runs_and_the_report_has_every_measure(study):
     cfg, report = study
     out = report.output_dir
-    assert report.arms == ["scratch", "parameter", "partial", "policy", "policy_explore", "distill"]
-    assert report.trained == 1 + 6 * 2
+    assert report.arms == ["scratch", "parameter", "partial", "policy", "policy_explore", "distill", "multitask"]
+    assert report.trained == 1 + 7 * 2
     data = json.loads((out / "study.json").read_text())
     for arm in report.arms:
         for r in data["runs"][arm]:
@@ -325,6 +325,19 @@ def test_every_arm_runs_and_the_report_has_every_measure(study):
     assert "| parameter | parameter |" in md and "steps to threshold" in md and "learning_curves.png" in md
     assert (out / "learning_curves.png").stat().st_size > 1000
     assert "policy_explore" in report.summary()
+    mt = data["runs"]["multitask"][0]["multitask"]
+    assert mt["variants"] == [{"id": "CartPole-v1", "physics": {"length": 0.5}},
+                              {"id": "CartPole-v1", "physics": {"length": 0.25}}] and mt["return_on_source"] > 0
+
+
+def test_multitask_env_runs_every_variant():
+    from hftl.rl.agents import make_mixed_vec_env
+
+    vec = make_mixed_vec_env([EnvConfig("CartPole-v1", {"length": 0.5}), EnvConfig("CartPole-v1", {"length": 2.0})],
+                             4, seed=0)
+    assert [e.unwrapped.length for e in vec.envs] == [0.5, 2.0, 0.5, 2.0]
+    with pytest.raises(ConfigError, match="same observation and action spaces"):
+        make_mixed_vec_env([EnvConfig("CartPole-v1"), EnvConfig("Acrobot-v1")], 2, seed=0)
 
 
 def test_a_resumed_study_does_not_retrain_finished_seeds(study, monkeypatch):
@@ -338,7 +351,7 @@ def test_a_resumed_study_does_not_retrain_finished_seeds(study, monkeypatch):
 
     monkeypatch.setattr(runner, "train_arm", no_training)
     again = runner.run_rl_study(cfg)
-    assert again.trained == 0 and again.skipped == 1 + 6 * 2
+    assert again.trained == 0 and again.skipped == 1 + 7 * 2
     assert again.to_dict()["measures"] == first.to_dict()["measures"]
     # a study killed before its last seed: that seed alone is trained on the rerun
     (first.output_dir / "records" / "partial__seed1.json").unlink()

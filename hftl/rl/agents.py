@@ -38,6 +38,32 @@ def make_vec_env(env: EnvConfig, n_envs: int, seed: int):
     return sb3_make_vec_env(env_factory(env), n_envs=n_envs, seed=seed)
 
 
+def make_mixed_vec_env(envs: list[EnvConfig], n_envs: int, seed: int):
+    """One vector env whose ``n_envs`` copies cycle through ``envs`` (multi-task: every variant in every rollout).
+
+    Example:
+        >>> vec = make_mixed_vec_env([EnvConfig("CartPole-v1"), EnvConfig("CartPole-v1", {"length": 1.0})], 8, 0)  # doctest: +SKIP
+    """
+    require()
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from hftl.rl.envs import make_env
+
+    spaces = set()
+    for variant in envs:
+        env = make_env(variant)
+        spaces.add((str(env.observation_space), str(env.action_space)))
+        env.close()
+    if len(spaces) > 1:
+        raise ConfigError(f"Multi-task training needs the same observation and action spaces in every variant; got "
+                          f"{sorted(spaces)}. Use the partial arm for variants whose spaces differ.")
+    order = [envs[i % len(envs)] for i in range(n_envs)]
+    vec = DummyVecEnv([lambda v=v: Monitor(make_env(v)) for v in order])
+    vec.seed(seed)
+    return vec
+
+
 def ppo_kwargs(ppo: PPOConfig, ent_coef: float | None = None, net_arch: list | None = None) -> dict:
     """PPO's constructor arguments from the config (rl_zoo3's ``lin_`` schedules as SB3's LinearSchedule).
 

@@ -32,6 +32,7 @@ A PPO agent (stable-baselines3) trained on **{{ env_text }}**{% if source_text %
 | Arm | {{ arm }}{% if arm_text %}: {{ arm_text }}{% endif %} |
 {% if transfer %}| Weights from the source | {{ transfer.copied|length }} tensors copied{% if transfer.skipped %}; did not fit: {{ transfer.skipped|join(", ") }}{% endif %}{% if transfer.fresh %}; fresh: {{ transfer.fresh|join(", ") }}{% endif %}{% if transfer.optimizer %}; optimizer state too{% endif %} |
 {% endif %}{% if distill %}| Distillation | {{ distill.steps }} target steps over {{ distill.rounds }} DAgger rounds, final KL {{ "%.4f"|format(distill.final_kl) }} |
+{% endif %}{% if multitask %}| Multi-task | trained on {{ multitask.variants|length }} variants at once (half the envs each); mean return {{ "%.1f"|format(multitask.return_on_source) }} on the source variant |
 {% endif %}| Study | {{ study or "none" }} |
 | Seed | {{ seed }} |
 | Target training | {{ timesteps }} environment steps |

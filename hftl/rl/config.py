@@ -22,14 +22,15 @@ from hftl.config import _apply, _f, parse_overrides
 from hftl.errors import ConfigError
 from hftl.rl.envs import EnvConfig, check_env, reward_threshold
 
-ARM_KINDS = ("scratch", "parameter", "partial", "policy", "distill")
+ARM_KINDS = ("scratch", "parameter", "partial", "policy", "distill", "multitask")
 MEASURES = ("jumpstart", "steps", "auc", "final")  # Taylor & Stone (2009); steps: to reach the threshold
 SECTIONS = ("source", "target", "ppo", "study")
 # How each arm's agent starts on the target (report.md and the cards say it so).
 ARM_TEXT = {"scratch": "a fresh PPO agent", "parameter": "all weights of the source agent, fresh optimizer",
             "partial": "shared trunk copied, fresh action and value heads",
             "policy": "the source agent continues as is (weights and optimizer state)",
-            "distill": "a student trained to match the source's actions (DAgger, KL) on target states, then PPO"}
+            "distill": "a student trained to match the source's actions (DAgger, KL) on target states, then PPO",
+            "multitask": "one fresh agent trained on the source and target variants at once (half the envs each)"}
 
 
 @dataclass
@@ -79,8 +80,9 @@ class RLStudySettings:
         ["scratch", "parameter", "partial", "policy"],
         "Arms to compare: scratch, parameter (all weights of the source), partial (shared trunk, fresh action and "
         "value heads), policy (the source agent continues as is, optimizer included), distill (a student matches "
-        "the source's actions on states it visits in the target, then trains with PPO); or mappings {name, kind, "
-        "ent_coef, net_arch, distill_steps, distill_epochs, distill_lr}.")
+        "the source's actions on states it visits in the target, then trains with PPO), multitask (one fresh agent "
+        "trains on source and target variants at once, half the envs each: the budget counts both); or mappings "
+        "{name, kind, ent_coef, net_arch, distill_steps, distill_rounds, distill_epochs, distill_lr}.")
     baseline: str = _f("scratch", "The arm the others are compared with.")
     seeds: int = _f(10, "Independent runs per arm (seed = study.seed + index, the same seeds for every arm).")
     seed: int = _f(0, "First seed.")
@@ -211,6 +213,9 @@ def _validate(cfg: RLStudyConfig) -> None:
         raise ConfigError(f"study.arms ({', '.join(names)}) must hold the baseline '{s.baseline}' and at least one "
                           "transfer arm, e.g. arms: [scratch, parameter, partial, policy].")
     for arm in cfg.arms:
+        if arm.kind == "multitask" and ppo.n_envs < 2:
+            raise ConfigError(f"Arm '{arm.name}' (multitask) needs ppo.n_envs of at least 2: half the envs run each "
+                              "variant.")
         if arm.kind == "distill" and arm.distill_steps >= s.timesteps:
             raise ConfigError(f"Arm '{arm.name}': distill_steps ({arm.distill_steps}) must leave part of "
                               f"study.timesteps ({s.timesteps}) for PPO.")

@@ -75,12 +75,14 @@ def train_arm(cfg: RLStudyConfig, arm: RLArm, source, seed: int):
         >>> curve["steps"][:3]  # doctest: +SKIP
         [0, 1024, 2048]
     """
-    from hftl.rl.agents import TRANSFERS, new_agent
+    from hftl.rl.agents import TRANSFERS, make_mixed_vec_env, new_agent
     from hftl.rl.distill import distill
     from hftl.rl.evaluate import curve_callback, evaluate_policy
 
     s, target = cfg.study, cfg.target_env
-    agent = new_agent(arm_ppo(cfg, arm), target, seed)
+    ppo = arm_ppo(cfg, arm)
+    mixed = make_mixed_vec_env([cfg.source_env, target], ppo.n_envs, seed) if arm.kind == "multitask" else None
+    agent = new_agent(ppo, target, seed, vec_env=mixed)
     info: dict = {}
     if arm.kind in TRANSFERS:
         info["transfer"] = TRANSFERS[arm.kind](source, agent)
@@ -99,6 +101,10 @@ def train_arm(cfg: RLStudyConfig, arm: RLArm, source, seed: int):
                                   arm.distill_lr, batch_size=cfg.ppo.batch_size, seed=seed, on_round=point)
         offset = info["distill"]["steps"]
     agent.learn(s.timesteps - offset, callback=curve_callback(target, s.eval_every, s.eval_episodes, offset, curve))
+    if arm.kind == "multitask":  # one net for both variants: how it does on the other one too
+        info["multitask"] = {"return_on_source": float(np.mean(evaluate_policy(agent.policy, cfg.source_env,
+                                                                                s.eval_episodes))),
+                             "variants": [cfg.source_env.to_dict(), target.to_dict()]}
     return agent, curve, info
 
 
@@ -169,7 +175,7 @@ class _RLStudy:
     def run_key(self, arm: RLArm, seed: int) -> str:
         s = self.s
         return _hash({"arm": arm.to_dict(), "ppo": self.cfg.ppo.to_dict(), "target": self.cfg.target_env.to_dict(),
-                      "source": self.key if arm.kind != "scratch" else None, "seed": seed,
+                      "source": self.key if arm.kind not in ("scratch", "multitask") else None, "seed": seed,
                       "timesteps": s.timesteps, "eval_every": s.eval_every, "eval_episodes": s.eval_episodes})
 
     def run_seed(self, arm: RLArm, k: int, source) -> dict:
@@ -189,7 +195,7 @@ class _RLStudy:
         folder = self.out / "runs" / arm.name / f"seed{k}"
         save_agent(folder, agent, {
             "env": self.cfg.target_env.to_dict(), "ppo": arm_ppo(self.cfg, arm).to_dict(), "arm": arm.name,
-            "arm_text": ARM_TEXT[arm.kind], "source_env": None if arm.kind == "scratch" else
+            "arm_text": ARM_TEXT[arm.kind], "source_env": None if arm.kind in ("scratch", "multitask") else
             self.cfg.source_env.to_dict(), "study": self.name, "seed": seed, "timesteps": curve["steps"][-1],
             "mean_reward": curve["returns"][-1], "std_reward": curve["std"][-1], "episodes": self.s.eval_episodes,
             "hardware": _hardware(), "train_seconds": seconds, **info})
