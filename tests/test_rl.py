@@ -288,6 +288,8 @@ def test_a_target_the_source_already_solves_is_flagged():
     assert report.source_solves_target and "already solves the target" in report.warnings()[0]
     report.source = {"return_on_target": 20.0}
     assert not report.warnings()
+    report.summaries = {"scratch": {"steps": summarise("steps", [None, None])}}  # a threshold no arm reaches
+    assert report.nobody_solved and "No arm reached the threshold 475" in report.warnings()[0]
 
 
 # --------------------------------------------------------------------------------------- the study
