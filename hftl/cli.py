@@ -49,9 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=40)
     g.add_argument("--temperature", type=float, default=0.0)
 
-    s = sub.add_parser("study", help="Cross-validated transfer-vs-scratch study.")
+    s = sub.add_parser("study", help="Cross-validated transfer-vs-scratch study (an RL config runs as rl-study).")
     s.add_argument("config")
     s.add_argument("overrides", nargs="*")
+
+    rs = sub.add_parser("rl-study", help="RL transfer study: arms x seeds on a target environment (hftl[rl]).")
+    rs.add_argument("config", help="RL study YAML (recipes/configs/rl/...)")
+    rs.add_argument("overrides", nargs="*", help="e.g. study.seeds=3 target.physics.length=0.25")
+
+    re_ = sub.add_parser("rl-eval", help="Mean return of a saved RL agent over N episodes (hftl[rl]).")
+    re_.add_argument("agent", help="an agent folder written by hftl (or, with --allow-pickle, an SB3 .zip)")
+    re_.add_argument("overrides", nargs="*", help="env=CartPole-v1 physics.length=1.0 episodes=20 seed=0")
+    re_.add_argument("--allow-pickle", action="store_true",
+                     help="allow reading an SB3 .zip, which is a pickle and can run code when loaded")
 
     d = sub.add_parser("demo", help="The embedded demo: transfer vs scratch on images and text, offline.")
     d.add_argument("--output-dir", default="outputs/demo")
@@ -108,6 +118,8 @@ def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [args.config, *args.overrides], None  # no config file, only overrides
+    if args.command == "study" and _is_rl_study(args.config):
+        args.command = "rl-study"  # one `hftl study` for both kinds: the config says which
     if args.command == "train":
         from hftl.config import help_text, load_config
 
@@ -150,6 +162,14 @@ def run(argv: list[str]) -> int:
 
         report = run_study(args.config, args.overrides)
         print(report.summary())
+    elif args.command == "rl-study":
+        from hftl.rl.runner import run_rl_study
+
+        print(run_rl_study(args.config, args.overrides).summary())
+    elif args.command == "rl-eval":
+        from hftl.rl.evaluate import eval_command
+
+        print(json.dumps(eval_command(args.agent, args.overrides, allow_pickle=args.allow_pickle), indent=2))
     elif args.command == "demo":
         from hftl.demo import run_demo
 
@@ -171,6 +191,18 @@ def run(argv: list[str]) -> int:
         print(push(args.model, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
                    merged=args.merged, license=args.license))
     return 0
+
+
+def _is_rl_study(config: str | None) -> bool:
+    """Whether a study YAML is an RL study (hftl.rl.config.is_rl_config); a missing file is study's error."""
+    from pathlib import Path
+
+    if not config or not Path(config).is_file():
+        return False
+    from hftl.config import read_yaml
+    from hftl.rl.config import is_rl_config
+
+    return is_rl_config(read_yaml(Path(config)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,13 @@ ALL_YAMLS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
 def test_every_shipped_yaml_loads(path):
     """litgpt's rule: every YAML in the repo is validated against the code that reads it."""
     raw = yaml.safe_load(path.read_text())
-    if "study" in raw:  # study configs are checked by their own loader
+    from hftl.rl.config import is_rl_config
+
+    if is_rl_config(raw):  # RL studies (source/target/ppo sections) have their own loader, which asks gymnasium
+        from hftl.rl.config import load_rl_study_config
+
+        load_rl_study_config(path)
+    elif "study" in raw:  # study configs are checked by their own loader
         from hftl.study import load_study_config
 
         load_study_config(path)
