@@ -224,6 +224,8 @@ def test_bad_input_is_one_clear_line(pretrained, tiny_mae, tmp_path, capsys):
         hftl.train(None, mae(tiny_mae, tmp_path / "s", **{"data.image_size": 36}))
     with pytest.raises(ConfigError, match="data.image_size 8 is smaller than the model's patch size 16"):
         hftl.train(None, mae(tiny_mae, tmp_path / "s", **{"data.image_size": 8, "model.kwargs": "{patch_size: 16}"}))
+    with pytest.raises(ConfigError, match="'decodr_hidden_size' is not a ViTMAE config field"):
+        hftl.train(None, mae(tiny_mae, tmp_path / "k", **{"model.kwargs": "{decodr_hidden_size: 16}"}))
     with pytest.raises(ConfigError, match="masked_image reads transformers ViT / ViTMAE models; 'timm:resnet18"):
         hftl.train(None, mae("timm:resnet18", tmp_path / "t"))
     with pytest.raises(ConfigError, match="strategy lora does not apply to masked_image"):

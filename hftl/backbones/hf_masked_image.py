@@ -82,6 +82,9 @@ def mae_config(source: Path, model_type: str, image_size: int | None, mask_ratio
         vit = ViTConfig.from_pretrained(str(source))
         config = ViTMAEConfig(**{k: getattr(vit, k) for k in ENCODER_FIELDS})
     for key, value in {**overrides, "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss}.items():
+        if not hasattr(config, key):  # a config takes any attribute: a typo would otherwise change nothing
+            raise ConfigError(f"model.kwargs: '{key}' is not a ViTMAE config field (e.g. hidden_size, "
+                              "decoder_hidden_size, decoder_num_hidden_layers, patch_size).")
         setattr(config, key, value)
     config.image_size = image_size or config.image_size
     check_patches(config)
