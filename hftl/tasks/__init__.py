@@ -5,7 +5,8 @@
 - ``audio_classification``: transformers audio encoders on clips;
 - ``language_model``: ``causal_lm`` and ``masked_lm`` on documents packed into blocks;
 - ``image_captioning``: a vision encoder joined to a text decoder;
-- ``simclr``: contrastive self-supervised pretraining of an image encoder.
+- ``simclr``: contrastive self-supervised pretraining of an image encoder;
+- ``masked_image``: self-supervised pretraining of a ViT encoder by inpainting (MAE).
 
 A new task is a Task subclass plus a :func:`hftl.registry.register_task` entry naming it
 (``implementation=``); config validation, metrics, cards, studies and the CLI then accept it.
