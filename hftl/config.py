@@ -217,8 +217,9 @@ class Config:
         "image_classification",
         "image_classification, text_classification, text_regression (one real-valued output, MSE loss), "
         "audio_classification, image_captioning (a vision encoder joined to a text decoder), simclr (self-supervised "
-        "pretraining of an image encoder on unlabelled images), causal_lm, or masked_lm (domain-adaptive "
-        "pretraining of an encoder on unlabelled text).",
+        "pretraining of an image encoder on unlabelled images), masked_image (inpainting pretraining of a ViT, "
+        "MAE), causal_lm, masked_lm (domain-adaptive pretraining of an encoder on unlabelled text), or a task "
+        "registered with hftl.registry.register_task.",
     )
     output_dir: str = _f("outputs/run", "Folder for weights, checkpoints, metrics, card and logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "What to start from."})
