@@ -143,3 +143,30 @@ class ImageDataset(torch.utils.data.Dataset):
         else:
             pixels = self.transform(image)
         return {"pixel_values": pixels, "labels": int(example["label"])}
+
+
+class SeededImages(torch.utils.data.Dataset):
+    """Images of a ``datasets.Dataset`` whose random draws depend only on (seed, epoch, index).
+
+    Resumed runs and worker processes then see the same draws; evaluation (``random=False``) keeps
+    epoch 0's. Subclasses draw inside ``seeded_rng(self.draw_seed(index, ...))``.
+    """
+
+    def __init__(self, hf_dataset, transform, seed: int, random: bool = True):
+        self.ds, self.transform, self.seed, self.random, self.epoch = hf_dataset, transform, seed, random, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def image(self, index: int):
+        try:
+            return to_rgb(self.ds[int(index)]["image"])
+        except Exception as e:
+            raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
+
+    def draw_seed(self, index: int, *extra: int) -> int:
+        # Ints only in the tuple: their hash is the same in every process (a str's is salted per process).
+        return hash((self.seed, self.epoch if self.random else 0, int(index), *extra)) & 0x7FFF_FFFF

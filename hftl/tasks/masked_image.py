@@ -32,8 +32,8 @@ import torch
 
 from hftl.config import Config
 from hftl.data import LabelledData
-from hftl.errors import ConfigError, DataError
-from hftl.images import seeded_rng, to_rgb
+from hftl.errors import ConfigError
+from hftl.images import SeededImages, seeded_rng
 from hftl.tasks.base import Task, library_error
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ PNG_SUFFIX = ".inpainting.png"
 MIN_PANEL = 128  # pixels: smaller panels are enlarged (nearest neighbour) so that the patches can be seen
 
 
-class MaskedImages(torch.utils.data.Dataset):
+class MaskedImages(SeededImages):
     """Each image transformed and its mask noise drawn from (seed, epoch, index); evaluation keeps epoch 0's.
 
     Example:
@@ -52,23 +52,12 @@ class MaskedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, hf_dataset, transform, seed: int, num_patches: int, random: bool = True):
-        self.ds, self.transform, self.seed, self.num_patches = hf_dataset, transform, seed, num_patches
-        self.random, self.epoch = random, 0
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(hf_dataset, transform, seed, random)
+        self.num_patches = num_patches
 
     def __getitem__(self, index: int) -> dict:
-        try:
-            image = to_rgb(self.ds[int(index)]["image"])
-        except Exception as e:
-            raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
-        epoch = self.epoch if self.random else 0
-        # Ints only in the tuple: their hash is the same in every process (a str's is salted per process).
-        with seeded_rng(hash((self.seed, epoch, int(index))) & 0x7FFF_FFFF):
+        image = self.image(index)
+        with seeded_rng(self.draw_seed(index)):
             pixels = self.transform(image)
             noise = torch.rand(self.num_patches)  # ViTMAE keeps the patches with the lowest noise
         return {"pixel_values": pixels, "noise": noise, "labels": torch.tensor(0)}

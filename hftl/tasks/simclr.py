@@ -31,7 +31,7 @@ from hftl.backbones.base import TransferModel
 from hftl.config import Config
 from hftl.data import LabelledData
 from hftl.errors import ConfigError, DataError
-from hftl.images import IMAGE_EXTENSIONS, _verify_image, seeded_rng, to_rgb
+from hftl.images import IMAGE_EXTENSIONS, SeededImages, _verify_image, seeded_rng
 from hftl.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -119,27 +119,14 @@ def simclr_transform(data_config: dict):
     ])
 
 
-class TwoViews(torch.utils.data.Dataset):
+class TwoViews(SeededImages):
     """Two augmented views of each image, drawn from (seed, epoch, index, view); evaluation keeps epoch 0's."""
 
-    def __init__(self, hf_dataset, transform, seed: int, random: bool = True):
-        self.ds, self.transform, self.seed, self.random, self.epoch = hf_dataset, transform, seed, random, 0
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __getitem__(self, index: int) -> dict:
-        try:
-            image = to_rgb(self.ds[int(index)]["image"])
-        except Exception as e:
-            raise DataError(f"Example {index} of the data could not be decoded as an image: {e}") from e
-        epoch = self.epoch if self.random else 0
+        image = self.image(index)
         views = []
         for view in (1, 2):
-            with seeded_rng(hash((self.seed, epoch, int(index), view)) & 0x7FFF_FFFF):
+            with seeded_rng(self.draw_seed(index, view)):
                 views.append(self.transform(image))
         return {"view1": views[0], "view2": views[1], "labels": torch.tensor(0)}
 
