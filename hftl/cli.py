@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     rk.add_argument("config", nargs="?", help="YAML config naming the task and data (model.id is replaced)")
     rk.add_argument("overrides", nargs="*")
     rk.add_argument("--candidates", nargs="+", required=True, help="model ids to score")
+    rk.add_argument("--output-dir", default="outputs/rank", help="where rank.md, rank.json and rank.png go")
+    rk.add_argument("--finetune", action="store_true",
+                    help="also fine-tune each candidate (slow) and report Kendall's tau between each score and the "
+                         "fine-tuned validation metric, and the time of a fine-tune against a ranking")
 
     ex = sub.add_parser("export", help="Export a trained classifier to ONNX, checked against onnxruntime.")
     ex.add_argument("model", help="output folder of a run")
@@ -186,11 +190,13 @@ def run(argv: list[str]) -> int:
 
         print(run_demo(args.output_dir, quick=args.quick).summary())
     elif args.command == "rank":
-        from hftl.transferability import rank, rank_table
+        from hftl.transferability import rank, rank_table, write_rank_outputs
 
-        rows = rank(args.config, args.candidates, args.overrides)
+        rows = rank(args.config, args.candidates, args.overrides, finetune=args.finetune, output_dir=args.output_dir)
+        files = write_rank_outputs(rows, args.output_dir)
         print(rank_table(rows))
         print(f"\nRecommended (highest LogME): {rows[0]['candidate']}")
+        print(f"Table, plot and JSON: {files['table']}, {files['plot']}, {files['json']}")
     elif args.command == "export":
         from hftl.export import export_onnx
 

@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -166,12 +168,18 @@ def scores(features: np.ndarray, labels: np.ndarray, source_probs: np.ndarray | 
     return out
 
 
-def rank(config, candidates: list[str], overrides: list[str] | None = None, progress: bool = False) -> list[dict]:
+def rank(config, candidates: list[str], overrides: list[str] | None = None, progress: bool = False, *,
+         data=None, finetune: bool = False, output_dir: str | None = None) -> list[dict]:
     """Score each candidate backbone on the config's labelled training data; best (by LogME) first.
 
     Features come through hftl's feature cache (the frozen backbone, un-augmented inputs, the task's
     preprocessing); a candidate that ships a source classifier (a state_dict package whose classes hftl
     knows, e.g. the ImageNet EfficientNet-Lite0) also gets LEEP and NCE from that head's predictions.
+    ``data`` (a LabelledData) replaces loading the config's data (a study passes its pool this way).
+
+    ``finetune=True`` also fine-tunes each candidate with the config (``strategy.name=finetune``, under
+    ``output_dir/finetune/``) and adds its validation metric and seconds to the row, so the ranking can
+    be checked against what it predicts (:func:`trust`) and its time against a fine-tune's.
 
     Example:
         >>> rows = rank("recipes/configs/image_classification/resnet18_linear_probe.yaml",
@@ -179,12 +187,9 @@ def rank(config, candidates: list[str], overrides: list[str] | None = None, prog
         >>> rows[0]["candidate"]  # doctest: +SKIP
     """
     import copy
-    import time
 
     from hftl.api import as_config
     from hftl.errors import ConfigError
-    from hftl.methods.feature_cache import cached_features
-    from hftl.model import load_classifier
     from hftl.tasks import get_task_impl
 
     base = as_config(config, overrides)
@@ -193,38 +198,158 @@ def rank(config, candidates: list[str], overrides: list[str] | None = None, prog
         raise ConfigError(f"hftl rank scores candidates for classification tasks; task '{base.task}' is not one.")
     if not candidates:
         raise ConfigError("hftl rank needs at least one candidate model id (--candidates ID [ID ...]).")
-    data = task.load_data(base)
+    data = data if data is not None else task.load_data(base)
     rows = []
-    for candidate in candidates:
-        started = time.perf_counter()
+    for i, candidate in enumerate(candidates):
         cfg = copy.deepcopy(base)
         cfg.model.id, cfg.strategy.name, cfg.data.augment = candidate, "linear_probe", False
-        model, _ = task.build_model(cfg, data)
-        model.eval()
-        train_ds, _, _ = task.datasets(cfg, model, data)
-        plain = task.plain_train_dataset(cfg, model, data, train_ds)
-        feats, labels, _ = cached_features(model, plain, data.fingerprint, "train", progress)
-        source = load_classifier(candidate) if task.spec.modality == "image" else None
-        probs = None
-        if source is not None:
-            source_ds, _, _ = task.datasets(cfg, source, data)
-            logits, _, _ = cached_features(source, task.plain_train_dataset(cfg, source, data, source_ds),
-                                           data.fingerprint, "train", progress, output="logits")
-            probs = logits.double().softmax(-1).numpy()
-        row = {"candidate": candidate, **scores(feats.numpy(), labels.numpy(), probs),
-               "features": int(feats.shape[1]), "examples": int(len(labels)),
-               "seconds": round(time.perf_counter() - started, 2)}
+        row = _score_candidate(task, cfg, data, progress)
+        if finetune:
+            tuned = copy.deepcopy(base)
+            tuned.model.id, tuned.strategy.name = candidate, "finetune"
+            tuned.output_dir = str(Path(output_dir or base.output_dir) / "finetune" / f"{i}_{_safe(candidate)}")
+            row.update(_finetune(tuned, data))
         rows.append(row)
     return sorted(rows, key=lambda r: -r["logme"])
 
 
+def _score_candidate(task, cfg, data, progress: bool) -> dict:
+    """One candidate's row: every score on its frozen features of the training split, and the seconds taken."""
+    import time
+
+    from hftl.methods.feature_cache import cached_features
+    from hftl.model import load_classifier
+
+    started = time.perf_counter()
+    model, _ = task.build_model(cfg, data)
+    model.eval()
+    train_ds, _, _ = task.datasets(cfg, model, data)
+    plain = task.plain_train_dataset(cfg, model, data, train_ds)
+    feats, labels, _ = cached_features(model, plain, data.fingerprint, "train", progress)
+    source = load_classifier(cfg.model.id) if task.spec.modality == "image" else None
+    probs = None
+    if source is not None:
+        source_ds, _, _ = task.datasets(cfg, source, data)
+        logits, _, _ = cached_features(source, task.plain_train_dataset(cfg, source, data, source_ds),
+                                       data.fingerprint, "train", progress, output="logits")
+        probs = logits.double().softmax(-1).numpy()
+    return {"candidate": cfg.model.id, **scores(feats.numpy(), labels.numpy(), probs),
+            "features": int(feats.shape[1]), "examples": int(len(labels)),
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _finetune(cfg, data) -> dict:
+    """Fine-tune one candidate as the config says: its validation metric and the seconds it took."""
+    import time
+
+    from hftl.api import train
+
+    started = time.perf_counter()
+    result = train(cfg, data=data)
+    metric = cfg.train.metric
+    return {"finetune_metric": metric, "finetuned": float(result.metrics[metric]),
+            "finetune_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _safe(candidate: str) -> str:
+    """A folder name for a model id or path."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in candidate)[-60:]
+
+
+SCORE_NAMES = ["logme", "leep", "nce", "h_score", "knn_accuracy"]
+
+
+def trust(rows: list[dict]) -> dict:
+    """Kendall's tau and weighted tau between each score and the fine-tuned metric over the candidates.
+
+    Needs rows from ``rank(..., finetune=True)``; a score some candidates lack (LEEP without a source
+    head) is computed over those that have it. ``nan`` where fewer than 3 candidates have the score.
+
+    Example:
+        >>> rows = [{"logme": 1, "finetuned": .5}, {"logme": 2, "finetuned": .7}, {"logme": 3, "finetuned": .9}]
+        >>> trust(rows)["logme"]["tau"]
+        1.0
+    """
+    from scipy.stats import kendalltau, weightedtau
+
+    out = {}
+    for name in SCORE_NAMES:
+        have = [r for r in rows if name in r and "finetuned" in r]
+        if len(have) < 3:
+            continue
+        x = np.array([r[name] for r in have], dtype=float)
+        y = np.array([r["finetuned"] for r in have], dtype=float)
+        out[name] = {"tau": float(kendalltau(x, y).statistic), "weighted_tau": float(weightedtau(x, y).statistic),
+                     "candidates": len(have)}
+    return out
+
+
 def rank_table(rows: list[dict]) -> str:
-    """The markdown table ``hftl rank`` prints (best first by LogME)."""
-    names = ["logme", "leep", "nce", "h_score", "knn_accuracy"]
-    shown = [n for n in names if any(n in r for r in rows)]
-    lines = ["| candidate | " + " | ".join(shown) + " | features | seconds |",
-             "|---|" + "---|" * (len(shown) + 2)]
+    """The markdown table ``hftl rank`` prints (best first by LogME), with the fine-tune check where it ran."""
+    shown = [n for n in SCORE_NAMES if any(n in r for r in rows)]
+    tuned = any("finetuned" in r for r in rows)
+    extra = (f" fine-tuned {rows[0]['finetune_metric']} | fine-tune seconds | fine-tune / rank time |"
+             if tuned else "")
+    lines = ["| candidate | " + " | ".join(shown) + " | features | seconds |" + extra,
+             "|---|" + "---|" * (len(shown) + 2 + 3 * tuned)]
     for r in rows:
         cells = [f"{r[n]:.4g}" if n in r else "n/a" for n in shown]
-        lines.append(f"| {r['candidate']} | " + " | ".join(cells) + f" | {r['features']} | {r['seconds']} |")
+        line = f"| {r['candidate']} | " + " | ".join(cells) + f" | {r['features']} | {r['seconds']} |"
+        if tuned:
+            line += (f" {r['finetuned']:.4f} | {r['finetune_seconds']} | "
+                     f"{r['finetune_seconds'] / max(r['seconds'], 1e-9):.1f}x |")
+        lines.append(line)
+    if tuned and len(rows) >= 3:
+        lines += ["", "| score | Kendall's tau vs fine-tuned | weighted tau | candidates |", "|---|---|---|---|"]
+        lines += [f"| {n} | {t['tau']:.3f} | {t['weighted_tau']:.3f} | {t['candidates']} |"
+                  for n, t in trust(rows).items()]
     return "\n".join(lines)
+
+
+def write_rank_outputs(rows: list[dict], output_dir: str | Path) -> dict:
+    """Write rank.json, rank.md and rank.png (one bar panel per score) to ``output_dir``; returns their paths.
+
+    Example:
+        >>> files = write_rank_outputs(rows, "outputs/rank")  # doctest: +SKIP
+        >>> files["plot"]  # doctest: +SKIP
+        PosixPath('outputs/rank/rank.png')
+    """
+    import json
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"table": out / "rank.md", "json": out / "rank.json", "plot": out / "rank.png"}
+    files["table"].write_text(rank_table(rows) + "\n")
+    summary = {"ranked_by": "logme", "recommended": rows[0]["candidate"], "candidates": rows}
+    if any("finetuned" in r for r in rows):
+        summary["trust"] = trust(rows)
+    files["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    _bar_plot(rows, files["plot"])
+    return files
+
+
+def _bar_plot(rows: list[dict], path: Path) -> None:
+    """One horizontal bar panel per score (and for the fine-tuned metric); the recommended candidate in colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    panels = [n for n in SCORE_NAMES if any(n in r for r in rows)]
+    if any("finetuned" in r for r in rows):
+        panels.append("finetuned")
+    names = [r["candidate"][-40:] for r in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.5 * len(rows) + 1.5), sharey=True,
+                             squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        values = [r.get(panel, np.nan) for r in rows]
+        colours = ["tab:orange" if i == 0 else "tab:blue" for i in range(len(rows))]
+        ax.barh(range(len(rows)), values, color=colours)
+        ax.set_title(panel.replace("_", " ") if panel != "finetuned" else f"fine-tuned {rows[0]['finetune_metric']}")
+        ax.axvline(0, color="grey", lw=0.5)
+    axes[0][0].set_yticks(range(len(rows)), names)
+    axes[0][0].invert_yaxis()  # best first, at the top
+    fig.suptitle("hftl rank: higher is better; orange = recommended (highest LogME)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

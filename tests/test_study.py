@@ -199,6 +199,7 @@ def test_label_budgets_are_stratified_and_nested():
     ({"search": {"train.lrr": [0.1, 0.2]}}, r"Arm 'scratch' search.*Unknown config key 'train.lrr'"),
     ({"search": {"lr": ["fast", 0.1]}}, r"Arm 'scratch' search.*train.lr' expects float"),
     ({"search_validation": 1.5}, r"study.search_validation must be a share in \(0, 1\)"),
+    ({"rank_first": 0}, r"study.rank_first must be a number of sources, at least 1"),
     ({"arms": ["scratch", {"name": "x", "strategy": "finetune", "search": [0.1]}]}, r"Arm 'x' search must be true"),
 ])
 def test_bad_study_configs_are_clear_errors(tmp_path, study, message):
@@ -288,6 +289,29 @@ def test_winning_model_is_saved_with_the_study_in_its_card(finished_study):
     # Only the saved model keeps weights: the other folds keep their small logs.
     weights = sorted(p.parent.name for p in (out / "runs").rglob("*.safetensors"))
     assert weights == [f"fold{report.winner_fold}"]
+
+
+def test_rank_first_runs_only_the_arms_of_the_best_ranked_sources(tmp_path):
+    source = {"model": {"id": "timm:test_resnet"}, "data": {"max_train_samples": 90}, "train": {"epochs": 6}}
+    cfg = tiny_study(tmp_path / "s", max_examples=30, rank_first=1,
+                     pretrain=[{"name": "good", "config": source},
+                               {"name": "shuffled", "config": source, "shuffle_labels": True}],
+                     arms=["scratch",
+                           {"name": "from_good", "strategy": "finetune", "config": {"model.id": "pretrain:good"}},
+                           {"name": "probe_good", "strategy": "linear_probe", "config": {"model.id": "pretrain:good"}},
+                           {"name": "from_shuffled", "strategy": "finetune",
+                            "config": {"model.id": "pretrain:shuffled"}}])
+    report = run_study(cfg)
+    data = json.loads((tmp_path / "s" / "study.json").read_text())
+    ranking = data["ranking"]
+    assert [r["logme"] for r in ranking["sources"]] == sorted((r["logme"] for r in ranking["sources"]), reverse=True)
+    assert ranking["kept"] == [ranking["sources"][0]["candidate"]] and ranking["kept"][0].endswith("good")
+    assert ranking["dropped_arms"] == ["from_shuffled"]  # the labels-shuffled source scores lower and is not run
+    assert report.arms == ["scratch", "from_good", "probe_good"]
+    assert {r["arm"] for r in data["runs"]} == {"scratch", "from_good", "probe_good"}
+    assert not list((tmp_path / "s" / "records").glob("from_shuffled__*"))
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "study.rank_first: 1" in md and "Arms not run: from_shuffled." in md
 
 
 def test_resume_skips_finished_folds(tmp_path, monkeypatch):

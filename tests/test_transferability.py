@@ -1,5 +1,7 @@
 """Transferability scores against their papers' formulas, computed directly on small known inputs."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import tiny_train_overrides
@@ -7,7 +9,7 @@ from scipy.stats import multivariate_normal
 
 from hftl.cli import main as cli_main
 from hftl.errors import ConfigError
-from hftl.transferability import _evidence, h_score, knn_accuracy, leep, logme, nce, rank, scores
+from hftl.transferability import _evidence, h_score, knn_accuracy, leep, logme, nce, rank, scores, trust
 
 
 def data(n=48, d=6, classes=3, signal=2.0, seed=0):
@@ -83,8 +85,35 @@ def test_hftl_rank_puts_a_source_trained_on_the_task_above_random_weights(tmp_pa
     assert [r["candidate"] for r in rows] == [str(trained), "timm:test_resnet"]  # best first, by LogME
     assert rows[0]["knn_accuracy"] > rows[1]["knn_accuracy"] and rows[0]["h_score"] > rows[1]["h_score"]
     assert all(r["examples"] == 96 for r in rows)
-    assert cli_main(["rank", *overrides, "--candidates", str(trained), "timm:test_resnet"]) == 0
+    out = tmp_path / "rank"
+    assert cli_main(["rank", *overrides, "--candidates", str(trained), "timm:test_resnet",
+                     "--output-dir", str(out)]) == 0
     assert f"Recommended (highest LogME): {trained}" in capsys.readouterr().out
+    assert json.loads((out / "rank.json").read_text())["recommended"] == str(trained)
+    assert (out / "rank.png").read_bytes()[:4] == b"\x89PNG" and "| candidate |" in (out / "rank.md").read_text()
+
+
+def test_rank_finetune_check_measures_the_ranking_against_fine_tuning(tmp_path, capsys):
+    overrides = tiny_train_overrides(tmp_path / "unused", **{"data.max_train_samples": 48, "train.epochs": 1})
+    candidates = ["timm:test_resnet", "timm:test_efficientnet", "timm:test_vit"]
+    out = tmp_path / "rank"
+    assert cli_main(["rank", *overrides, "--candidates", *candidates, "--finetune", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tune / rank time" in printed and "Kendall's tau" in printed
+    summary = json.loads((out / "rank.json").read_text())
+    assert {r["candidate"] for r in summary["candidates"]} == set(candidates)
+    for row in summary["candidates"]:  # each was really fine-tuned, into its own folder, and timed
+        assert 0 <= row["finetuned"] <= 1 and row["finetune_seconds"] > 0 and row["finetune_metric"] == "accuracy"
+    assert len(list((out / "finetune").glob("*/hftl.json"))) == 3
+    assert set(summary["trust"]) >= {"logme", "h_score", "knn_accuracy"}
+
+
+def test_trust_is_kendalls_tau_between_score_and_fine_tuned_metric():
+    rows = [{"logme": s, "finetuned": f} for s, f in [(1, 0.1), (2, 0.3), (3, 0.2), (4, 0.4)]]
+    t = trust(rows)["logme"]
+    assert t["tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant, of 6
+    assert t["candidates"] == 4 and -1 <= t["weighted_tau"] <= 1
+    assert "leep" not in trust(rows)  # a score no candidate has is left out, not guessed
 
 
 def test_rank_refuses_what_it_cannot_score(tmp_path):

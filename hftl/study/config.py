@@ -67,6 +67,10 @@ class StudySettings:
         [], "Source models the study makes first, each a mapping {name, config, shuffle_labels}: config "
             "overrides base keys for the source run (its own data, e.g. other classes; strategy defaults to "
             "scratch). Arms use one with model.id: pretrain:NAME.")
+    rank_first: int | None = _f(
+        None, "Before training, score the source models of the transfer arms with hftl rank (LogME on the study "
+              "pool's frozen features) and run only the arms of the k best sources, plus the baseline and any "
+              "scratch arm; the report lists every source's scores and the arms left out. null: run every arm.")
     search: bool | dict = _f(True, SEARCH_HELP)
     search_validation: float = _f(
         0.2, "Share of each training fold held out (stratified, seeded, the same for every arm) to choose the "
@@ -304,6 +308,13 @@ def _validate_settings(s: StudySettings, base: Config) -> None:
             f"study.metric '{s.metric}' is not computed on the folds (task {base.task}). Valid metrics: "
             f"{', '.join(fold_metrics(base.task))}."
         )
+    if s.rank_first is not None:
+        if isinstance(s.rank_first, bool) or not isinstance(s.rank_first, int) or s.rank_first < 1:
+            raise ConfigError(f"study.rank_first must be a number of sources, at least 1 (got {s.rank_first!r}); "
+                              "null runs every arm.")
+        if not get_task(base.task).classification:
+            raise ConfigError(f"study.rank_first ranks sources for classification tasks; base.task '{base.task}' "
+                              "is not one. Set study.rank_first: null.")
     if s.folds < 2:
         raise ConfigError(f"study.folds must be at least 2 (got {s.folds}); 5 is the usual choice.")
     if s.test not in TESTS:

@@ -75,6 +75,7 @@ class StudyReport:
     higher_is_better: bool = True  # of ``metric``: False for loss, mse and mae
     searched: dict = field(default_factory=dict)  # arm -> the grid it searched ({}: none), hftl.study.search
     chosen: dict = field(default_factory=dict)  # arm -> budget tag -> [per-fold chosen values, {} if none]
+    ranking: dict = field(default_factory=dict)  # study.rank_first: sources' scores, kept sources, arms not run
 
     @property
     def any_search(self) -> bool:
@@ -246,6 +247,7 @@ class StudyReport:
             "trained": self.trained, "resumed": self.skipped, "seconds": round(self.seconds, 1),
             "budget_sizes": self.budget_sizes, "task": self.task, "higher_is_better": self.higher_is_better,
             "search": {a: {"grid": self.searched.get(a, {}), "chosen": self.chosen.get(a, {})} for a in self.arms},
+            "ranking": self.ranking,
         }
 
 
@@ -456,6 +458,7 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
                      f"{describe_grid(arm.grid)} |")
     lines += _search_lines(report, all_records)
     lines += _sources_lines(sources, report.metric if report.regression else "accuracy")
+    lines += _ranking_lines(report.ranking)
     lines += ["", "## Saved model", ""]
     if report.model_dir:
         best = "highest" if report.higher_is_better else "lowest"
@@ -537,4 +540,25 @@ def _sources_lines(sources: dict, metric: str) -> list[str]:
         lines.append(f"| {name} | `{r['model']}` ({r['strategy']}) | `{r['data']}` | {', '.join(r['classes'])} | "
                      f"{'**shuffled**' if r['shuffle_labels'] else 'true'} | {r['epochs']} | "
                      f"{r['metrics'].get(metric, float('nan')):.3f} |")
+    return lines
+
+
+def _ranking_lines(ranking: dict) -> list[str]:
+    """study.rank_first: each source's scores on the pool, which were kept, and the arms that did not run."""
+    if not ranking:
+        return []
+    from hftl.transferability import SCORE_NAMES
+
+    rows = ranking["sources"]
+    shown = [n for n in SCORE_NAMES if any(n in r for r in rows)]
+    lines = ["", f"Sources ranked before training (`study.rank_first: {ranking['k']}`, by LogME on the frozen "
+                 "features of the whole pool; nothing was trained for this, but the scores saw every fold's labels, "
+                 "so the choice of arms is not itself cross-validated):", "",
+             "| source | arms | " + " | ".join(shown) + " | run |", "|---|---|" + "---|" * (len(shown) + 1)]
+    for r in rows:
+        cells = " | ".join(f"{r[n]:.4g}" if n in r else "n/a" for n in shown)
+        lines.append(f"| `{r['candidate']}` | {', '.join(r['arms'])} | {cells} | "
+                     f"{'yes' if r['candidate'] in ranking['kept'] else '**no**'} |")
+    if ranking["dropped_arms"]:
+        lines += ["", f"Arms not run: {', '.join(ranking['dropped_arms'])}."]
     return lines

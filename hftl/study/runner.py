@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -113,6 +114,7 @@ class _Study:
         self.skipped = 0
         self.source_keys: dict[str, str] = {}
         self.source_info: dict[str, dict] = {}
+        self.ranking: dict = {}  # study.rank_first: the sources' scores, the kept sources, the arms left out
         self.metrics = fold_metrics(cfg.base.task)
         self.sign = 1 if higher_is_better(self.s.metric) else -1  # the best arm and fold maximise sign * metric
 
@@ -161,6 +163,32 @@ class _Study:
         _write_json_atomic(record_path, record)
         self.source_info[source.name] = record
         self.trained += 1
+
+    def rank_sources(self) -> None:
+        """``study.rank_first: k``: keep the arms whose source is among the k best by LogME on the pool.
+
+        Each distinct source of a transfer arm is scored with its arm's config (its preprocessing) on the
+        whole pool; the baseline and scratch arms always run. Nothing is trained, but the scores see
+        every fold's labels, so the choice of arms is not itself cross-validated (the report says so).
+        """
+        from hftl.transferability import rank
+
+        transfer = [a for a in self.cfg.arms if a.name != self.s.baseline and a.strategy != "scratch"]
+        first_arm: dict = {}
+        for arm in transfer:
+            first_arm.setdefault(self.resolve(arm.config).model.id, arm)
+        if not first_arm:
+            return
+        rows = [rank(self.resolve(arm.config), [source], data=self.pool)[0] for source, arm in first_arm.items()]
+        rows.sort(key=lambda r: -r["logme"])
+        kept = [r["candidate"] for r in rows[: self.s.rank_first]]
+        dropped = [a.name for a in transfer if self.resolve(a.config).model.id not in kept]
+        for r in rows:
+            r["arms"] = [a.name for a in transfer if self.resolve(a.config).model.id == r["candidate"]]
+        self.ranking = {"k": self.s.rank_first, "sources": rows, "kept": kept, "dropped_arms": dropped}
+        self.cfg = dataclasses.replace(self.cfg, arms=[a for a in self.cfg.arms if a.name not in dropped])
+        logger.info("study.rank_first=%d: kept %s; not run: %s", self.s.rank_first, ", ".join(kept),
+                    ", ".join(dropped) or "none")
 
     # -- data and folds ----------------------------------------------------------------------
     def load_pool(self):
@@ -380,6 +408,9 @@ class _Study:
                 self.pretrain(source, progress)
                 progress.update(1)
             self.load_pool()
+            if self.s.rank_first:
+                progress.set_description("rank sources")
+                self.rank_sources()
             total = len(self.cfg.arms) * len(self.budgets) * len(self.folds)
             progress.reset(total=total)
             all_records: dict = {}
@@ -435,7 +466,8 @@ class _Study:
             chosen={arm: {_budget_tag(b): [all_records[(arm, b)][k].get("chosen", {}) for k in sorted(all_records[(arm, b)])]
                           for b in self.budgets} for arm in arms},
             budget_sizes={_budget_tag(b): float(np.mean([r["num_train"] for r in all_records[(s.baseline, b)].values()]))
-                          for b in self.budgets})
+                          for b in self.budgets},
+            ranking=self.ranking)
 
     # -- the winner's model --------------------------------------------------------------------
     def save_winner(self, report: StudyReport, all_records: dict) -> None:
