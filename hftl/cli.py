@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from hftl.errors import HftlError
+from hftl.errors import ConfigError, HftlError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="Cross-validated transfer-vs-scratch study (an RL config runs as rl-study).")
     s.add_argument("config")
     s.add_argument("overrides", nargs="*")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="trainings to run at once (study.workers), each on its share of the cores or its own GPU")
 
     rs = sub.add_parser("rl-study", help="RL transfer study: arms x seeds on a target environment (hftl[rl]).")
     rs.add_argument("config", help="RL study YAML (recipes/configs/rl/...)")
@@ -140,7 +142,6 @@ def run(argv: list[str]) -> int:
             print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
     elif args.command == "predict":
         from hftl.api import predict
-        from hftl.errors import ConfigError
         from hftl.model import load
 
         model = load(args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
@@ -175,11 +176,15 @@ def run(argv: list[str]) -> int:
     elif args.command == "study":
         from hftl.study import run_study
 
-        report = run_study(args.config, args.overrides)
+        workers = [f"study.workers={args.workers}"] if args.workers else []
+        report = run_study(args.config, [*args.overrides, *workers])
         print(report.summary())
     elif args.command == "rl-study":
         from hftl.rl.runner import run_rl_study
 
+        if getattr(args, "workers", None):
+            raise ConfigError("--workers runs a study's fold trainings at once; an RL study runs its seeds one after "
+                              "another. Drop --workers.")
         print(run_rl_study(args.config, args.overrides).summary())
     elif args.command == "rl-eval":
         from hftl.rl.evaluate import eval_command

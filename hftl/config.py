@@ -164,6 +164,8 @@ class TrainConfig:
     seed: int = _f(42, "Seed for initialisation, data order and augmentation.")
     checkpoint_every: int = _f(0, "Save a resumable checkpoint every N optimizer steps (0: each epoch end).")
     keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
+    save_checkpoints: bool = _f(True, "Write resumable checkpoints (train.checkpoint_every). false writes none: for "
+                                      "runs nobody resumes, such as a study's folds; the outputs are written as usual.")
     resume: str | None = _f(None, "Resume from 'latest' or a checkpoint folder of this output dir.")
     tracker: str = _f("none", "Experiment tracker through Accelerate: none, tensorboard or trackio.")
     metric: str = _f("accuracy", "Metric that names the best epoch in metrics.json: accuracy or f1 (macro); mse, mae "

@@ -416,6 +416,8 @@ class Trainer:
         # Never checkpoint weights that already went bad (a finite loss can precede inf weights).
         finite = torch.stack([torch.isfinite(p.detach()).all() for p in acc.unwrap_model(self._prepared).parameters()])
         self._check_finite(acc, finite.float().log(), "weights", epoch)
+        if not self.cfg.save_checkpoints:  # the check above still runs: bad weights stop the run either way
+            return
         state = {"global_step": self.global_step, "epoch": epoch, "batches_done": batches_done,
                  "history": self.history, "run": self._run_shape, "scheduler": self._scheduler.state_dict()}
         save_checkpoint(acc, self.output_dir, state, model=self._prepared, best_state=self._best_state,

@@ -29,6 +29,7 @@ from hftl.study.stats import TESTS, fold_metrics, min_wilcoxon_folds
 # at import, kept for hftl.study's public names; the checks below ask the registry itself.
 STUDY_TASKS = task_names(labelled=True)
 PRETRAIN_PREFIX = "pretrain:"
+BACKENDS = ("local", "ray")  # where a study's workers run (hftl.study.parallel)
 
 
 @dataclass
@@ -79,6 +80,11 @@ class StudySettings:
         "best_fold", "Which model to keep: best_fold (the winning arm's best fold, with its held-out metrics, "
                      "saved to OUTPUT_DIR/model) or none.")
     keep_fold_models: bool = _f(False, "Keep every fold's weights (otherwise only what the winner needs).")
+    workers: int = _f(1, "Trainings to run at once: each fold of each arm is independent. Above 1, each worker is a "
+                         "process with its own share of the CPU cores (or its own GPU); results equal a serial run's.")
+    backend: str = _f("local", "Where workers run: local (a process pool on this machine) or ray (Ray tasks; a local "
+                               "Ray instance, or the cluster at RAY_ADDRESS, whose nodes must see output_dir; "
+                               "pip install 'hftl[ray]').")
     output_dir: str = _f("outputs/study", "Folder for study.json, report.md, plots, records and the model.")
     name: str | None = _f(None, "Title of the report (default: the output folder's name).")
 
@@ -315,6 +321,10 @@ def _validate_settings(s: StudySettings, base: Config) -> None:
         if not get_task(base.task).classification:
             raise ConfigError(f"study.rank_first ranks sources for classification tasks; base.task '{base.task}' "
                               "is not one. Set study.rank_first: null.")
+    if isinstance(s.workers, bool) or not isinstance(s.workers, int) or s.workers < 1:
+        raise ConfigError(f"study.workers must be a whole number of workers, at least 1 (got {s.workers!r}).")
+    if s.backend not in BACKENDS:
+        raise ConfigError(f"study.backend '{s.backend}' is not known. Valid backends: {', '.join(BACKENDS)}.")
     if s.folds < 2:
         raise ConfigError(f"study.folds must be at least 2 (got {s.folds}); 5 is the usual choice.")
     if s.test not in TESTS:

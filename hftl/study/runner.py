@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 # What a fold's run folder keeps once its weights are no longer needed (the record holds the numbers).
 KEEP_LIGHT = {"metrics.json", "log.jsonl", "hftl_config.yaml"}
-NO_MID_RUN_CHECKPOINTS = 10**9  # train.checkpoint_every for study runs: only the final checkpoint is written
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -114,6 +113,7 @@ class _Study:
         self.skipped = 0
         self.source_keys: dict[str, str] = {}
         self.source_info: dict[str, dict] = {}
+        self.budgets = sorted({float(b) for b in self.s.label_budgets}) or [1.0]
         self.ranking: dict = {}  # study.rank_first: the sources' scores, the kept sources, the arms left out
         self.metrics = fold_metrics(cfg.base.task)
         self.sign = 1 if higher_is_better(self.s.metric) else -1  # the best arm and fold maximise sign * metric
@@ -137,7 +137,7 @@ class _Study:
         folder = self.source_dir(source.name)
         cfg.output_dir = str(folder)
         cfg.train.resume = None
-        cfg.train.checkpoint_every = NO_MID_RUN_CHECKPOINTS  # an interrupted pretraining restarts
+        cfg.train.save_checkpoints = False  # an interrupted pretraining restarts
         key = _hash({"config": _config_key(cfg), "shuffle_labels": source.shuffle_labels})
         record_path = self.records / f"pretrain__{source.name}.json"
         record = _read_json(record_path)
@@ -154,7 +154,6 @@ class _Study:
             data = _shuffled(data, cfg.train.seed)
         started = time.perf_counter()
         result = api.train(cfg, data=data)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         record = {"key": key, "name": source.name, "output_dir": str(folder), "metrics": result.metrics,
                   "data": data.source, "classes": data.label_names, "num_train": len(data.train),
                   "shuffle_labels": source.shuffle_labels, "model": source.config.model.id,
@@ -261,10 +260,9 @@ class _Study:
         cfg.train.seed = self.cfg.base.train.seed + k  # a fold's seed is the same for every arm: paired
         cfg.train.resume = None
         cfg.train.progress = False  # one bar for the study (arm, budget, fold), not one per fold
-        # A study resumes fold by fold, so mid-run checkpoints (weights + optimizer state, every epoch by
-        # default) would only cost time and disk: keep the one the trainer writes at the end.
-        cfg.train.checkpoint_every = NO_MID_RUN_CHECKPOINTS
-        cfg.train.keep_checkpoints = 1
+        # A study resumes fold by fold (its records), so checkpoints (weights + optimizer state, every epoch by
+        # default) would only cost time and disk: the fold writes none.
+        cfg.train.save_checkpoints = False
         # A fold's validation data is its held-out test fold: choosing an epoch on it (early stopping, best-epoch
         # restore) would select on the test data. Every fold trains its full budget and keeps its last epoch;
         # choices are made by the search, on an inner split of the training fold.
@@ -296,7 +294,6 @@ class _Study:
                 f"study.metric '{self.s.metric}' was not computed by the run (it computed: "
                 f"{', '.join(result.metrics)}). Choose one of those."
             )
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # optimizer state: large, and never resumed
         self.trained += 1
         return {m: float(v) for m, v in result.metrics.items()}, result.history, seconds
 
@@ -389,6 +386,43 @@ class _Study:
             if k != best:
                 _lighten(self.run_dir(arm, budget, k))
 
+    # -- the folds, one after another or at once -------------------------------------------------
+    def _done(self, progress, arm_name: str, budget: float, k: int, record: dict) -> None:
+        budget_txt = f" budget {_pct(budget)}" if len(self.budgets) > 1 else ""
+        value = record["metrics"][self.s.metric]
+        logger.info("%s%s fold %d/%d: %s %.4f", arm_name, budget_txt, k + 1, len(self.folds), self.s.metric, value)
+        progress.set_postfix({self.s.metric: f"{value:.3f}"})
+        progress.update(1)
+
+    def run_serial(self, progress) -> dict:
+        all_records: dict = {}
+        for arm in self.cfg.arms:
+            for budget in self.budgets:
+                recs: dict = {k: None for k in range(len(self.folds))}
+                for k in range(len(self.folds)):
+                    budget_txt = f" budget {_pct(budget)}" if len(self.budgets) > 1 else ""
+                    progress.set_description(f"arm {arm.name}{budget_txt} fold {k + 1}/{len(self.folds)}")
+                    recs[k] = self.run_fold(arm, budget, k, progress=progress)
+                    self.keep_best_weights(arm, budget, recs)
+                    self._done(progress, arm.name, budget, k, recs[k])
+                all_records[(arm.name, budget)] = recs
+        return all_records
+
+    def run_parallel(self, progress) -> dict:
+        """``study.workers`` / ``study.backend``: every fold of every arm as an independent job (hftl.study.parallel)."""
+        from hftl.study.parallel import run_jobs
+
+        jobs = [(arm.name, budget, k) for arm in self.cfg.arms for budget in self.budgets for k in range(len(self.folds))]
+        progress.set_description(f"{len(jobs)} trainings, {self.s.workers} at once ({self.s.backend})")
+        done = run_jobs(self, jobs, lambda job, record: self._done(progress, *job, record))
+        all_records: dict = {}
+        for arm in self.cfg.arms:  # in the serial order, so the report and study.json read the same
+            for budget in self.budgets:
+                recs = {k: done[(arm.name, budget, k)] for k in range(len(self.folds))}
+                self.keep_best_weights(arm, budget, recs)
+                all_records[(arm.name, budget)] = recs
+        return all_records
+
     # -- the whole study -----------------------------------------------------------------------
     def run(self) -> StudyReport:
         from contextlib import nullcontext
@@ -398,7 +432,6 @@ class _Study:
 
         started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.budgets = sorted({float(b) for b in self.s.label_budgets}) or [1.0]
         show = self.cfg.base.train.progress
         # Log lines go through tqdm while the bar is shown, so they do not tear it into pieces.
         with logging_redirect_tqdm() if show else nullcontext(), \
@@ -411,22 +444,11 @@ class _Study:
             if self.s.rank_first:
                 progress.set_description("rank sources")
                 self.rank_sources()
-            total = len(self.cfg.arms) * len(self.budgets) * len(self.folds)
-            progress.reset(total=total)
-            all_records: dict = {}
-            for arm in self.cfg.arms:
-                for budget in self.budgets:
-                    recs: dict = {k: None for k in range(len(self.folds))}
-                    for k in range(len(self.folds)):
-                        budget_txt = f" budget {_pct(budget)}" if len(self.budgets) > 1 else ""
-                        progress.set_description(f"arm {arm.name}{budget_txt} fold {k + 1}/{len(self.folds)}")
-                        recs[k] = self.run_fold(arm, budget, k, progress=progress)
-                        self.keep_best_weights(arm, budget, recs)
-                        logger.info("%s%s fold %d/%d: %s %.4f", arm.name, budget_txt, k + 1, len(self.folds),
-                                    self.s.metric, recs[k]["metrics"][self.s.metric])
-                        progress.set_postfix({self.s.metric: f"{recs[k]['metrics'][self.s.metric]:.3f}"})
-                        progress.update(1)
-                    all_records[(arm.name, budget)] = recs
+            progress.reset(total=len(self.cfg.arms) * len(self.budgets) * len(self.folds))
+            if self.s.workers > 1 or self.s.backend != "local":
+                all_records = self.run_parallel(progress)
+            else:
+                all_records = self.run_serial(progress)
         report = self.analyse(all_records)
         report.seconds = time.perf_counter() - started
         self.save_winner(report, all_records)
