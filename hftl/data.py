@@ -43,12 +43,21 @@ class LabelledData:
     skipped: dict = field(default_factory=dict)  # reason -> count, e.g. {"corrupt image": 2}
     regression: bool = False  # float labels; label_names then holds the one output's name
     carved: bool = False  # the validation split was held out by hftl from the training data (not given with it)
+    origin: object = None  # a study's fold: a FoldOrigin (the study's pool and the fold's indices into it)
 
     def summary(self) -> str:
         skipped = f", skipped {self.skipped}" if self.skipped else ""
         target = f"target '{self.label_names[0]}'" if self.regression else f"{len(self.label_names)} classes"
         return (f"{self.source}: {len(self.train)} train / {len(self.validation)} validation examples, "
                 f"{target}{skipped}")
+
+
+@dataclass
+class FoldOrigin:
+    """Where a study's fold comes from: the study's pool (a LabelledData) and each split's indices into it."""
+
+    pool: LabelledData
+    indices: dict  # split name ("train", "validation") -> pool indices, in the split's order
 
 
 # ------------------------------------------------------------------------------------------ sources

@@ -95,3 +95,27 @@ def test_a_run_with_save_checkpoints_false_writes_none(tmp_path):
 
     result = hftl.train(None, tiny_train_overrides(tmp_path / "run", **{"train.save_checkpoints": "false"}))
     assert (result.output_dir / "hftl.json").is_file() and not (result.output_dir / "checkpoints").exists()
+
+
+def test_frozen_features_are_computed_once_per_study_and_change_nothing(tmp_path, monkeypatch, pretrained_folder):
+    import hftl.methods.feature_cache as fc
+    from hftl.tasks.image_classification import ImageClassification
+
+    calls = []
+    compute = fc.compute_features
+    monkeypatch.setattr(fc, "compute_features", lambda *a, **k: calls.append(len(a[1])) or compute(*a, **k))
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path / "cache"))
+
+    def study(out):
+        cfg = tiny_study(out, arms=["scratch", "linear_probe"], folds=3, max_examples=18)
+        cfg["base"]["model"]["id"] = str(pretrained_folder)
+        return run_study(cfg)
+
+    study(tmp_path / "once")
+    assert calls == [18]  # one pass over the pool, shared by 3 folds x (train, held-out)
+    calls.clear()
+    monkeypatch.setattr(ImageClassification, "features_per_example", False)  # each split on its own, as before
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path / "cache2"))
+    study(tmp_path / "per_fold")
+    assert sorted(calls) == [6, 6, 6, 12, 12, 12]
+    assert fold_metrics(tmp_path / "once") == fold_metrics(tmp_path / "per_fold")  # the same probes, fold by fold

@@ -140,6 +140,8 @@ class HFTextModel(TransformersModel):
             >>> model.tokenize(["a good film", ""])[1]["input_ids"]  # doctest: +SKIP
             [101, 102]
         """
+        if not len(texts):  # an empty split (a study's pool has no validation split): fast tokenizers fail on []
+            return []
         max_length = self.max_length or self.set_max_length(None)
         texts = ["" if t is None else str(t) for t in texts]
         kwargs = dict(truncation=True, max_length=max_length)

@@ -105,7 +105,7 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
 
     The teacher must predict the same classes, in the same order, as the student's data has.
     """
-    from hftl.methods.feature_cache import cached_features
+    from hftl.methods.feature_cache import split_features
     from hftl.model import load
     from hftl.tasks import get_task_impl
 
@@ -118,15 +118,17 @@ def teacher_logits(cfg, data, progress: bool = True) -> tuple[torch.Tensor, dict
                           f"{data.label_names}. A teacher must have the same classes, in the same order.")
     plain = copy.deepcopy(cfg)
     plain.data.augment = False  # the teacher sees each example once, as evaluation would show it
-    train_ds, _, _ = get_task_impl(plain.task).datasets(plain, teacher, data)
+    task = get_task_impl(plain.task)
+    train_ds, _, _ = task.datasets(plain, teacher, data)
     # The backbone's fingerprint leaves the head out (probes replace it); a teacher's predictions depend on it.
     head = hashlib.sha256(b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                                    for t in teacher.head.state_dict().values())).hexdigest()[:16]
     from accelerate import PartialState
 
     with PartialState().main_process_first():  # rank 0 computes and caches; the other ranks then read the cache
-        logits, _, hit = cached_features(teacher, train_ds, data.fingerprint, "train", progress,
-                                         fingerprint=f"{teacher.fingerprint()}|{head}", output="logits")
+        logits, _, hit = split_features(teacher, train_ds, data, "train", lambda pool: task.datasets(plain, teacher, pool)[0],
+                                        progress, fingerprint=f"{teacher.fingerprint()}|{head}", output="logits",
+                                        per_example=task.features_per_example)
     accuracy = float((logits.argmax(-1) == torch.as_tensor(data.train["label"])).float().mean())
     logger.info("Teacher %s: %.3f accuracy on the %d training examples%s", d.teacher, accuracy, len(logits),
                 " (cached predictions)" if hit else "")

@@ -93,6 +93,33 @@ def cached_features(model, dataset, data_key: str, split: str, progress: bool = 
     return feats, labels, False
 
 
+def split_features(model, dataset, data, split: str, make_pool_dataset, progress: bool = True, *,
+                   fingerprint: str | None = None, output: str = "features", batch_size: int = 64,
+                   per_example: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Like :func:`cached_features` for one split of ``data``; a study's fold computes them once for the study.
+
+    A fold of a study (``data.origin``: the study's pool and this fold's indices into it) takes its rows
+    of the whole pool's features, which are computed, and cached, on the first fold: every fold, arm
+    and search candidate then reuses them. ``make_pool_dataset(pool)`` builds the pool's torch dataset
+    as ``dataset`` was built. ``per_example=False`` (features that depend on the batch, e.g. padded
+    audio through group norms) computes each split's own, as a run outside a study would.
+    """
+    origin = getattr(data, "origin", None)
+    if origin is None or not per_example or split not in origin.indices:
+        return cached_features(model, dataset, data.fingerprint, split, progress, fingerprint=fingerprint,
+                               output=output, batch_size=batch_size)
+    feats, labels, hit = cached_features(model, make_pool_dataset(origin.pool), origin.pool.fingerprint, "pool",
+                                         progress, fingerprint=fingerprint, output=output, batch_size=batch_size)
+    rows = torch.as_tensor(origin.indices[split], dtype=torch.long)
+    feats, labels = feats[rows], labels[rows]
+    expected = known_labels(dataset)
+    if len(rows) != len(dataset) or (expected is not None and not torch.equal(labels.long(), expected.long())):
+        logger.warning("The %s split does not match its study pool's rows; computing its features on their own", split)
+        return cached_features(model, dataset, data.fingerprint, split, progress, fingerprint=fingerprint,
+                               output=output, batch_size=batch_size)
+    return feats, labels, hit
+
+
 def _digest(feats: torch.Tensor, labels: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in (feats, labels):
@@ -200,12 +227,18 @@ def cached_probe_data(setup: Setup, validation: bool = True):
     with PartialState().main_process_first():  # rank 0 fills the cache; the others then read it
         fingerprint = model.fingerprint()  # hashes every backbone weight: once, not per split
         batch = cfg.train.per_device_batch_size  # evaluation batches are made up the same way (padding)
-        tr_x, tr_y, _ = cached_features(model, plain_train, setup.data.fingerprint, "train", cfg.train.progress,
-                                        fingerprint=fingerprint, batch_size=batch)
+        task = setup.task
+
+        def pool_dataset(pool):  # a study's whole pool, as the training split is shown here (no augmentation)
+            return task.plain_train_dataset(cfg, model, pool, task.datasets(cfg, model, pool)[0])
+
+        common = {"fingerprint": fingerprint, "batch_size": batch, "per_example": task.features_per_example}
+        tr_x, tr_y, _ = split_features(model, plain_train, setup.data, "train", pool_dataset, cfg.train.progress,
+                                       **common)
         if not validation:
             return FeatureDataset(tr_x, tr_y), None
-        va_x, va_y, _ = cached_features(model, setup.eval_ds, setup.data.fingerprint, "validation", cfg.train.progress,
-                                        fingerprint=fingerprint, batch_size=batch)
+        va_x, va_y, _ = split_features(model, setup.eval_ds, setup.data, "validation", pool_dataset,
+                                       cfg.train.progress, **common)
     return FeatureDataset(tr_x, tr_y), FeatureDataset(va_x, va_y)
 
 

@@ -230,11 +230,13 @@ class _Study:
 
     def subset(self, train_idx: list[int], val_idx: list[int], fingerprint: str):
         """LabelledData of these pool examples: ``train_idx`` to train on, ``val_idx`` to score on."""
-        from hftl.data import LabelledData
+        from hftl.data import FoldOrigin, LabelledData
 
         pool = self.pool.train
+        # The origin lets frozen features and teacher predictions be computed once for the pool, not per fold.
+        origin = FoldOrigin(self.pool, {"train": list(train_idx), "validation": list(val_idx)})
         return LabelledData(pool.select(train_idx), pool.select(val_idx), self.pool.label_names, self.pool.source,
-                            fingerprint, self.pool.skipped, self.pool.regression)
+                            fingerprint, self.pool.skipped, self.pool.regression, origin=origin)
 
     def inner_data(self, k: int, budget: float):
         """The inner split of fold ``k``'s training examples (never its held-out fold): data, fingerprint, indices."""

@@ -13,6 +13,8 @@ from hftl.tasks.base import LabelledTask, library_error
 
 
 class AudioClassification(LabelledTask):
+    features_per_example = False  # clips are padded per batch, and wav2vec2's group norm sees the padding
+
     def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
         from hftl.backbones.hf_audio import AudioClassifier
 

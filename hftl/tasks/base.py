@@ -51,6 +51,10 @@ class Task:
         ...                        classification=True, implementation=Toy))  # doctest: +SKIP
     """
 
+    # Whether a frozen backbone's features of one example are the same whatever else is in its batch (no padding
+    # that a norm sees): then a study computes them once for its whole pool (hftl.methods.feature_cache).
+    features_per_example = True
+
     def __init__(self, spec: TaskSpec):
         self.spec = spec
 
