@@ -15,9 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hftl.rl.deps import require
-from hftl.rl.envs import EnvConfig, make_env
-
-EVAL_SEED = 10_000  # episode seeds of evaluations: apart from the training envs' seeds (study seeds 0, 1, ...)
+from hftl.rl.envs import EVAL_SEED, EnvConfig, make_env
 
 
 def evaluate_policy(policy, env: EnvConfig, episodes: int = 10, seed: int = EVAL_SEED,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hftl.errors import ConfigError
-from hftl.rl.envs import EnvConfig, make_env
+from hftl.rl.envs import EVAL_SEED, EnvConfig, make_env
 
 INSTALL = "pip install 'hftl[render]'"
 FORMATS = {".gif": ("pygame",), ".mp4": ("pygame", "imageio", "imageio_ffmpeg")}
@@ -61,8 +61,6 @@ def render_episode(policy, env: EnvConfig, path: str | Path, seed: int | None = 
         >>> render_episode(agent.policy, EnvConfig("CartPole-v1"), "episode.mp4")["frames"]  # doctest: +SKIP
         501
     """
-    from hftl.rl.evaluate import EVAL_SEED
-
     path = check_render(path)
     e = make_env(env, render_mode="rgb_array")
     try:
