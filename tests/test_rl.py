@@ -477,6 +477,10 @@ def test_pushed_agent_loads_with_load_from_hub_and_ppo_load_and_acts_the_same(st
     for name in ("config.json", "policy.safetensors"):
         hf_hub_download(repo, name, local_dir=local)
     assert np.array_equal(load_agent(local).predict(obs, deterministic=True)[0], saved.predict(obs, deterministic=True)[0])
+    # a branch: load_from_hub takes no revision, so that card's code downloads with hf_hub_download
+    assert main(["push", str(folder), repo, "--revision", "long-pole"]) == 0
+    branch_card = ModelCard.load(hf_hub_download(repo, "README.md", revision="long-pole")).text
+    assert f'hf_hub_download("{repo}", "ppo-CartPole-v1.zip", revision="long-pole")' in branch_card
 
 
 def test_pushing_an_agent_refuses_tokens_an_incomplete_folder_and_a_whole_rl_study(study, hub, tmp_path):

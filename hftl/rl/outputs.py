@@ -14,6 +14,10 @@ half-written agent that looks whole)::
 and never opens the zip; it reads a bare SB3 zip only with ``allow_pickle=True``, for a file the
 user points at and trusts.
 
+``hftl push AGENT_DIR user/name`` (:func:`hftl.hub.push`) recognises such a folder
+(:func:`is_agent_folder`) and uploads :func:`agent_push_files` with the card, so that
+``PPO.load(huggingface_sb3.load_from_hub(repo_id, "ppo-CartPole-v1.zip"))`` restores the agent.
+
 Example:
     >>> save_agent("outputs/agent", agent, info)  # doctest: +SKIP
     >>> PPO.load("outputs/agent/ppo-CartPole-v1.zip")  # doctest: +SKIP
