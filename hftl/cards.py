@@ -390,10 +390,11 @@ def render_card(info: dict):
 
 
 def card_for_repo(text: str, repo_id: str, revision: str | None = None, kind: str = "timm", meta: dict | None = None,
-                  merged: bool = False, license: str | None = None) -> str:
+                  merged: bool = False, license: str | None = None, usage: str | None = None) -> str:
     """The card as it is uploaded to ``repo_id``: usage code for that id (and revision), checked metadata.
 
-    ``merged`` turns an adapter's card into the merged model's (library, relation, usage).
+    ``merged`` turns an adapter's card into the merged model's (library, relation, usage). ``usage``
+    replaces the marked "how to use" block as it is (an RL agent's: :func:`hftl.rl.card.usage_block`).
 
     Example:
         >>> text = card_for_repo(open("outputs/run/README.md").read(), "me/resnet18-digits")  # doctest: +SKIP
@@ -429,6 +430,6 @@ def card_for_repo(text: str, repo_id: str, revision: str | None = None, kind: st
     if USAGE_START in card.text and USAGE_END in card.text:
         start = card.text.index(USAGE_START)
         end = card.text.index(USAGE_END) + len(USAGE_END)
-        block = usage_block(library, task, repo_id, is_adapter, revision, meta)
+        block = usage or usage_block(library, task, repo_id, is_adapter, revision, meta)
         card.text = card.text[:start] + block + card.text[end:]
     return str(card)

@@ -66,14 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     re_.add_argument("overrides", nargs="*", help="env=CartPole-v1 physics.length=1.0 episodes=20 seed=0")
     re_.add_argument("--allow-pickle", action="store_true",
                      help="allow reading an SB3 .zip, which is a pickle and can run code when loaded")
+    re_.add_argument("--render", default=None, metavar="FILE",
+                     help="also write the first episode's frames to FILE (.gif, or .mp4; pip install 'hftl[render]')")
 
     d = sub.add_parser("demo", help="The embedded demo: transfer vs scratch on images and text, offline.")
     d.add_argument("--output-dir", default="outputs/demo")
     d.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
 
-    pu = sub.add_parser("push", help="Push an output folder to the Hugging Face Hub.")
+    pu = sub.add_parser("push", help="Push an output folder (a run, a study, an RL agent) to the Hugging Face Hub.")
     pu.add_argument("model", help="output folder")
-    pu.add_argument("--repo-id", required=True)
+    pu.add_argument("repo", nargs="?", default=None, help="user/name on the Hub (or --repo-id)")
+    pu.add_argument("--repo-id", default=None)
     pu.add_argument("--private", action="store_true")
     pu.add_argument("--revision", default=None, help="branch to push to")
     pu.add_argument("--create-pr", action="store_true")
@@ -189,7 +192,8 @@ def run(argv: list[str]) -> int:
     elif args.command == "rl-eval":
         from hftl.rl.evaluate import eval_command
 
-        print(json.dumps(eval_command(args.agent, args.overrides, allow_pickle=args.allow_pickle), indent=2))
+        print(json.dumps(eval_command(args.agent, args.overrides, allow_pickle=args.allow_pickle,
+                                      render=args.render), indent=2))
     elif args.command == "demo":
         from hftl.demo import run_demo
 
@@ -208,9 +212,13 @@ def run(argv: list[str]) -> int:
         print(export_onnx(args.model, args.output, opset=args.opset, trust_remote_code=args.trust_remote_code,
                           allow_pickle=args.allow_pickle))
     elif args.command == "push":
+        from hftl.errors import HubError
         from hftl.hub import push
 
-        print(push(args.model, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
+        if args.repo and args.repo_id and args.repo != args.repo_id:
+            raise HubError(f"Two repo ids given ('{args.repo}' and --repo-id '{args.repo_id}'): give one; "
+                           "nothing was uploaded.")
+        print(push(args.model, args.repo or args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
                    merged=args.merged, license=args.license))
     return 0
 

@@ -37,7 +37,8 @@ PUSH_SKIP_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".jobli
 MANAGED_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "adapter_config.json",
                     "hftl.json", "hftl_config.yaml", "metrics.json", "log.jsonl", "study/*", "merged/*",
                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                    "vocab.json", "merges.txt", "preprocessor_config.json", "generation_config.json"]
+                    "vocab.json", "merges.txt", "preprocessor_config.json", "generation_config.json",
+                    "ppo-*.zip", "results.json", "replay.gif", "replay.mp4"]
 
 
 @dataclass
@@ -46,7 +47,7 @@ class PushPlan:
 
     folder: Path
     root: Path
-    kind: str  # timm, transformers or peft
+    kind: str  # timm, transformers, peft, or sb3 (an RL agent)
     files: dict
     card: str | None
     meta: dict
@@ -140,12 +141,17 @@ def plan_push(output_dir: str | Path, merged: bool = False) -> PushPlan:
     A run's folder goes up as it is (its library's layout at the repo root) minus ``checkpoints/``,
     pickles, caches and logs. A study's folder (``study.json`` + ``model/``) puts the winning model
     at the root and ``report.md``, ``study.json`` and the plots under ``study/``. ``merged=True``
-    pushes a LoRA run's ``merged/`` model (loads without peft) instead of the adapter.
+    pushes a LoRA run's ``merged/`` model (loads without peft) instead of the adapter. An RL agent's
+    folder (:mod:`hftl.rl.outputs`) goes up in SB3's layout: ``ppo-<env>.zip``, ``policy.safetensors``,
+    ``config.json``, ``results.json`` and its card.
 
     Example:
         >>> sorted(plan_push("outputs/run").files)  # doctest: +SKIP
         ['README.md', 'config.json', 'hftl.json', 'hftl_config.yaml', 'log.jsonl', 'metrics.json', 'model.safetensors']
     """
+    # hftl.rl.outputs imports neither gymnasium nor SB3: planning a push needs no rl extra
+    from hftl.rl.outputs import agent_config, agent_push_files, is_agent_folder, zip_name
+
     folder = Path(output_dir).expanduser()
     if not folder.is_dir():
         raise HubError(f"Output folder '{folder}' does not exist (nothing was uploaded).")
@@ -153,6 +159,10 @@ def plan_push(output_dir: str | Path, merged: bool = False) -> PushPlan:
     root = folder
     if (folder / "study.json").is_file():
         root = folder / "model"
+        agent = next(iter(sorted(folder.glob("runs/*/seed*"))), None)
+        if not root.is_dir() and agent is not None and is_agent_folder(agent):
+            raise HubError(f"'{folder}' is an RL study: it keeps one agent per arm and seed, not one model. Push one "
+                           f"of them, e.g. `hftl push {agent} user/name` (nothing was uploaded).")
         if not root.is_dir():
             raise HubError(f"The study in '{folder}' saved no model (no winning arm), so there is nothing to push.")
         study_files = {f"study/{p.name}": p for p in sorted(folder.iterdir())
@@ -163,12 +173,18 @@ def plan_push(output_dir: str | Path, merged: bool = False) -> PushPlan:
             raise HubError(f"'{root}' holds no merged model: --merged needs a LoRA run trained with "
                            "strategy.merge_lora=true (nothing was uploaded).")
         root = root / "merged"
-    kind = _check_weights(root, root)
-    files = _model_files(root, skip_dirs=("merged",) if kind == "peft" else ())
-    files.pop("README.md", None)
+    if is_agent_folder(root):  # an RL agent (hftl.rl.outputs): SB3's Hub layout, loaded by huggingface_sb3
+        kind = "sb3"
+        files = agent_push_files(root)
+        config = agent_config(root)
+        meta = {"library": "stable-baselines3", "zip": zip_name(config["env_id"], config.get("algo", "ppo"))}
+    else:
+        kind = _check_weights(root, root)
+        files = _model_files(root, skip_dirs=("merged",) if kind == "peft" else ())
+        files.pop("README.md", None)
+        meta_path = root / "hftl.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     files.update(study_files)
-    meta_path = root / "hftl.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     _refuse_secrets({**files, "README.md": card_path} if card is not None else files)
     return PushPlan(folder, root, kind, files, card, meta)
@@ -179,12 +195,24 @@ TOKEN_RE = re.compile(r"(hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z0-9]{30,})")
 
 
 def _refuse_secrets(files: dict) -> None:
-    """Refuse a push whose text files hold a token (an older run, or a file the user added by hand)."""
+    """Refuse a push whose text files hold a token (an older run, or a file the user added by hand).
+
+    An SB3 zip is read member by member (its ``data`` is JSON text, cloudpickled values base64 inside):
+    a token put into an agent's settings would be found there, and nothing is unpickled to look.
+    """
+    import zipfile
+
     for rel, path in files.items():
         if Path(rel).suffix in TEXT_SUFFIXES and path.stat().st_size < 50 * 2**20:
-            if TOKEN_RE.search(path.read_text(encoding="utf-8", errors="replace")):
-                raise HubError(f"'{path}' holds what looks like a Hugging Face token; remove it before pushing "
-                               "(hftl never writes tokens; nothing was uploaded).")
+            texts = [path.read_text(encoding="utf-8", errors="replace")]
+        elif Path(rel).suffix == ".zip" and path.stat().st_size < 50 * 2**20 and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                texts = [z.read(m).decode("utf-8", errors="replace") for m in z.infolist() if m.file_size < 50 * 2**20]
+        else:
+            continue
+        if any(TOKEN_RE.search(text) for text in texts):
+            raise HubError(f"'{path}' holds what looks like a Hugging Face token; remove it before pushing "
+                           "(hftl never writes tokens; nothing was uploaded).")
 
 
 def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -194,7 +222,8 @@ def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revisio
 
     timm outputs then load with ``timm.create_model("hf-hub:<repo_id>", pretrained=True)``,
     transformers outputs with ``Auto*.from_pretrained(repo_id)``, LoRA outputs with
-    ``PeftModel.from_pretrained`` or ``hftl.load(repo_id)``. ``revision`` names a branch (made from
+    ``PeftModel.from_pretrained`` or ``hftl.load(repo_id)``, RL agents with
+    ``PPO.load(huggingface_sb3.load_from_hub(repo_id, "ppo-<env>.zip"))``. ``revision`` names a branch (made from
     main when new); ``create_pr`` opens a pull request instead of committing; ``private`` creates a
     private repo (and refuses to push into an existing public one); ``license`` overrides the card's.
     The model card's "how to use" code is rewritten for ``repo_id`` and ``revision``.
@@ -213,10 +242,19 @@ def push(output_dir: str | Path, repo_id: str, *, private: bool = False, revisio
     target = revision or "main"
     card = None
     if plan.card is not None:
-        card = card_for_repo(plan.card, repo_id, revision=None if target == "main" else target, kind=plan.kind,
-                             meta=plan.meta, merged=merged, license=license)  # raises HubError on bad metadata
+        branch = None if target == "main" else target
+        usage = None
+        if plan.kind == "sb3":
+            from hftl.rl.card import usage_block
+
+            usage = usage_block(repo_id, plan.meta["zip"], branch)
+        card = card_for_repo(plan.card, repo_id, revision=branch, kind=plan.kind, meta=plan.meta, merged=merged,
+                             license=license, usage=usage)  # raises HubError on bad metadata
     else:
         logger.warning("'%s' has no README.md: pushing without a model card", plan.root)
+    if plan.kind == "sb3":
+        logger.info("'%s' is an SB3 zip, which is a pickle: whoever loads it with PPO.load must trust this repo "
+                    "(hftl itself reads the agent's policy.safetensors)", plan.meta["zip"])
     if plan.kind == "peft" and plan.meta.get("base_source") not in (None, "hub"):
         logger.warning("The adapter's base model '%s' is not on the Hub: others cannot load this adapter until "
                        "it is (push the base too, and train from its Hub id)", plan.meta.get("base_model"))

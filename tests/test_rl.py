@@ -423,3 +423,132 @@ def test_arm_options_are_validated():
     assert "entropy" in one_line(e) and "ent_coef" in str(e.value)
     cfg = rl_study_config_from_dict({"study": {"arms": ["scratch", {"name": "p", "kind": "policy", "ent_coef": 0.01}]}})
     assert cfg.arms[1] == RLArm("p", "policy", ent_coef=0.01)
+
+
+# --------------------------------------------------------------------------------------- the Hub
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The local Hub server (tests/hub_server.py) and a write token in HF_TOKEN."""
+    from hub_server import start_fake_hub
+
+    fake = start_fake_hub()
+    monkeypatch.setenv("HF_TOKEN", fake.token)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+    assert not fake.server_errors
+
+
+def test_pushed_agent_loads_with_load_from_hub_and_ppo_load_and_acts_the_same(study, hub, monkeypatch, capsys,
+                                                                             tmp_path):
+    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_sb3 import load_from_hub
+    from stable_baselines3 import PPO
+
+    from hftl.cli import main
+    from hftl.rl.outputs import load_agent
+
+    _, report = study
+    folder = report.output_dir / "runs" / "policy" / "seed0"
+    repo = "fake-user/ppo-cartpole-long-pole"
+    assert main(["push", str(folder), repo]) == 0  # `hftl push AGENT_DIR REPO_ID`
+    assert "/commit/" in capsys.readouterr().out
+    assert set(hub.list_files(repo)) == {".gitattributes", "README.md", "ppo-CartPole-v1.zip", "policy.safetensors",
+                                         "optimizer.safetensors", "config.json", "results.json"}
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "True")  # huggingface_sb3 refuses a pickle without it
+    pulled = PPO.load(load_from_hub(repo, "ppo-CartPole-v1.zip"), device="cpu")
+    saved = load_agent(folder)
+    obs = np.stack([make_env(EnvConfig("CartPole-v1", {"length": 0.25})).reset(seed=i)[0] for i in range(32)])
+    assert np.array_equal(pulled.predict(obs, deterministic=True)[0], saved.predict(obs, deterministic=True)[0])
+    card = ModelCard.load(hf_hub_download(repo, "README.md"))
+    assert card.data.library_name == "stable-baselines3"
+    result = card.data.eval_results[0]
+    assert result.metric_type == "mean_reward" and result.dataset_name == "CartPole-v1"
+    results = json.loads((folder / "results.json").read_text())
+    assert result.metric_value == f"{results['mean_reward']:.2f} +/- {results['std_reward']:.2f}"
+    # the provenance: source environment, arm and study; the usage code names this repo, and says it is a pickle
+    assert "CartPole-v1 (length=0.5)" in card.text and "| Arm | policy" in card.text and report.name in card.text
+    assert f'load_from_hub("{repo}", "ppo-CartPole-v1.zip")' in card.text and "<user>/<model>" not in card.text
+    assert "pickle" in card.text
+    # hftl's own route from the Hub's files: config.json + safetensors, the zip never opened
+    local = tmp_path / "pulled"
+    for name in ("config.json", "policy.safetensors"):
+        hf_hub_download(repo, name, local_dir=local)
+    assert np.array_equal(load_agent(local).predict(obs, deterministic=True)[0], saved.predict(obs, deterministic=True)[0])
+    # a branch: load_from_hub takes no revision, so that card's code downloads with hf_hub_download
+    assert main(["push", str(folder), repo, "--revision", "long-pole"]) == 0
+    branch_card = ModelCard.load(hf_hub_download(repo, "README.md", revision="long-pole")).text
+    assert f'hf_hub_download("{repo}", "ppo-CartPole-v1.zip", revision="long-pole")' in branch_card
+
+
+def test_pushing_an_agent_refuses_tokens_an_incomplete_folder_and_a_whole_rl_study(study, hub, tmp_path):
+    import shutil
+
+    from hftl.errors import HubError
+    from hftl.hub import plan_push, push
+
+    _, report = study
+    folder = tmp_path / "agent"
+    shutil.copytree(report.output_dir / "runs" / "scratch" / "seed0", folder)
+    assert plan_push(folder).kind == "sb3"
+    with pytest.raises(HubError) as e:  # a whole study is many agents: say which to push
+        plan_push(report.output_dir)
+    assert "RL study" in one_line(e) and "runs/" in str(e.value)
+    import zipfile
+
+    with zipfile.ZipFile(folder / "ppo-CartPole-v1.zip", "a") as z:  # a token inside the SB3 zip
+        z.writestr("notes.txt", "hf_" + "a" * 34)
+    with pytest.raises(HubError, match="token"):
+        push(folder, "fake-user/leaky")
+    (folder / "policy.safetensors").unlink()
+    with pytest.raises(HubError) as e:
+        plan_push(folder)
+    assert "policy.safetensors" in one_line(e)
+    assert not hub.requests_of("commit") and not hub.requests_of("create_repo")  # refused before any request
+
+
+# --------------------------------------------------------------------------------------- rendering
+
+def test_rl_eval_renders_an_episode_as_a_gif(study, tmp_path, capsys):
+    pytest.importorskip("pygame")
+    from PIL import Image
+
+    from hftl.cli import main
+
+    _, report = study
+    gif = tmp_path / "episode.gif"
+    folder = report.output_dir / "runs" / "scratch" / "seed0"
+    assert main(["rl-eval", str(folder), "episodes=2", "--render", str(gif)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["render"]["frames"] == out["render"]["return"] + 1  # CartPole: the start, then one frame a step
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames > 1 and image.size == (600, 400)
+        durations = []
+        for i in range(image.n_frames):
+            image.seek(i)
+            durations.append(image.info["duration"])
+    assert sum(durations) == out["render"]["frames"] * 20  # 50 fps; Pillow merges identical frames, not time
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_missing_render_extra_or_format_is_one_line(study, tmp_path, monkeypatch, capsys):
+    from hftl.cli import main
+    from hftl.rl.render import check_render
+
+    with pytest.raises(ConfigError) as e:
+        check_render(tmp_path / "episode.avi")
+    assert ".gif or .mp4" in one_line(e)
+    pytest.importorskip("pygame")
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # importing it now fails, as when not installed
+    with pytest.raises(ConfigError) as e:
+        check_render(tmp_path / "episode.mp4")
+    assert "imageio-ffmpeg" in one_line(e) and "pip install 'hftl[render]'" in str(e.value)
+    monkeypatch.setitem(sys.modules, "pygame", None)
+    _, report = study
+    folder = report.output_dir / "runs" / "scratch" / "seed0"
+    assert main(["rl-eval", str(folder), "--render", str(tmp_path / "episode.gif")]) == 2  # before any episode
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs pygame" in err and "pip install 'hftl[render]'" in err
+    assert not (tmp_path / "episode.gif").exists()

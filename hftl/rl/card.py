@@ -42,20 +42,40 @@ A PPO agent (stable-baselines3) trained on **{{ env_text }}**{% if source_text %
 
 ## How to use
 
-```python
-from huggingface_sb3 import load_from_hub  # pip install sb3-team-hf-integration
-from stable_baselines3 import PPO
-
-checkpoint = load_from_hub("<user>/<model>", "{{ zip }}")
-model = PPO.load(checkpoint)  # an SB3 zip is a pickle: load only agents you trust
-```
-
-Or with hftl, from the weights in safetensors (no pickle): `hftl rl-eval <folder> episodes=10`.
+{{ usage }}
 
 ## Limitations
 
 Evaluated on the environment variant above only; the physics of another variant can change its return a lot.
 """
+
+
+def usage_block(repo_id: str, zip_file: str, revision: str | None = None) -> str:
+    """The card's marked "how to use" block: huggingface_sb3 + ``PPO.load`` for ``repo_id``, and hftl's safe route.
+
+    ``load_from_hub`` refuses to download a pickle unless ``TRUST_REMOTE_CODE=True`` is set; it takes no
+    revision, so a branch's snippet uses ``hf_hub_download`` directly.
+
+    Example:
+        >>> "load_from_hub(\"me/ppo-cartpole\"" in usage_block("me/ppo-cartpole", "ppo-CartPole-v1.zip")
+        True
+    """
+    from hftl.cards import USAGE_END, USAGE_START
+
+    if revision:
+        lines = ["from huggingface_hub import hf_hub_download",
+                 "from stable_baselines3 import PPO", "",
+                 f'checkpoint = hf_hub_download("{repo_id}", "{zip_file}", revision="{revision}")']
+    else:
+        lines = ["import os", "",
+                 "from huggingface_sb3 import load_from_hub  # pip install sb3-team-hf-integration",
+                 "from stable_baselines3 import PPO", "",
+                 'os.environ["TRUST_REMOTE_CODE"] = "True"  # load_from_hub asks you to say that you trust the pickle',
+                 f'checkpoint = load_from_hub("{repo_id}", "{zip_file}")']
+    code = "\n".join([*lines, "model = PPO.load(checkpoint)  # an SB3 zip is a pickle: load only agents you trust"])
+    local = f"hf download {repo_id} --local-dir agent" + (f" --revision {revision}" if revision else "")
+    return (f"{USAGE_START}\n```python\n{code}\n```\n\nOr with hftl, from the weights in safetensors (no pickle): "
+            f"`{local}`, then `hftl rl-eval agent episodes=10`.\n{USAGE_END}")
 
 
 def render_agent_card(info: dict) -> str:
@@ -65,6 +85,8 @@ def render_agent_card(info: dict) -> str:
         >>> text = render_agent_card({"env_id": "CartPole-v1", "mean_reward": 500.0, "std_reward": 0.0})  # doctest: +SKIP
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from hftl.cards import REPO_PLACEHOLDER
 
     env_id = info["env_id"]
     value = f"{info['mean_reward']:.2f} +/- {info['std_reward']:.2f}"  # huggingface_sb3 writes it so
@@ -76,4 +98,6 @@ def render_agent_card(info: dict) -> str:
                                  dataset_type=env_id, dataset_name=env_id, metric_type="mean_reward",
                                  metric_name="mean_reward", metric_value=value)])
     check_metadata(data.to_dict(), "the agent's card")
-    return str(ModelCard.from_template(data, template_str=TEMPLATE, value=value, zip=f"ppo-{env_id}.zip", **info))
+    zip_file = f"ppo-{env_id}.zip"
+    return str(ModelCard.from_template(data, template_str=TEMPLATE, value=value, zip=zip_file,
+                                       usage=usage_block(REPO_PLACEHOLDER, zip_file), **info))

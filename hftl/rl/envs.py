@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from hftl.errors import ConfigError
 from hftl.rl.deps import require
 
+# Episode seeds of evaluations (and of a rendered episode): apart from the training envs' seeds (study seeds 0, 1, ...).
+EVAL_SEED = 10_000
+
 # The physics each classic-control env exposes, by its class name: config name -> attribute on the unwrapped env.
 # Acrobot keeps them as upper-case class attributes; the config uses lower case like the others. Values that
 # size the observation space (Acrobot's MAX_VEL_*, MountainCar's max_speed) are left out: changing them would

@@ -15,9 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hftl.rl.deps import require
-from hftl.rl.envs import EnvConfig, make_env
-
-EVAL_SEED = 10_000  # episode seeds of evaluations: apart from the training envs' seeds (study seeds 0, 1, ...)
+from hftl.rl.envs import EVAL_SEED, EnvConfig, make_env
 
 
 def evaluate_policy(policy, env: EnvConfig, episodes: int = 10, seed: int = EVAL_SEED,
@@ -100,10 +98,12 @@ def curve_callback(env: EnvConfig, every: int, episodes: int, offset: int = 0, c
 
 
 def evaluate_agent(path, env: EnvConfig | None = None, episodes: int = 10, allow_pickle: bool = False,
-                   seed: int = EVAL_SEED) -> dict:
+                   seed: int = EVAL_SEED, render: str | None = None) -> dict:
     """Mean return of a saved agent over ``episodes`` episodes (what ``hftl rl-eval`` prints).
 
-    ``env`` defaults to the variant the agent was trained on (its config.json).
+    ``env`` defaults to the variant the agent was trained on (its config.json). ``render`` (a .gif or
+    .mp4 path; the ``render`` extra) also writes the first episode's frames there
+    (:func:`hftl.rl.render.render_episode`).
 
     Example:
         >>> evaluate_agent("outputs/rl_study/runs/parameter/seed0", episodes=10)["mean_reward"]  # doctest: +SKIP
@@ -112,6 +112,10 @@ def evaluate_agent(path, env: EnvConfig | None = None, episodes: int = 10, allow
     from hftl.errors import ConfigError
     from hftl.rl.outputs import agent_config, load_agent
 
+    if render is not None:
+        from hftl.rl.render import check_render
+
+        check_render(render)  # a missing extra fails before the agent is loaded and evaluated
     if env is None:
         recorded = agent_config(path).get("env")
         if recorded is None:
@@ -119,18 +123,24 @@ def evaluate_agent(path, env: EnvConfig | None = None, episodes: int = 10, allow
         env = EnvConfig(**recorded)
     agent = load_agent(path, env, allow_pickle=allow_pickle)
     returns = evaluate_policy(agent.policy, env, episodes, seed)
-    return {"env": env.describe(), "episodes": episodes, "mean_reward": float(np.mean(returns)),
-            "std_reward": float(np.std(returns))}
+    result = {"env": env.describe(), "episodes": episodes, "mean_reward": float(np.mean(returns)),
+              "std_reward": float(np.std(returns))}
+    if render is not None:
+        from hftl.rl.render import render_episode
+
+        result["render"] = render_episode(agent.policy, env, render, seed=seed)
+    return result
 
 
 EVAL_KEYS = ("env", "physics", "episodes", "seed")
 
 
-def eval_command(path, overrides: list[str], allow_pickle: bool = False) -> dict:
-    """``hftl rl-eval AGENT env=ID physics.length=1.0 episodes=N seed=S``: the agent's mean return.
+def eval_command(path, overrides: list[str], allow_pickle: bool = False, render: str | None = None) -> dict:
+    """``hftl rl-eval AGENT env=ID physics.length=1.0 episodes=N seed=S [--render episode.gif]``: the mean return.
 
     The environment starts as the variant the agent was trained on; ``env=`` names another id (with
-    its default physics) and ``physics.NAME=`` changes one parameter on top.
+    its default physics) and ``physics.NAME=`` changes one parameter on top. ``render`` writes the
+    first episode as a GIF or MP4.
 
     Example:
         >>> eval_command("outputs/agent", ["physics.length=1.0", "episodes=20"])["episodes"]  # doctest: +SKIP
@@ -158,4 +168,4 @@ def eval_command(path, overrides: list[str], allow_pickle: bool = False) -> dict
         env = EnvConfig(recorded["id"], {**recorded.get("physics", {}), **physics})
     else:
         raise ConfigError(f"'{path}' records no environment (no config.json): give one, e.g. env=CartPole-v1.")
-    return evaluate_agent(path, env, episodes, allow_pickle, seed=int(given.get("seed", EVAL_SEED)))
+    return evaluate_agent(path, env, episodes, allow_pickle, seed=int(given.get("seed", EVAL_SEED)), render=render)

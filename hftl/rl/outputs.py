@@ -14,6 +14,10 @@ half-written agent that looks whole)::
 and never opens the zip; it reads a bare SB3 zip only with ``allow_pickle=True``, for a file the
 user points at and trusts.
 
+``hftl push AGENT_DIR user/name`` (:func:`hftl.hub.push`) recognises such a folder
+(:func:`is_agent_folder`) and uploads :func:`agent_push_files` with the card, so that
+``PPO.load(huggingface_sb3.load_from_hub(repo_id, "ppo-CartPole-v1.zip"))`` restores the agent.
+
 Example:
     >>> save_agent("outputs/agent", agent, info)  # doctest: +SKIP
     >>> PPO.load("outputs/agent/ppo-CartPole-v1.zip")  # doctest: +SKIP
@@ -157,3 +161,44 @@ def agent_config(path: str | Path) -> dict:
     path = Path(path)
     config = path / CONFIG if path.is_dir() else path.with_name(CONFIG)
     return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def is_agent_folder(path: str | Path) -> bool:
+    """Whether ``path`` is an agent folder written by hftl (its config.json says ``library: hftl`` and an ``algo``).
+
+    Example:
+        >>> is_agent_folder("outputs/rl_cartpole_pole_length/runs/policy/seed0")  # doctest: +SKIP
+        True
+    """
+    config = agent_config(path) if Path(path).is_dir() else {}
+    return config.get("library") == "hftl" and "algo" in config and "env_id" in config
+
+
+def agent_push_files(folder: str | Path) -> dict:
+    """The files of an agent folder that go to the Hub (repo path -> local file), in SB3's layout.
+
+    The SB3 zip (what ``huggingface_sb3.load_from_hub`` + ``PPO.load`` read), ``policy.safetensors``
+    and ``optimizer.safetensors`` (what hftl reads, without unpickling), ``config.json`` and
+    ``results.json``; the card (README.md) is the caller's. A folder missing the zip or the weights is
+    a :class:`~hftl.errors.HubError` naming them.
+
+    Example:
+        >>> sorted(agent_push_files("outputs/agent"))  # doctest: +SKIP
+        ['config.json', 'optimizer.safetensors', 'policy.safetensors', 'ppo-CartPole-v1.zip', 'results.json']
+    """
+    from hftl.errors import HubError
+
+    folder = Path(folder)
+    config = agent_config(folder)
+    wanted = [zip_name(config["env_id"], config.get("algo", "ppo")), POLICY, CONFIG, RESULTS]
+    missing = [name for name in wanted if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"The agent folder '{folder}' lacks {', '.join(missing)}, so it is not a whole agent; save it "
+                       "again (a study's runs/<arm>/seed<N> folders are whole agents). Nothing was uploaded.")
+    files = {name: folder / name for name in wanted}
+    if (folder / OPTIMIZER).is_file():
+        files[OPTIMIZER] = folder / OPTIMIZER
+    for extra in ("replay.gif", "replay.mp4"):  # a rendered episode, as huggingface_sb3 pushes one
+        if (folder / extra).is_file():
+            files[extra] = folder / extra
+    return files
