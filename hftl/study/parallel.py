@@ -67,26 +67,27 @@ def _init_worker(slots, quiet: bool) -> None:
         logging.getLogger("hftl").setLevel(logging.WARNING)
 
 
-def _study_for(cfg, source_keys: dict):
+def _study_for(study_class, cfg, source_keys: dict):
     """This worker's study (built once per study: its pool and folds load from the config, as the parent's did)."""
-    from hftl.study.runner import _Study
-
     key = (str(cfg.output_dir), tuple(sorted(source_keys.items())), tuple(a.name for a in cfg.arms))
     if _STATE.get("key") != key:
-        study = _Study(cfg)
+        study = study_class(cfg)
         study.source_keys = dict(source_keys)
         study.load_pool()
         _STATE.update(key=key, study=study)
     return _STATE["study"]
 
 
-def run_job(cfg, source_keys: dict, job: tuple, threads: int | None = None) -> tuple[tuple, dict, int, int]:
-    """One (arm name, budget, fold) of the study: its record, and how many trainings it ran and skipped."""
+def run_job(study_class, cfg, source_keys: dict, job: tuple, threads: int | None = None) -> tuple[tuple, dict, int, int]:
+    """One (arm name, budget, fold) of the study: its record, and how many trainings it ran and skipped.
+
+    ``study_class`` is hftl.study.runner's study class (passed in, pickled by name: no import cycle).
+    """
     if threads:  # a Ray task: it has its CPUs, but torch would use every core of the node
         import torch
 
         torch.set_num_threads(threads)
-    study = _study_for(cfg, source_keys)
+    study = _study_for(study_class, cfg, source_keys)
     arm = next(a for a in study.cfg.arms if a.name == job[0])
     trained, skipped = study.trained, study.skipped
     record = study.run_fold(arm, job[1], job[2])
@@ -129,7 +130,7 @@ def _pool_jobs(study, jobs: list[tuple], on_done) -> dict:
         f"cores {s['cores']}" + (f", GPU {s['gpu']}" if s["gpu"] is not None else "") for s in plan_slots(workers, cores, gpus)))
     quiet = not logging.getLogger("hftl").isEnabledFor(logging.INFO)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, quiet)) as pool:
-        futures = [pool.submit(run_job, study.cfg, study.source_keys, job) for job in jobs]
+        futures = [pool.submit(run_job, type(study), study.cfg, study.source_keys, job) for job in jobs]
         try:
             return _collect(study, (f.result() for f in as_completed(futures)), on_done)
         except BaseException:  # one failure (or Ctrl-C) stops the rest; finished folds keep their records
@@ -151,7 +152,7 @@ def _ray_jobs(study, jobs: list[tuple], on_done) -> dict:
     cpus = max(1, int(resources.get("CPU", 1) // workers))
     gpus = 1 if resources.get("GPU", 0) >= workers else 0
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_job)
-    pending = {task.remote(study.cfg, study.source_keys, job, cpus): job for job in jobs}
+    pending = {task.remote(type(study), study.cfg, study.source_keys, job, cpus): job for job in jobs}
     out: dict = {}
     try:
         while pending:
