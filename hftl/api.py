@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from hftl.config import Config, load_config
+from hftl.console import run_log
 from hftl.data import LabelledData
 from hftl.errors import ConfigError
 from hftl.model import META_FILE, load, read_meta
@@ -61,7 +62,9 @@ def train(config: Config | str | Path | dict | None = None, overrides: list[str]
 
         check_push_ready(cfg.hub.repo_id)
     check_output_dir(cfg.output_dir, cfg.train.resume)
-    with output_lock(cfg.output_dir):  # one run per folder: a second one started on it fails at once
+    # One run per folder: a second one started on it fails at once. Under the command, OUTPUT_DIR/logs/hftl.log
+    # keeps the INFO lines the terminal does not show.
+    with output_lock(cfg.output_dir), run_log(cfg.output_dir):
         return run(cfg, data, extra_card_info)
 
 

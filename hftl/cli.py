@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -23,6 +22,8 @@ from hftl.errors import ConfigError, HftlError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hftl", description="Transfer learning on the Hugging Face stack.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error (as HFTL_DEBUG=1)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show hftl's INFO lines on the terminal too (they always go to OUTPUT_DIR/logs/hftl.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="Train from a YAML config with key=value overrides.", add_help=False)
@@ -126,7 +127,10 @@ def _normalise_eval_overrides(overrides: list[str]) -> list[str]:
 
 
 def run(argv: list[str]) -> int:
+    from hftl.console import setup_console
+
     args = _parser().parse_args(argv)
+    setup_console(verbose=args.verbose)
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [args.config, *args.overrides], None  # no config file, only overrides
     if args.command == "study" and _is_rl_study(args.config):
@@ -142,7 +146,8 @@ def run(argv: list[str]) -> int:
 
         result = train(args.config, args.overrides)
         if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
-            print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics}, indent=2))
+            print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics,
+                              **_epochs_summary(result.output_dir)}, indent=2))
     elif args.command == "predict":
         from hftl.api import predict
         from hftl.model import load
@@ -223,6 +228,20 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _epochs_summary(output_dir) -> dict:
+    """Epochs planned and run, and the epoch whose weights were kept (1-based, as the card says), from metrics.json."""
+    from pathlib import Path
+
+    try:
+        record = json.loads((Path(output_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = record.get("kept_epoch")
+    return {"epochs": {"planned": record.get("epochs_planned"), "run": record.get("epochs_run"),
+                       "stopped_early": (record.get("epochs_run") or 0) < (record.get("epochs_planned") or 0),
+                       "kept": None if kept is None else kept + 1}}
+
+
 def _is_rl_study(config: str | None) -> bool:
     """Whether a study YAML is an RL study (hftl.rl.config.is_rl_config); a missing file is study's error."""
     from pathlib import Path
@@ -237,9 +256,6 @@ def _is_rl_study(config: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hftl`` command (and of the recipes)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "timm", "accelerate", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     try:
         return run(argv)

@@ -217,6 +217,8 @@ class Trainer:
         try:
             metrics = self._epochs(acc, model, stepper, scheduler, train_dl, eval_dl, start_epoch, skip_batches,
                                    progress)
+            if not progress.disable and self.history:
+                progress.set_postfix_str(self._outcome(), refresh=True)  # what the bar ends on: stop and kept epoch
         finally:
             progress.close()
             if self._log_file is not None:
@@ -308,6 +310,16 @@ class Trainer:
         if not metrics and self.history:  # resumed from the last checkpoint (a crash in the final save)
             metrics = {k: v for k, v in self.history[-1].items() if k != "epoch"}
         return metrics
+
+    def _outcome(self) -> str:
+        """How the fit ended, for the progress display: epochs run, an early stop, the epoch whose weights are kept."""
+        cfg = self.cfg
+        kept = self._best_index() if cfg.keep_best else len(self.history) - 1
+        value = self.history[kept].get(cfg.metric)
+        shown = f" ({cfg.metric} {value:.4g})" if isinstance(value, (int, float)) else ""
+        stopped = f" of {self.epochs}, stopped early" if len(self.history) < self.epochs else ""
+        return (f"{len(self.history)} epochs{stopped}; kept epoch {self.history[kept]['epoch'] + 1}{shown}"
+                if self.epochs else f"head solved{shown}")
 
     def _best_index(self) -> int:
         """Index in the history of the best epoch by ``cfg.metric``; a tie goes to the lower loss, then the earlier."""

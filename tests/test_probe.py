@@ -209,6 +209,25 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
     assert "weights of epoch 2 kept" in (out / "README.md").read_text()
 
 
+def test_the_terminal_says_where_training_stopped_and_which_epoch_was_kept(tmp_path, monkeypatch, capsys):
+    from hftl.cli import main as cli_main
+    from hftl.trainer import Trainer
+
+    scores = iter([0.3, 0.8, 0.5, 0.4, 0.2, 0.1])
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, dl: {**evaluate(self, model, dl),
+                                                                       "accuracy": next(scores)})
+    overrides = tiny_train_overrides(tmp_path / "run", **{"train.epochs": 6, "train.patience": 2,
+                                                          "train.progress": "true"})
+    assert cli_main(["train", *overrides]) == 0
+    out, err = capsys.readouterr()
+    assert "4 epochs of 6, stopped early; kept epoch 2 (accuracy 0.8)" in err  # the progress bar's last words
+    summary = json.loads(out[out.index("{"):])
+    assert summary["epochs"] == {"planned": 6, "run": 4, "stopped_early": True, "kept": 2}
+    assert "INFO" not in err  # INFO lines go to the run's log file, not the terminal
+    assert "Training 6 epochs" in (tmp_path / "run" / "logs" / "hftl.log").read_text()
+
+
 def test_epochs_follow_min_steps_when_unset(tmp_path):
     base = tiny_train_overrides(tmp_path / "a", **{"train.epochs": "null", "train.min_steps": 20,
                                                    "strategy.name": "linear_probe", "strategy.probe_solver": "sgd"})

@@ -345,7 +345,13 @@ def test_too_few_examples_for_the_folds_uses_fewer_folds_and_says_so(tmp_path):
     assert "Used 2 folds instead of 3" in report.summary()
 
 
-def test_text_study_runs_through_the_same_machinery(tmp_path):
+def test_text_study_runs_through_the_same_machinery(tmp_path, monkeypatch):
+    from hftl.backbones.hf_text import HFTextModel
+
+    calls = []
+    tokenize = HFTextModel.tokenize
+    monkeypatch.setattr(HFTextModel, "tokenize", lambda self, texts, pairs=None: calls.append(len(texts))
+                        or tokenize(self, texts, pairs))
     bert = tiny_bert(tmp_path / "bert", [r["text"] for r in topic_rows()])
     cfg = {
         "base": {"task": "text_classification", "model": {"id": str(bert)},
@@ -359,6 +365,7 @@ def test_text_study_runs_through_the_same_machinery(tmp_path):
     assert report.label_names == ["food", "sport", "technology", "weather"]
     assert len(report.scores["linear_probe"]["b1"]["accuracy"]) == 2
     assert (tmp_path / "out" / "model" / "README.md").is_file()
+    assert [n for n in calls if n] == [16]  # the pool, tokenized once for 2 arms x 2 folds x (train, held-out)
 
 
 def test_shipped_study_configs_are_valid():

@@ -48,7 +48,7 @@ def plan_slots(workers: int, cores: list[int], gpus: int) -> list[dict]:
     return slots
 
 
-def _init_worker(slots, quiet: bool) -> None:
+def _init_worker(slots, console: dict) -> None:
     """A pool worker takes its slot: cores and GPU first, before torch is imported in this process."""
     slot = slots.get()
     if slot["gpu"] is not None:
@@ -63,8 +63,10 @@ def _init_worker(slots, quiet: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    if quiet:
-        logging.getLogger("hftl").setLevel(logging.WARNING)
+    if console["on"]:  # under the command: the same quiet terminal, and each fold's log file
+        from hftl.console import setup_console
+
+        setup_console(console["verbose"])
 
 
 def _study_for(study_class, cfg, source_keys: dict):
@@ -128,8 +130,10 @@ def _pool_jobs(study, jobs: list[tuple], on_done) -> dict:
         slots.put(slot)
     logger.info("Study: %d workers (%s)", workers, ", ".join(
         f"cores {s['cores']}" + (f", GPU {s['gpu']}" if s["gpu"] is not None else "") for s in plan_slots(workers, cores, gpus)))
-    quiet = not logging.getLogger("hftl").isEnabledFor(logging.INFO)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, quiet)) as pool:
+    from hftl.console import console_settings
+
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots, console_settings())) as pool:
         futures = [pool.submit(run_job, type(study), study.cfg, study.source_keys, job) for job in jobs]
         try:
             return _collect(study, (f.result() for f in as_completed(futures)), on_done)

@@ -54,7 +54,7 @@ from hftl.study.stats import compare_paired, describe_scores, fold_metrics, high
 logger = logging.getLogger(__name__)
 
 # What a fold's run folder keeps once its weights are no longer needed (the record holds the numbers).
-KEEP_LIGHT = {"metrics.json", "log.jsonl", "hftl_config.yaml"}
+KEEP_LIGHT = {"metrics.json", "log.jsonl", "hftl_config.yaml", "logs"}  # logs/hftl.log: the fold's log lines
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -138,6 +138,7 @@ class _Study:
         cfg.output_dir = str(folder)
         cfg.train.resume = None
         cfg.train.save_checkpoints = False  # an interrupted pretraining restarts
+        cfg.train.progress = False  # one progress display for the study
         key = _hash({"config": _config_key(cfg), "shuffle_labels": source.shuffle_labels})
         record_path = self.records / f"pretrain__{source.name}.json"
         record = _read_json(record_path)
@@ -193,7 +194,7 @@ class _Study:
     def load_pool(self):
         import datasets
 
-        from hftl.data import LabelledData, load_labelled_data
+        from hftl.data import FoldOrigin, LabelledData, load_labelled_data
 
         base = self.resolve(self.cfg.base)
         data = load_labelled_data(base.data, base.task, base.train.seed)
@@ -205,6 +206,7 @@ class _Study:
             fingerprint = _hash([fingerprint, "max_examples", self.s.max_examples, self.s.seed])
         self.pool = LabelledData(pool, pool.select([]), data.label_names, data.source, fingerprint, data.skipped,
                                  data.regression)
+        self.pool.origin = FoldOrigin(self.pool, {"train": list(range(len(pool)))})  # its own rows: tokenized once
         self.labels = np.asarray(pool["label"])
         self.strata = self._strata(self.labels, data.regression)
         self.folds, self.fold_note = make_folds(self.labels, self.s.folds, self.s.seed, data.label_names,
@@ -427,16 +429,27 @@ class _Study:
 
     # -- the whole study -----------------------------------------------------------------------
     def run(self) -> StudyReport:
+        from hftl.console import run_log
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with run_log(self.out):  # under the command: STUDY_DIR/logs/hftl.log gets every INFO line
+            return self._run()
+
+    def _run(self) -> StudyReport:
         from contextlib import nullcontext
 
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
+        from hftl.console import console_settings
+
         started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         show = self.cfg.base.train.progress
-        # Log lines go through tqdm while the bar is shown, so they do not tear it into pieces.
-        with logging_redirect_tqdm() if show else nullcontext(), \
+        # Log lines go through tqdm while the bar is shown, so they do not tear it into pieces (the command's own
+        # console handler, hftl.console, does so already, and shows warnings only).
+        redirect = show and not console_settings()["on"]
+        with logging_redirect_tqdm() if redirect else nullcontext(), \
                 tqdm(total=len(self.cfg.pretrain), desc="study", unit="run", disable=not show,
                      dynamic_ncols=True) as progress:
             for source in self.cfg.pretrain:

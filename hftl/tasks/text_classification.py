@@ -99,6 +99,28 @@ def _labels(ds, split: str, names: list[str], regression: bool) -> list:
     return [int(v) for v in labels]
 
 
+_POOL_TOKENS: dict = {}  # a study's pool, tokenized once: key -> rows (the last few pools only)
+
+
+def _pool_rows(model, data, split: str, dc) -> list[dict] | None:
+    """A study fold's rows of its pool, tokenized once per study (and tokenizer); None outside a study."""
+    origin = getattr(data, "origin", None)
+    if origin is None or split not in origin.indices or not len(origin.indices[split]):
+        return None
+    tok = model.tokenizer
+    key = (origin.pool.fingerprint, type(tok).__name__, tok.name_or_path, len(tok), model.max_length,
+           dc.text_column, dc.text_pair_column)
+    if key not in _POOL_TOKENS:
+        pool = origin.pool.train
+        pairs = _column(pool, dc.text_pair_column, "pool", dc) if dc.text_pair_column else None
+        if len(_POOL_TOKENS) >= 4:
+            _POOL_TOKENS.clear()
+        _POOL_TOKENS[key] = model.tokenize(list(_column(pool, dc.text_column, "pool", dc)),
+                                           None if pairs is None else list(pairs))
+    rows = _POOL_TOKENS[key]
+    return [rows[i] for i in origin.indices[split]]
+
+
 def build_text_datasets(cfg: Config, model, data):
     """Tokenized (train, validation, collate) for text classification, with the model's tokenizer.
 
@@ -128,7 +150,7 @@ def build_text_datasets(cfg: Config, model, data):
         empty = sum(1 for t in texts if t is None or str(t).strip() == "")
         if empty:
             logger.warning("%d %s text(s) are empty or missing; they are kept as empty inputs", empty, split)
-        rows = model.tokenize(list(texts), None if pairs is None else list(pairs))
+        rows = _pool_rows(model, data, split, dc) or model.tokenize(list(texts), None if pairs is None else list(pairs))
         datasets_.append(TextDataset(rows, _labels(ds, split, names, regression), model))
     logger.info("Tokenized %d train / %d validation texts (max %d tokens)", len(datasets_[0]), len(datasets_[1]),
                 max_length)
