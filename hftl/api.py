@@ -152,7 +152,7 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
     task.check_evaluable(folder)
     model = load(folder, trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     data = task.load_data(cfg, whole=whole)
-    task.check_classes(data, meta)
+    data = task.check_classes(data, meta) or data  # a multi-label set may come back in the model's label order
     _, eval_ds, collate = task.datasets(cfg, model, data, whole=whole)
     scored = evaluate_model(cfg, task, model, eval_ds, collate)
     if not whole and _refit_on_validation(folder):

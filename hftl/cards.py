@@ -178,8 +178,12 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
         lines += ["import timm", "",
                   f"model = timm.create_model(\"hf-hub:{repo}{at}\", pretrained=True).eval()",
                   "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
-                  "labels = model.pretrained_cfg.get(\"label_names\")",
-                  "# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
+                  "labels = model.pretrained_cfg.get(\"label_names\")"]
+        if get_task(task).multi_label:  # several labels: a sigmoid each, the tuned thresholds are in the bias
+            lines += ["# scores = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).sigmoid()[0]",
+                      "# predicted = [label for label, s in zip(labels, scores) if s > 0.5]"]
+        else:
+            lines += ["# probs = model(transform(PIL.Image.open(\"image.png\").convert(\"RGB\")).unsqueeze(0)).softmax(-1)"]
     else:
         auto = get_task(task).auto_class or "AutoModelForSequenceClassification"
         if task == "image_captioning":
@@ -212,6 +216,9 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
         if task == "text_classification":
             lines += ["# logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\")).logits",
                       "# label = model.config.id2label[logits.argmax(-1).item()]"]
+        if get_task(task).multi_label:  # config.problem_type says so: pipelines apply a sigmoid per label
+            lines += ["# scores = model(**tokenizer([\"some text\"], return_tensors=\"pt\")).logits.sigmoid()[0]",
+                      "# labels = [model.config.id2label[i] for i, s in enumerate(scores) if s > 0.5]"]
     return "\n".join(lines)
 
 

@@ -87,7 +87,11 @@ class DataConfig:
     text_column: str = _f("text", "Column holding the text (text tasks; image_captioning: the caption).")
     text_pair_column: str | None = _f(None, "Second text column for pair tasks (text tasks).")
     audio_column: str = _f("audio", "Column holding the audio (a Hub Audio column, or file paths in a CSV).")
-    label_column: str = _f("label", "Column holding the class label (text_regression: the number to predict).")
+    label_column: str = _f("label", "Column holding the class label (text_regression: the number to predict; "
+                                    "image_multilabel, text_multilabel: a list of labels, or labels joined by "
+                                    "data.label_separator; empty: none of them).")
+    label_separator: str = _f("|", "image_multilabel, text_multilabel: what joins the labels of one example in a "
+                                   "text cell (a JSON list column needs none).")
     train_split: str = _f("train", "Split to train on.")
     validation_split: str | None = _f(
         None, "Split to evaluate on; when absent a seeded, stratified split is made from train."
@@ -119,7 +123,7 @@ class StrategyConfig:
     frozen_groups: int = _f(1, "partial: how many layer groups from the input stay frozen.")
     cache_features: bool = _f(True, "linear_probe: compute backbone features once and cache them on disk.")
     probe_solver: str = _f(
-        "lbfgs", "linear_probe and lp_ft: lbfgs solves the head on cached features (multinomial logistic regression "
+        "auto", "linear_probe and lp_ft: auto is lbfgs, and sgd for multi-label tasks; lbfgs solves the head on cached features (multinomial logistic regression "
                  "by full-batch L-BFGS; ridge regression for text_regression) with the L2 strength chosen by "
                  "5-fold cross-validation on the training data; sgd trains it with the training loop (train.epochs, lr ...).")
     probe_l2: list = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
@@ -218,7 +222,8 @@ class Config:
     task: str = _f(
         "image_classification",
         "image_classification, text_classification, text_regression (one real-valued output, MSE loss), "
-        "audio_classification, image_captioning (a vision encoder joined to a text decoder), simclr (self-supervised "
+        "audio_classification, image_multilabel and text_multilabel (several labels per example: sigmoid head, "
+        "BCE loss), image_captioning (a vision encoder joined to a text decoder), simclr (self-supervised "
         "pretraining of an image encoder on unlabelled images), masked_image (inpainting pretraining of a ViT, "
         "MAE), causal_lm, masked_lm (domain-adaptive pretraining of an encoder on unlabelled text), or a task "
         "registered with hftl.registry.register_task.",
@@ -455,8 +460,15 @@ def validate(cfg: Config) -> None:
     if t.backbone_lr_scale < 0:
         raise ConfigError(f"train.backbone_lr_scale must be 0 or more, not {t.backbone_lr_scale}.")
     s = cfg.strategy
-    if s.probe_solver not in ("lbfgs", "sgd"):
-        raise ConfigError(f"strategy.probe_solver must be lbfgs or sgd, not '{s.probe_solver}'.")
+    if s.probe_solver not in ("auto", "lbfgs", "sgd"):
+        raise ConfigError(f"strategy.probe_solver must be auto, lbfgs or sgd, not '{s.probe_solver}'.")
+    if s.probe_solver == "auto":  # the solved probe is multinomial (or ridge); a multi-label head trains with BCE
+        s.probe_solver = "sgd" if task.multi_label else "lbfgs"
+    if task.multi_label and s.probe_solver == "lbfgs":
+        raise ConfigError(f"strategy.probe_solver=lbfgs solves a multinomial probe; {cfg.task} predicts several "
+                          "labels per example: set strategy.probe_solver=sgd (or auto).")
+    if task.multi_label and cfg.data.classes:
+        raise ConfigError(f"data.classes picks single-label classes; {cfg.task} keeps every label. Remove data.classes.")
     bad = [v for v in s.probe_l2 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")]
     if bad:
         raise ConfigError(f"strategy.probe_l2 must hold positive numbers (e.g. [1e-4, 1e-2]), not {bad[0]!r}.")

@@ -26,6 +26,7 @@ import numpy as np
 from hftl.config import DataConfig
 from hftl.errors import DataError
 from hftl.images import _image_folder, _verify_image
+from hftl.label_sets import metadata_csv, multi_hot, multi_hot_labels, split_labels
 from hftl.registry import get_task
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ def _digits():
 BUILTIN = {"digits": _digits}
 
 
-def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
-    """(paths, labels, names, unreadable count) from a CSV / JSON(-lines) file of paths (relative to it) and labels."""
+def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str, multi_label: bool = False):
+    """(paths, labels, names, unreadable count) from a CSV / JSON(-lines) file of paths (relative to it) and labels.
+
+    ``multi_label``: each label cell is a set of labels (hftl.data.split_labels); labels are multi-hot rows.
+    """
     import pandas as pd
 
     check_text_file(path)
@@ -99,6 +103,10 @@ def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str):
         raw_labels.append(label)
     if not paths:
         raise DataError(f"'{path}' lists no readable {kind} files ({corrupt} missing or unreadable).")
+    if multi_label:
+        sets = [split_labels(v, cfg.label_separator) for v in raw_labels]
+        names = sorted({n for labels in sets for n in labels})
+        return paths, multi_hot(sets, names, cfg.label_column), names, corrupt
     _check_class_labels(raw_labels, cfg.label_column, path)
     names = sorted({str(v) for v in raw_labels})
     index = {n: i for i, n in enumerate(names)}
@@ -230,8 +238,11 @@ def _numeric_labels(ds, column: str):
     return ds.remove_columns(column).add_column("label", values), [column]
 
 
-def _labels_for(ds, column: str, regression: bool, names: list[str] | None = None):
-    """(dataset with a ``label`` column, names): class indices, or float targets for regression."""
+def _labels_for(ds, column: str, regression: bool, names: list[str] | None = None, multi_label: str | None = None):
+    """(dataset with a ``label`` column, names): class indices, float targets for regression, or multi-hot rows
+    (``multi_label``: the label separator of a multi-label task)."""
+    if multi_label is not None:
+        return multi_hot_labels(ds, column, multi_label, names)
     return _numeric_labels(ds, column) if regression else _encode_labels(ds, column, names)
 
 
@@ -326,6 +337,7 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
 
     spec = get_task(task)  # what the data holds follows the task's modality, not its name
     regression, modality = spec.regression, spec.modality
+    multi = cfg.label_separator if spec.multi_label else None  # multi-hot label rows (their separator in text cells)
     skipped: dict = {}
     validation = None
     source = cfg.id
@@ -333,6 +345,9 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
         name = cfg.id.split(":", 1)[1]
         if name not in BUILTIN:
             raise DataError(f"Unknown built-in data set '{name}'. Built-in sets: {', '.join(BUILTIN)}.")
+        if multi is not None:
+            raise DataError(f"The built-in set '{name}' has one label per image; {task} needs a CSV or folder whose "
+                            "label column lists several (e.g. a metadata.csv with file_name and label columns).")
         images, labels, names = BUILTIN[name]()
         full = datasets.Dataset.from_dict(
             {"image": images, "label": labels},
@@ -360,13 +375,18 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
         path = Path(cfg.id)
         if path.suffix.lower() == ".csv" and not path.is_file():
             raise DataError(f"CSV file '{path}' does not exist. Check data.id.")
-        paths, labels, names, corrupt = _csv_files(path, cfg, cfg.image_column, _verify_image, "image") \
+        if multi is not None and path.is_dir():  # Hugging Face imagefolder's layout: metadata.csv names each file's labels
+            path, image_column = metadata_csv(path), "file_name" if cfg.image_column == "image" else cfg.image_column
+        else:
+            image_column = cfg.image_column
+        paths, labels, names, corrupt = _csv_files(path, cfg, image_column, _verify_image, "image", multi is not None) \
             if path.is_file() else _image_folder(path)
         if corrupt:
             skipped["corrupt or missing image"] = corrupt
+        label_type = datasets.Sequence(datasets.Value("float32")) if multi is not None else datasets.Value("int64")
         full = datasets.Dataset.from_dict(
             {"image": paths, "label": labels},
-            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+            features=datasets.Features({"image": datasets.Image(), "label": label_type}),
         )
         fingerprint = _file_fingerprint(paths)
     elif (cfg.id.startswith(("/", "./", "../", "~")) or cfg.id.endswith("/")) and not Path(cfg.id).expanduser().exists():
@@ -376,9 +396,9 @@ def load_labelled_data(cfg: DataConfig, task: str, seed: int = 42, whole: bool =
         val_name = split_names(dsdict, cfg)
         full = dsdict[cfg.train_split]
         _check_columns(full, cfg, task)
-        full, names = _labels_for(full, cfg.label_column, regression)
+        full, names = _labels_for(full, cfg.label_column, regression, multi_label=multi)
         if val_name:
-            validation, _ = _labels_for(dsdict[val_name], cfg.label_column, regression, names) \
+            validation, _ = _labels_for(dsdict[val_name], cfg.label_column, regression, names, multi) \
                 if cfg.label_column in dsdict[val_name].column_names else (None, None)
         fingerprint = f"hub:{cfg.id}@{cfg.revision}:{full._fingerprint}"
         if modality == "image" and cfg.image_column != "image":
@@ -416,7 +436,7 @@ def _finish(full, validation, names, cfg: DataConfig, seed, source, fingerprint,
     key = hashlib.sha256(
         # The input and label columns belong in the key: cached probe features store the labels with them.
         f"{fingerprint}|{cfg.validation_fraction}|{cfg.max_train_samples}|{cfg.max_eval_samples}|{getattr(cfg, 'classes', None)}|{seed}"
-        f"|{cfg.label_column}|{regression}|{cfg.image_column}|{cfg.audio_column}|{cfg.text_column}|{cfg.text_pair_column}"
+        f"|{cfg.label_column}|{getattr(cfg, 'label_separator', '|')}|{regression}|{cfg.image_column}|{cfg.audio_column}|{cfg.text_column}|{cfg.text_pair_column}"
         f"{'|whole' if whole else ''}"
         .encode()).hexdigest()[:24]
     return LabelledData(train, validation, [str(n) for n in names], source, key, skipped, regression, carved)
@@ -449,7 +469,9 @@ def _load_text_table(cfg: DataConfig, path: Path, seed: int, task: str, whole: b
     kind = "csv" if path.suffix.lower() == ".csv" else "json"
     full = datasets.load_dataset(kind, data_files=str(path), split="train")
     _check_columns(full, cfg, task)
-    regression = get_task(task).regression
-    full, names = _labels_for(full, cfg.label_column, regression)
+    spec = get_task(task)
+    regression = spec.regression
+    full, names = _labels_for(full, cfg.label_column, regression,
+                              multi_label=cfg.label_separator if spec.multi_label else None)
     fingerprint = _file_fingerprint([str(path)])
     return _finish(full, None, names, cfg, seed, str(path), fingerprint, {}, regression, whole)

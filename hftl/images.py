@@ -142,7 +142,9 @@ class ImageDataset(torch.utils.data.Dataset):
                 pixels = self.transform(image)
         else:
             pixels = self.transform(image)
-        return {"pixel_values": pixels, "labels": int(example["label"])}
+        label = example["label"]  # a class index, or a multi-label row of 0/1 floats
+        return {"pixel_values": pixels,
+                "labels": torch.tensor(label, dtype=torch.float32) if isinstance(label, list) else int(label)}
 
 
 class SeededImages(torch.utils.data.Dataset):

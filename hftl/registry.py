@@ -44,6 +44,7 @@ class TaskSpec:
     higher_is_better: bool = True  # the direction of the default metric
     classification: bool = False  # predicts one of the data's classes (distillation, studies, predict's labels)
     regression: bool = False  # predicts one real value per example (MSE loss, regression metrics)
+    multi_label: bool = False  # predicts a set of the data's labels per example (sigmoid head, BCE loss)
     auto_class: str | None = None  # the transformers class a card's loading snippet uses, where one applies
     strategies: tuple[str, ...] = STRATEGIES  # the strategy.name values that apply
     strategy_note: str = ""  # why the others do not (the error message says it)
@@ -101,8 +102,8 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     unknown = [s for s in spec.strategies if s not in STRATEGIES]
     if unknown or not spec.strategies:
         raise ValueError(f"Task '{spec.name}': strategies {unknown or '()'} are not known; valid: {', '.join(STRATEGIES)}.")
-    if spec.classification and spec.regression:
-        raise ValueError(f"Task '{spec.name}' cannot be both classification and regression.")
+    if sum((spec.classification, spec.regression, spec.multi_label)) > 1:
+        raise ValueError(f"Task '{spec.name}' is at most one of classification, regression and multi_label.")
     if spec.implementation is None:
         raise ValueError(f"Task '{spec.name}' needs an implementation: a hftl.tasks.base.Task subclass.")
     TASKS[spec.name] = spec
@@ -138,6 +139,8 @@ def _impl(name: str) -> str:
 
 _NO_PROBE = ("finetune", "lora", "partial", "gradual_unfreeze", "scratch")
 _LM_NOTE = "there is no new head to probe"
+_MULTI_LABEL = ("linear_probe", "finetune", "gradual_unfreeze", "partial", "lora", "scratch")
+_MULTI_LABEL_NOTE = "LP-FT's first stage is a multinomial probe, solved; a multi-label head is trained (BCE)"
 
 for _spec in (
     TaskSpec("image_classification", "image", metrics=("accuracy", "f1"), pipeline_tag="image-classification",
@@ -145,6 +148,13 @@ for _spec in (
     TaskSpec("text_classification", "text", metrics=("accuracy", "f1"), pipeline_tag="text-classification",
              card_name="Text Classification", classification=True, auto_class="AutoModelForSequenceClassification",
              implementation=_impl("text_classification:TextClassification")),
+    TaskSpec("image_multilabel", "image", metrics=("f1_micro", "f1_macro", "map"), pipeline_tag="image-classification",
+             card_name="Multi-label Image Classification", multi_label=True, strategies=_MULTI_LABEL,
+             strategy_note=_MULTI_LABEL_NOTE, implementation=_impl("multi_label:MultiLabelImages")),
+    TaskSpec("text_multilabel", "text", metrics=("f1_micro", "f1_macro", "map"), pipeline_tag="text-classification",
+             card_name="Multi-label Text Classification", multi_label=True, strategies=_MULTI_LABEL,
+             strategy_note=_MULTI_LABEL_NOTE, auto_class="AutoModelForSequenceClassification",
+             implementation=_impl("multi_label:MultiLabelTexts")),
     TaskSpec("text_regression", "text", metrics=("mse", "mae", "pearson"), pipeline_tag="text-classification",
              card_name="Text Regression", higher_is_better=False, regression=True,
              auto_class="AutoModelForSequenceClassification", implementation=_impl("text_classification:TextClassification")),

@@ -6,6 +6,9 @@ schedule counted in optimizer steps, evaluation each epoch, atomic checkpoints e
 exact resume (both in :mod:`hftl.checkpoint`), a guard that stops on a NaN/inf loss before the
 weights are touched, trackers, a progress bar and a JSONL log.
 
+(Over 500 lines: it is the one loop, and its parts (resume, early stopping, the checks for bad values,
+evaluation) share its state; split into modules, the loop would have to be read across them.)
+
 Example:
     >>> trainer = Trainer(cfg.train, model, train_ds, eval_ds, output_dir="outputs/run")  # doctest: +SKIP
     >>> metrics = trainer.fit()  # doctest: +SKIP

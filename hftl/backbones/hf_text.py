@@ -318,7 +318,8 @@ class TextClassifier(HFTextModel):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         trust, kwargs = config_kwargs(kwargs)
-        regression = kwargs.pop("problem_type", None) == "regression"
+        problem_type = kwargs.pop("problem_type", None)  # regression, multi_label_classification, or single-label
+        regression = problem_type == "regression"
         tokenizer = load_tokenizer(ref.path, trust, ref.describe())
         names = [str(label_names[0]) if label_names else "score"] if regression else [str(n) for n in label_names]
         if not names:
@@ -326,7 +327,7 @@ class TextClassifier(HFTextModel):
         config = AutoConfig.from_pretrained(
             str(ref.path), num_labels=len(names), id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, **remote_kwargs(trust), **kwargs)
-        config.problem_type = "regression" if regression else "single_label_classification"
+        config.problem_type = problem_type or "single_label_classification"  # what pipelines read (sigmoid or softmax)
         if tokenizer.pad_token is None:  # GPT-style tokenizers: pad with EOS (the classifier skips padding)
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if getattr(config, "pad_token_id", None) is None:

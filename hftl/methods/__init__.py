@@ -12,11 +12,12 @@ trains the head on cached features; distillation adds the teacher's logits to ea
 - ``feature_cache`` (``strategy.cache_features``; LP-FT's probe): backbone features computed once;
   the solved probe (``strategy.probe_solver=lbfgs``).
 - ``distill`` (``distill``): a teacher's softened predictions as extra targets.
+- ``label_thresholds`` (multi-label tasks): a decision threshold per label, chosen on validation.
 
 Example:
     >>> from hftl.methods import METHODS
     >>> [m.name for m in METHODS]
-    ['multitask', 'feature_cache', 'distill']
+    ['multitask', 'feature_cache', 'distill', 'label_thresholds']
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from hftl.methods.base import Method, Setup
 from hftl.methods.distill import Distillation
 from hftl.methods.feature_cache import FeatureCache
 from hftl.methods.multitask import MultiTask
+from hftl.methods.thresholds import LabelThresholds
 
 __all__ = ["METHODS", "Method", "Setup", "active_methods", "register_method"]
 
-METHODS: list[Method] = [MultiTask(), FeatureCache(), Distillation()]
+METHODS: list[Method] = [MultiTask(), FeatureCache(), Distillation(), LabelThresholds()]
 
 
 def register_method(method: Method) -> Method:

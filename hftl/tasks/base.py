@@ -110,6 +110,10 @@ class Task:
         """What the metrics compare with ``batch["labels"]``; None: nothing (the loss is the measure)."""
         return None
 
+    # score(metric names, predictions, references) -> metrics, for a task whose metrics no shipped module computes
+    # (multi-label: F1 over label sets, mAP over scores); None: hftl.metrics.compute_metrics on those modules.
+    score = None
+
     def metric_modules(self) -> tuple[str, ...]:
         """The shipped metric modules that compute what the spec reports."""
         from hftl.metrics import metrics_for_task
@@ -125,8 +129,9 @@ class Task:
     def check_evaluable(self, folder) -> None:
         """Raise a ConfigError when an output of this task has nothing ``hftl eval`` could score."""
 
-    def check_classes(self, data, meta: dict) -> None:
-        """Raise a DataError when the data to score has other classes than the model."""
+    def check_classes(self, data, meta: dict):
+        """Raise a DataError when the data to score has other classes than the model (or return the data re-encoded
+        to the model's classes; None: as it is)."""
 
     def predict(self, model, inputs: list, top_k: int = 3) -> list:
         raise ConfigError(f"A {self.name} model does not predict with hftl.predict.")

@@ -72,7 +72,7 @@ class TextDataset(torch.utils.data.Dataset):
     def collate(self, examples: list[dict]) -> dict:
         batch = self.model.pad([{k: v for k, v in e.items() if k != "labels"} for e in examples])
         labels = [e["labels"] for e in examples]
-        dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+        dtype = torch.float32 if isinstance(labels[0], (float, list)) else torch.long  # regression, multi-label
         batch["labels"] = torch.tensor(labels, dtype=dtype)
         return batch
 
@@ -90,6 +90,8 @@ def _labels(ds, split: str, names: list[str], regression: bool) -> list:
     labels = list(ds["label"])
     if regression:  # hftl.data checked that every target is a finite number
         return [float(v) for v in labels]
+    if labels and isinstance(labels[0], list):  # multi-label rows (hftl.data checked their labels)
+        return [[float(x) for x in row] for row in labels]
     bad = [v for v in labels if v is None or not 0 <= int(v) < len(names)]
     if bad:
         raise DataError(
