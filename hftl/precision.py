@@ -43,12 +43,22 @@ _logged: set[str] = set()
 
 
 def cache_file() -> Path:
-    """``$HFTL_CACHE/precision.json`` (default ``~/.cache/hftl/precision.json``): the probe's results."""
+    """``$HFTL_CACHE/precision.json`` (default ``~/.cache/hftl/precision.json``): the probe's results.
+
+    Example:
+        >>> cache_file().name
+        'precision.json'
+    """
     return Path(os.environ.get("HFTL_CACHE", Path.home() / ".cache" / "hftl")) / "precision.json"
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), e.g. ``AMD EPYC``; ``platform.processor()`` elsewhere."""
+    """The CPU's model name (``/proc/cpuinfo``), e.g. ``AMD EPYC``; ``platform.processor()`` elsewhere.
+
+    Example:
+        >>> cpu_name()  # doctest: +SKIP
+        'AMD EPYC'
+    """
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -63,6 +73,10 @@ def machine_key() -> str:
 
     The flags are in the key because one model name covers different chips here: two machines both
     named "AMD EPYC", one with AVX512-BF16 (bf16 faster) and one without (bf16 0.15x of fp32).
+
+    Example:
+        >>> machine_key()  # doctest: +SKIP
+        'AMD EPYC | avx512_bf16 | torch 2.14.1+cu130 | 2 threads'
     """
     flags = _cpu_flags() & {"avx512_bf16", "amx_bf16", "sve", "bf16"}
     return (f"{cpu_name()} | {'/'.join(sorted(flags)) or 'no bf16 flags'} | torch {torch.__version__} | "
@@ -80,7 +94,12 @@ def _cpu_flags() -> set[str]:
 
 
 def run_device(cpu: bool = False) -> str:
-    """The device a Trainer runs on: ``cpu`` when asked (``train.cpu``, ``ACCELERATE_USE_CPU``), else cuda/mps/cpu."""
+    """The device a Trainer runs on: ``cpu`` when asked (``train.cpu``, ``ACCELERATE_USE_CPU``), else cuda/mps/cpu.
+
+    Example:
+        >>> run_device(cpu=True)
+        'cpu'
+    """
     if cpu or _env_cpu():
         return "cpu"
     if torch.cuda.is_available():
@@ -171,7 +190,12 @@ def _write_cache(path: Path, data: dict) -> None:
 
 
 def cpu_bf16_speedup() -> dict:
-    """The probe's result for this machine: from the cache, else measured now and cached."""
+    """The probe's result for this machine: from the cache, else measured now and cached.
+
+    Example:
+        >>> cpu_bf16_speedup()["speedup"]  # doctest: +SKIP
+        1.68
+    """
     path, key = cache_file(), machine_key()
     cache = _read_cache(path)
     entry = cache.get(key)
@@ -231,6 +255,10 @@ def resolve_for_ranks(requested: str, device: str, cpu: bool = False) -> tuple[s
 
     Each rank measuring on its own could see different loads and pick different precisions, and
     DDP ranks must train alike.
+
+    Example:
+        >>> resolve_for_ranks("no", "cpu")
+        ('no', 'fp32 (train.mixed_precision=no)')
     """
     if requested != "auto" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return resolve_precision(requested, device)
