@@ -113,6 +113,8 @@ def header(title: str, sizes: str) -> None:
           f"SIMD {'/'.join(simd) or 'none listed'}, native bf16 (oneDNN): {native_bf16()}")
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
           f"transformers {transformers.__version__}, accelerate {accelerate.__version__}")
+    if DEVICE != "cpu":
+        print(f"device:   {device_name()}")
     print(f"sizes:    {sizes}")
     print(f"load average at start (1/5/15 min): {load()}")
     print()
@@ -135,8 +137,34 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+DEVICE = "cpu"  # where the benchmarked steps run: set_device("cuda") for --device cuda
+
+
+def set_device(device: str) -> None:
+    """Run the benchmark's steps on ``device`` (cpu or cuda); a CUDA step ends when the GPU has finished it."""
+    global DEVICE
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+        os.environ.pop("ACCELERATE_USE_CPU", None)  # set above so CPU runs stay on the CPU whatever the machine holds
+    DEVICE = device
+
+
+def add_device_option(parser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the steps run (default cpu)")
+
+
+def device_name() -> str:
+    return cpu_name() if DEVICE == "cpu" else f"{torch.cuda.get_device_name()} (cuda)"
+
+
 def stamp() -> tuple[float, float]:
-    """(wall-clock seconds, this process's CPU seconds over all its threads), taken at a step's end."""
+    """(wall-clock seconds, this process's CPU seconds over all its threads), taken at a step's end.
+
+    On CUDA it first waits for the queued kernels: otherwise a step would "end" when it is launched.
+    """
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
 
 

@@ -30,7 +30,10 @@ extra that hftl's loop does per step beyond the bare loop (NaN/inf guards, ``.it
 row, Accelerate's wrappers and data loader, the progress bar) is then timed on its own, with
 hftl's real objects, into an overhead budget; it predicts the ratio without the machine's noise.
 
-Usage: python benchmarks/loop.py [--quick] [--profile]
+With ``--device cuda`` the three loops and their data run on the GPU (each step's end waits for the
+GPU); the overhead budget is then left out (it times host-side pieces with CPU objects).
+
+Usage: python benchmarks/loop.py [--quick] [--profile] [--device cuda]
 """
 
 from __future__ import annotations
@@ -82,10 +85,12 @@ def make_optimizer(model: nn.Module, steps: int):
 def run_bare(model, data, batch: int, steps: int, hook=None) -> list[tuple[float, float]]:
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
+    model.to(C.DEVICE)
     opt, sched = make_optimizer(model, steps)
     model.train()
     stamps = []
     for b in loader:
+        b = {k: v.to(C.DEVICE, non_blocking=True) for k, v in b.items()}
         logits = model(b)
         loss = F.cross_entropy(logits.float(), b["labels"])
         loss.backward()
@@ -130,7 +135,8 @@ def run_hftl(model, data, eval_data, batch: int, steps: int, out, hook=None, **a
 
     cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, lr=1e-3, weight_decay=0.01,
                       scheduler="cosine", warmup_ratio=0.1, max_grad_norm=1.0, progress=False,
-                      checkpoint_every=10**9, seed=0)
+                      checkpoint_every=10**9, seed=0, mixed_precision="no",  # fp32, as the bare loop
+                      cpu=C.DEVICE == "cpu")
     trainer = hftl_trainer_class(**ablate)(cfg, model, data, eval_data, output_dir=out, metrics=())
     trainer.stamps = []
     trainer.hook = hook
@@ -152,7 +158,7 @@ def run_transformers(model, key: str, data, batch: int, steps: int, out, hook=No
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
         weight_decay=0.01, max_grad_norm=1.0, eval_strategy="no", save_strategy="no", logging_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, seed=0, bf16=False,
+        report_to="none", disable_tqdm=True, use_cpu=C.DEVICE == "cpu", dataloader_num_workers=0, seed=0, bf16=False,
         dataloader_pin_memory=False, remove_unused_columns=False,
     )
     wrapped = ForHFTrainer(model, key)
@@ -327,7 +333,8 @@ def overhead_budget() -> list[tuple[str, float, str]]:
     batch = 32
     data = DictData("features", torch.randn(64 * batch, 512, generator=g), torch.randint(0, 10, (64 * batch,), generator=g))
     model = HeadOnly(nn.Linear(512, 10))
-    cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, progress=False, seed=0)
+    cfg = TrainConfig(epochs=1, global_batch_size=batch, per_device_batch_size=batch, progress=False, seed=0,
+                      mixed_precision="no")
     out = C.SCRATCH / "budget"
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, model, data, data, output_dir=out)
@@ -420,16 +427,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile of hftl's loop")
+    C.add_device_option(p)
     C.add_threads_option(p)
     args = p.parse_args()
     C.apply_threads(args)
+    C.set_device(args.device)
     ws = workloads(args.quick)
     C.header("hftl loop vs bare PyTorch loop vs transformers Trainer (steady-state step time)",
              "; ".join(f"{w['name']}: {w['steps']} steps per run, first {w['skip']} not timed" for w in ws)
              + "; fp32, AdamW, clip 1.0, cosine schedule; the three loops run in lockstep (one step of each in "
              "a shuffled order, then the next), each on its own copy of the model")
 
-    budget = overhead_budget()
+    # The budget times host-side pieces with CPU objects; one process cannot hold Accelerate on both devices.
+    budget = overhead_budget() if C.DEVICE == "cpu" else []
     extras = sum(us for name, us, _ in budget if not name.startswith("  ") and "progress bar" not in name)
     for i, w in enumerate(ws):
         turns = measure(w)
@@ -455,14 +465,16 @@ def main() -> None:
             table.add("  the same in CPU time", f"{C.median(ratio(cpu, other)):.3f}", "(info)")
         bare = res["bare PyTorch"]
         step_us = 1e6 * C.median(bare)
-        table.add("  => throughput ratio hftl / bare predicted by the overhead budget below",
-                  f"{step_us / (step_us + extras):.4f}", "(noise-free estimate)")
+        if budget:
+            table.add("  => throughput ratio hftl / bare predicted by the overhead budget below",
+                      f"{step_us / (step_us + extras):.4f}", "(noise-free estimate)")
         table.print()
-    budget_table = C.Table("hftl's per-step extras beyond the bare loop, each timed alone (us per optimizer step)")
-    for name, us, why in budget:
-        budget_table.add(name, f"{us:.1f}", why)
-    budget_table.add("total counted (indented rows and the progress bar excluded)", f"{extras:.0f}")
-    budget_table.print()
+    if budget:
+        budget_table = C.Table("hftl's per-step extras beyond the bare loop, each timed alone (us per optimizer step)")
+        for name, us, why in budget:
+            budget_table.add(name, f"{us:.1f}", why)
+        budget_table.add("total counted (indented rows and the progress bar excluded)", f"{extras:.0f}")
+        budget_table.print()
     if args.profile:
         profile(ws[1])
     C.footer()

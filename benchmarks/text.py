@@ -84,6 +84,7 @@ def setup(strategy_name: str, s: dict, train_examples: int | None = None):
     cfg.train.epochs, cfg.train.lr, cfg.train.progress, cfg.train.seed = 1, 1e-4, False, 0
     cfg.train.global_batch_size = cfg.train.per_device_batch_size = s["batch"]
     cfg.train.checkpoint_every = 10**9  # one checkpoint at the end of fit, not one per epoch
+    cfg.train.mixed_precision = "no"  # fp32, as the numbers in benchmarks/README.md (not auto's machine-dependent pick)
     torch.manual_seed(0)
     model = create_model(MODEL_ID, data.label_names, task="text_classification")
     strategy = get_strategy(cfg.strategy)

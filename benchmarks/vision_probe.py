@@ -59,7 +59,7 @@ def main() -> None:
     plain_train = ImageDataset(data.train, model.transform(train=False), 0, random=False)
     eval_ds = ImageDataset(data.validation, model.transform(train=False), 0, random=False)
     cfg = TrainConfig(epochs=epochs, global_batch_size=batch, per_device_batch_size=batch, lr=1e-3,
-                      progress=False, checkpoint_every=10**9, seed=0)
+                      progress=False, checkpoint_every=10**9, seed=0, mixed_precision="no")
 
     def fresh_head() -> None:
         model.head.load_state_dict(head_state)  # every variant starts from the same head

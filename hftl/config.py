@@ -162,7 +162,10 @@ class TrainConfig:
     scheduler: str = _f("cosine", "Learning-rate schedule after warmup: cosine, linear or constant.")
     warmup_ratio: float = _f(0.1, "Share of optimizer steps spent warming up linearly from 0.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; null disables.")
-    mixed_precision: str = _f("no", "no, bf16 or fp16 (fp16 needs a GPU).")
+    mixed_precision: str = _f("auto", "auto, no (fp32), bf16 or fp16. auto: bf16 on CUDA GPUs that support it, "
+                                      "and on a CPU only where a short probe measured bf16 faster than fp32 "
+                                      "(cached per machine in $HFTL_CACHE/precision.json); fp32 elsewhere. The "
+                                      "choice and its reason go into metrics.json and the card. fp16 needs a GPU.")
     channels_last: bool = _f(False, "Use channels-last memory format for CNNs (faster with bf16 on CPU).")
     compile: bool = _f(False, "torch.compile the model (opt-in: compile time often outweighs the gain).")
     seed: int = _f(42, "Seed for initialisation, data order and augmentation.")
@@ -437,8 +440,8 @@ def validate(cfg: Config) -> None:
         )
     task.check_strategy(cfg.strategy.name)
     t = cfg.train
-    if t.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, not '{t.mixed_precision}'.")
+    if t.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, not '{t.mixed_precision}'.")
     if t.scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.scheduler must be cosine, linear or constant, not '{t.scheduler}'.")
     if t.metric not in task.metrics:

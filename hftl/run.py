@@ -203,7 +203,10 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
               "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,
-              "rank_weight_checksums": trainer.rank_checksums}
+              "rank_weight_checksums": trainer.rank_checksums,
+              # What train.mixed_precision resolved to on this machine, and why (auto: probed or supported).
+              "precision": {"requested": cfg.train.mixed_precision, "used": trainer.precision,
+                            "reason": trainer.precision_reason}}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     info = {
         **meta,
@@ -224,7 +227,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "global_batch_size": cfg.train.global_batch_size,
         "lr": cfg.train.lr,
         "scheduler": cfg.train.scheduler,
-        "mixed_precision": cfg.train.mixed_precision,
+        "mixed_precision": trainer.precision_reason or cfg.train.mixed_precision,
         "train_seconds": trainer.train_seconds,
         "peak_memory": f"{peak_memory_mb():.0f} MiB",
         "metrics": {k: v for k, v in metrics.items() if k != "train_loss"},

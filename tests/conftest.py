@@ -16,6 +16,9 @@ os.environ["HFTL_CACHE"] = str(_ROOT / "hftl_cache")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# train.mixed_precision=auto without its CPU probe: fp32 on every CPU, so that results do not depend on which
+# CPU runs the suite (tests/test_precision.py clears it). On a GPU, auto still picks bf16.
+os.environ.setdefault("HFTL_CPU_BF16", "0")
 
 # The fake Hub (tests/hub_server.py) needs HF_ENDPOINT fixed before huggingface_hub is imported; with no
 # server running, any stray Hub call is refused at once on 127.0.0.1 instead of reaching out.
