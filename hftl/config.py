@@ -162,10 +162,12 @@ class TrainConfig:
     scheduler: str = _f("cosine", "Learning-rate schedule after warmup: cosine, linear or constant.")
     warmup_ratio: float = _f(0.1, "Share of optimizer steps spent warming up linearly from 0.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; null disables.")
-    mixed_precision: str = _f("auto", "auto, no (fp32), bf16 or fp16. auto: bf16 on CUDA GPUs that support it, "
-                                      "and on a CPU only where a short probe measured bf16 faster than fp32 "
-                                      "(cached per machine in $HFTL_CACHE/precision.json); fp32 elsewhere. The "
-                                      "choice and its reason go into metrics.json and the card. fp16 needs a GPU.")
+    mixed_precision: str = _f("no", "no (fp32), auto, bf16 or fp16. auto: bf16 on CUDA GPUs that support it, "
+                                    "and on a CPU only where a short probe measured bf16 faster than fp32 "
+                                    "(cached per machine in $HFTL_CACHE/precision.json); fp32 elsewhere. Not yet "
+                                    "the default: on a CPU with native bf16, bf16 convolutions of 1x1 feature maps "
+                                    "gave NaN gradients (tiny images); the loop then stops and says so. The choice "
+                                    "and its reason go into metrics.json and the card. fp16 needs a GPU.")
     channels_last: bool = _f(False, "Use channels-last memory format for CNNs (faster with bf16 on CPU).")
     compile: bool = _f(False, "torch.compile the model (opt-in: compile time often outweighs the gain).")
     seed: int = _f(42, "Seed for initialisation, data order and augmentation.")

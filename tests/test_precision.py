@@ -118,8 +118,7 @@ def test_real_probe_measures_both():
 def test_choice_and_reason_land_in_metrics_and_card(probe, tmp_path, requested, used):
     out = tmp_path / requested
     overrides = {"train.epochs": 1, "train.cpu": True}
-    if requested != "auto":  # auto is the default
-        overrides["train.mixed_precision"] = requested
+    overrides["train.mixed_precision"] = requested
     hftl.train(None, tiny_train_overrides(out, **overrides))
     record = json.loads((out / "metrics.json").read_text())["precision"]
     assert record["requested"] == requested and record["used"] == used
