@@ -57,6 +57,7 @@ def export_onnx(folder: str | Path, output: str | Path | None = None, *, opset: 
     model = load(folder, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).eval()
     task = get_task_impl(_task_of(model))
     example, dims = task.export_inputs(model, batch_size=2)
+    exported, output_name = task.export_module(model)  # the classifier, or what of the model exports (an encoder)
     names = list(example)
     path = Path(output) if output else folder / "onnx" / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +67,8 @@ def export_onnx(folder: str | Path, output: str | Path | None = None, *, opset: 
     shapes = {n: {axis: Dim(label) for axis, label in dims.get(n, {}).items()} for n in names}
     try:
         with torch.no_grad():
-            program = torch.onnx.export(_Positional(model, names), tuple(example[n] for n in names), dynamo=True,
-                                        input_names=names, output_names=["logits"], opset_version=opset,
+            program = torch.onnx.export(_Positional(exported, names), tuple(example[n] for n in names), dynamo=True,
+                                        input_names=names, output_names=[output_name], opset_version=opset,
                                         dynamic_shapes=(tuple(shapes[n] for n in names),), verbose=False)
         program.save(str(tmp))
     except HftlError:
@@ -81,7 +82,7 @@ def export_onnx(folder: str | Path, output: str | Path | None = None, *, opset: 
     for batch_size in (2, 3):  # a second size proves the batch dimension is dynamic
         batch, _ = task.export_inputs(model, batch_size=batch_size)
         with torch.no_grad():
-            expected = model(batch).float().numpy()
+            expected = exported(batch).float().numpy()
         got = session.run(None, {n: batch[n].numpy() for n in names})[0]
         worst = max(worst, float(abs(got - expected).max()))
     if worst > atol:
@@ -90,7 +91,8 @@ def export_onnx(folder: str | Path, output: str | Path | None = None, *, opset: 
                           "kept. Try another opset (--opset).")
     tmp.replace(path)
     record = {"file": path.name, "opset": opset, "inputs": {n: _shape(example[n], dims.get(n, {})) for n in names},
-              "outputs": {"logits": ["batch", len(model.label_names) or "outputs"]},
+              "outputs": {output_name: list(_shape(exported(example).detach(), {0: "batch", **({1: "sequence"}
+                          if output_name != "logits" else {})}))},
               "max_abs_diff_vs_pytorch": worst, "onnxruntime": ort.__version__, "torch": torch.__version__}
     (path.parent / "export.json").write_text(json.dumps(record, indent=2))
     _note_in_card(folder, path, record)
@@ -110,7 +112,8 @@ def _note_in_card(folder: Path, path: Path, record: dict) -> None:
     text = card.read_text(encoding="utf-8")
     inputs = ", ".join(f"`{n}` {shape}" for n, shape in record["inputs"].items())
     where = path.relative_to(folder) if path.is_relative_to(folder) else path
-    block = (f"{ONNX_START}\n## ONNX\n\n`{where}`: opset {record['opset']}, inputs {inputs}, output `logits`. "
+    output = ", ".join(f"`{n}` {shape}" for n, shape in record["outputs"].items())
+    block = (f"{ONNX_START}\n## ONNX\n\n`{where}`: opset {record['opset']}, inputs {inputs}, output {output}. "
              f"Checked with onnxruntime {record['onnxruntime']}: largest difference from PyTorch "
              f"{record['max_abs_diff_vs_pytorch']:.2g}.\n{ONNX_END}")
     if ONNX_START in text and ONNX_END in text:

@@ -141,6 +141,26 @@ def test_output_loads_with_transformers(captioner, captions_csv):
     assert "pipeline_tag: image-to-text" in card and "Captions of validation images" in card
 
 
+def test_the_image_encoder_exports_to_onnx_and_matches_pytorch(captioner):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    from PIL import Image
+
+    from hftl.export import export_onnx
+    from hftl.model import load
+
+    path = export_onnx(captioner.output_dir)
+    record = json.loads((path.parent / "export.json").read_text())
+    assert list(record["outputs"]) == ["last_hidden_state"] and record["max_abs_diff_vs_pytorch"] <= 1e-4
+    model = load(captioner.output_dir).eval()
+    pixels = model.pixel_values([Image.new("RGB", (20, 20), (200, 30, 30))] * 3)  # a third batch size, real pixels
+    with torch.inference_mode():
+        expected = model.inner.encoder(pixel_values=pixels).last_hidden_state.numpy()
+    got = ort.InferenceSession(str(path)).run(None, {"pixel_values": pixels.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+    assert "`last_hidden_state`" in (captioner.output_dir / "README.md").read_text()
+
+
 def test_predict_and_eval_commands(captioner, captions_csv, capsys):
     image = next(captions_csv.parent.glob("images/*.png"))
     assert cli(["predict", str(captioner.output_dir), str(image)]) == 0

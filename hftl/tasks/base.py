@@ -136,9 +136,13 @@ class Task:
     def predict(self, model, inputs: list, top_k: int = 3) -> list:
         raise ConfigError(f"A {self.name} model does not predict with hftl.predict.")
 
+    def export_module(self, model) -> tuple:
+        """(the module an ONNX export traces, taking the batch dict; its output's name): the model and its logits."""
+        return model, "logits"
+
     def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
         """(example batch, its dynamic dimensions {input: {axis: name}}) for an ONNX export (hftl.export)."""
-        raise ConfigError(f"ONNX export covers image, text and audio classifiers; a {self.name} model cannot be "
+        raise ConfigError(f"ONNX export covers image, text and audio classifiers and a captioner's image encoder; a {self.name} model cannot be "
                           "exported yet.")
 
 

@@ -193,6 +193,17 @@ class ImageCaptioning(Task):
     """Strategies: finetune (with layer_decay), partial (``frozen_groups`` counts from the encoder's
     input: freeze the image encoder, train the decoder), lora, scratch."""
 
+    def export_module(self, model) -> tuple:
+        # Generation (a decoder loop with a cache) is not one ONNX graph; the image encoder is, and runs once per image.
+        return _ImageEncoder(model).eval(), "last_hidden_state"
+
+    def export_inputs(self, model, batch_size: int = 2) -> tuple[dict, dict]:
+        from PIL import Image
+
+        size = model.pixel_values([Image.new("RGB", (8, 8))]).shape[1:]  # what the image processor makes: (3, H, W)
+        gen = torch.Generator().manual_seed(batch_size)
+        return {"pixel_values": torch.randn(batch_size, *size, generator=gen)}, {"pixel_values": {0: "batch"}}
+
     def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
         from hftl.backbones.hf_captioning import ImageCaptioner
 
@@ -262,3 +273,14 @@ def caption(model_or_folder, images: list, max_new_tokens: int | None = None, nu
         except Exception as e:
             raise DataError(f"'{item}' could not be read as an image: {e}") from e
     return model.caption(loaded, max_new_tokens=max_new_tokens, num_beams=num_beams)
+
+
+class _ImageEncoder(torch.nn.Module):
+    """A captioner's image encoder alone (what ONNX export covers of it): pixels -> the states the decoder reads."""
+
+    def __init__(self, captioner):
+        super().__init__()
+        self.encoder = captioner.inner.encoder
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.encoder(pixel_values=batch["pixel_values"]).last_hidden_state
