@@ -34,7 +34,7 @@ them from ``hftl.predict``'s full softmax over the source classes (the same form
 
 The pool is image-only: a text target (MiniLM and BERTs pretrained here) did not fit the time budget.
 
-Usage: python benchmarks/transferability_trust.py [--quick] [--seeds 1] [--out PATH]
+Usage: python benchmarks/transferability_trust.py [--quick] [--seeds 1] [--out PATH] [--retable OUTPUT]
 """
 
 from __future__ import annotations
@@ -218,7 +218,9 @@ def predict_probs(folder: str, train: Path) -> tuple[np.ndarray, np.ndarray]:
 def taus(score: list[float], acc: list[float]) -> tuple[float, float, int]:
     from scipy.stats import kendalltau, weightedtau
 
-    pairs = [(s, a) for s, a in zip(score, acc) if s is not None and math.isfinite(s)]
+    # Scores equal up to float noise are ties (H-score is classes - 1 for every candidate when examples do not
+    # outnumber feature dimensions): 6 significant digits, so that noise in the 15th does not make a ranking.
+    pairs = [(float(f"{s:.6g}"), a) for s, a in zip(score, acc) if s is not None and math.isfinite(s)]
     if len(pairs) < 3:
         return float("nan"), float("nan"), len(pairs)
     s, a = np.array(pairs).T
@@ -260,7 +262,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where the output is also written (default: "
                         "benchmarks/results/transferability_trust.txt; --quick: a scratch file)")
     C.add_threads_option(parser)
+    parser.add_argument("--retable", default=None, metavar="OUTPUT",
+                        help="only print the tables again from an earlier run's output file (no training)")
     args = parser.parse_args()
+    if args.retable:
+        return retable(Path(args.retable))
     C.apply_threads(args)
     ft_steps = args.finetune_steps or (4 if args.quick else 30)
     src_steps = args.source_steps or (4 if args.quick else 100)
@@ -307,7 +313,16 @@ def main() -> None:
                                                                   for k, v in row.items()}}), flush=True)
         results[target] = per
 
-    print(f"\n## Per target (test accuracy after fine-tuning; mean of {args.seeds} seed(s))\n")
+    report(results, names, args.seeds)
+    print(f"\ntotal wall time: {(time.perf_counter() - wall) / 60:.1f} min")
+    C.footer()
+    sys.stdout = sys.__stdout__
+    log.close()
+
+
+def report(results: dict, names: list[str], seeds: int) -> None:
+    """The per-target tables and the tau table, from the rows the run printed."""
+    print(f"\n## Per target (test accuracy after fine-tuning; mean of {seeds} seed(s))\n")
     for target, per in results.items():
         print(f"### {target} (related: {', '.join(sorted(RELATED[target]))})\n")
         print("| candidate | " + " | ".join(SCORES) + " | fine-tuned acc | rank s | fine-tune s | rank / fine-tune |")
@@ -332,10 +347,17 @@ def main() -> None:
                 wt.append(w)
         mean = f"{np.mean(kt):.2f} / {np.mean(wt):.2f}" if kt else "n/a"
         print(f"| {s} | " + " | ".join(cells) + f" | {mean} |")
-    print(f"\ntotal wall time: {(time.perf_counter() - wall) / 60:.1f} min")
-    C.footer()
-    sys.stdout = sys.__stdout__
-    log.close()
+
+
+def retable(path: Path) -> None:
+    """Print the tables again from the JSON rows of an earlier run's output (no training)."""
+    results: dict = {}
+    for line in path.read_text().splitlines():
+        if line.startswith('{"target"'):
+            row = json.loads(line)
+            results.setdefault(row.pop("target"), {})[row.pop("name")] = row
+    names = list(next(iter(results.values())))
+    report(results, names, len(next(iter(next(iter(results.values())).values()))["accuracies"]))
 
 
 if __name__ == "__main__":
