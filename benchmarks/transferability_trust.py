@@ -34,7 +34,7 @@ them from ``hftl.predict``'s full softmax over the source classes (the same form
 
 The pool is image-only: a text target (MiniLM and BERTs pretrained here) did not fit the time budget.
 
-Usage: python benchmarks/transferability_trust.py [--quick] [--seeds 1] [--out PATH] [--retable OUTPUT]
+Usage: python benchmarks/transferability_trust.py [--quick] [--seeds 2] [--out PATH] [--retable OUTPUT]
 """
 
 from __future__ import annotations
@@ -256,7 +256,8 @@ def commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one target, tiny data and budgets: a smoke run (~2-5 min)")
-    parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds averaged per candidate")
+    parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds averaged per candidate "
+                        "(default 2; --quick: 1)")
     parser.add_argument("--finetune-steps", type=int, default=None, help="train.min_steps of each fine-tune")
     parser.add_argument("--source-steps", type=int, default=None, help="train.min_steps of each source's pretraining")
     parser.add_argument("--out", default=None, help="where the output is also written (default: "
@@ -268,6 +269,7 @@ def main() -> None:
     if args.retable:
         return retable(Path(args.retable))
     C.apply_threads(args)
+    args.seeds = args.seeds or (1 if args.quick else 2)
     ft_steps = args.finetune_steps or (4 if args.quick else 30)
     src_steps = args.source_steps or (4 if args.quick else 100)
     default = C.SCRATCH / "transferability_trust_quick.txt" if args.quick else \
