@@ -62,8 +62,7 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     check_base(cfg, model, ref)
     train_ds, eval_ds, collate = task.datasets(cfg, model, data)
     setup = Setup(cfg, task, data, model, ref, train_ds, eval_ds, collate, task.loss(cfg), task.predictions,
-                  strategy=get_strategy(cfg.strategy), train_cfg=cfg.train, score=task.score,
-                  card_info=dict(card_info))
+                  strategy=get_strategy(cfg.strategy), train_cfg=cfg.train, card_info=dict(card_info))
     for method in methods:
         method.before_strategy(setup)
     setup.model = setup.trained = setup.strategy.prepare(setup.model)
@@ -88,7 +87,7 @@ def evaluate_model(cfg: Config, task, model, dataset, collate=None) -> dict:
     from hftl.trainer import Trainer
 
     trainer = Trainer(cfg.train, model, None, dataset, output_dir=cfg.output_dir, loss_fn=task.loss(cfg),
-                      metrics=task.metric_modules(), predictions=task.predictions, score=task.score, collate_fn=collate,
+                      metrics=task.metric_modules(), predictions=task.predictions, collate_fn=collate,
                       num_workers=cfg.data.num_workers)
     return {**trainer.evaluate_only(), "examples": len(dataset)}
 

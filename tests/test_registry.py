@@ -13,7 +13,8 @@ from hftl.study.stats import fold_metrics
 
 # What the shipped metric modules report on a tiny input; perplexity comes from the loss, not a module.
 SAMPLE = {"accuracy": ([0, 1, 1], [0, 1, 0]), "f1": ([0, 1, 1], [0, 1, 0]),
-          "regression": ([0.1, 0.5, 0.8], [0.0, 0.6, 0.9])}
+          "regression": ([0.1, 0.5, 0.8], [0.0, 0.6, 0.9]),
+          "multilabel": ([[0.9, 0.2], [0.4, 0.7]], [[1.0, 0.0], [0.0, 1.0]])}
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -21,7 +21,6 @@ LOWER_IS_BETTER = ("loss", "mse", "mae", "perplexity")
 # is no module: the evaluation computes it from the loss. The loss needs none: every evaluation reports it.
 METRIC_MODULES = {"accuracy": "accuracy", "f1": "f1", "mse": "regression", "mae": "regression", "pearson": "regression",
                   "perplexity": "perplexity",
-                  # multi-label: the task's own score hook computes them (hftl.tasks.multi_label), not a module
                   "f1_micro": "multilabel", "f1_macro": "multilabel", "map": "multilabel"}
 
 

@@ -110,10 +110,6 @@ class Task:
         """What the metrics compare with ``batch["labels"]``; None: nothing (the loss is the measure)."""
         return None
 
-    # score(metric names, predictions, references) -> metrics, for a task whose metrics no shipped module computes
-    # (multi-label: F1 over label sets, mAP over scores); None: hftl.metrics.compute_metrics on those modules.
-    score = None
-
     def metric_modules(self) -> tuple[str, ...]:
         """The shipped metric modules that compute what the spec reports."""
         from hftl.metrics import metrics_for_task

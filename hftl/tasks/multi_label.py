@@ -28,24 +28,16 @@ def multi_label_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
 
 
-def multi_label_metrics(probs, references, threshold: float = 0.5) -> dict:
-    """Micro and macro F1 at ``threshold`` and mAP (mean over labels with a positive example of the average precision).
+def multi_label_metrics(probs, references) -> dict:
+    """Micro and macro F1 at 0.5 and mAP: the shipped ``multilabel`` metric module (hftl/metrics/multilabel).
 
     Example:
         >>> multi_label_metrics([[0.9, 0.2], [0.4, 0.8]], [[1, 0], [0, 1]])["f1_micro"]
         1.0
     """
-    from sklearn.metrics import average_precision_score, f1_score
+    from hftl.metrics import compute_metrics
 
-    p, y = np.asarray(probs, dtype=float), np.asarray(references, dtype=float).round().astype(int)
-    if p.size == 0:
-        return {"f1_micro": float("nan"), "f1_macro": float("nan"), "map": float("nan")}
-    pred = (p > threshold).astype(int)
-    present = [j for j in range(y.shape[1]) if y[:, j].any()]  # AP is undefined for a label nobody has
-    ap = [average_precision_score(y[:, j], p[:, j]) for j in present]
-    return {"f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
-            "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
-            "map": float(np.mean(ap)) if ap else float("nan")}
+    return compute_metrics(["multilabel"], [list(map(float, r)) for r in probs], [list(map(float, r)) for r in references])
 
 
 class MultiLabel:
@@ -56,9 +48,6 @@ class MultiLabel:
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()  # scores; the metrics threshold them (and rank them, for mAP)
-
-    def score(self, names, predictions, references) -> dict:
-        return multi_label_metrics(predictions, references)
 
     def card_facts(self, cfg, model, data, train_ds, eval_ds) -> dict:
         facts = super().card_facts(cfg, model, data, train_ds, eval_ds)
