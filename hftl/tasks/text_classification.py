@@ -72,7 +72,8 @@ class TextDataset(torch.utils.data.Dataset):
     def collate(self, examples: list[dict]) -> dict:
         batch = self.model.pad([{k: v for k, v in e.items() if k != "labels"} for e in examples])
         labels = [e["labels"] for e in examples]
-        dtype = torch.float32 if isinstance(labels[0], (float, list)) else torch.long  # regression, multi-label
+        first = labels[0][0] if isinstance(labels[0], list) and labels[0] else labels[0]
+        dtype = torch.float32 if isinstance(first, float) else torch.long  # regression and multi-label: floats
         batch["labels"] = torch.tensor(labels, dtype=dtype)
         return batch
 
@@ -90,8 +91,8 @@ def _labels(ds, split: str, names: list[str], regression: bool) -> list:
     labels = list(ds["label"])
     if regression:  # hftl.data checked that every target is a finite number
         return [float(v) for v in labels]
-    if labels and isinstance(labels[0], list):  # multi-label rows (hftl.data checked their labels)
-        return [[float(x) for x in row] for row in labels]
+    if labels and isinstance(labels[0], list):  # multi-label 0/1 float rows, or multi-task class indices
+        return [[type(x)(x) for x in row] for row in labels]
     bad = [v for v in labels if v is None or not 0 <= int(v) < len(names)]
     if bad:
         raise DataError(
