@@ -62,13 +62,11 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from hftl.precision import (
+        cpu_name as name,  # one reading of /proc/cpuinfo, the one precision's cache keys on
+    )
+
+    return name()
 
 
 def native_bf16() -> bool:

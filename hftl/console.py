@@ -112,35 +112,6 @@ def _quiet_library_output(verbose: bool) -> None:
         pass
 
 
-class _FolderLog(logging.Handler):
-    """Appends to ``folder/logs/hftl.log``, but never creates ``folder``: lines wait in memory until the run has
-    made it (a refused run leaves nothing behind), then go to the file as they come."""
-
-    def __init__(self, folder: Path):
-        super().__init__(logging.INFO)
-        self.folder, self.waiting, self.stream = folder, [], None
-        self.setFormatter(logging.Formatter(_FORMAT))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.waiting.append(self.format(record))
-            if self.stream is None and self.folder.is_dir():
-                (self.folder / "logs").mkdir(exist_ok=True)
-                self.stream = open(self.folder / "logs" / "hftl.log", "a", encoding="utf-8", buffering=1)
-            if self.stream is not None:
-                self.stream.write("\n".join(self.waiting) + "\n")
-                self.waiting.clear()
-        except OSError:  # a read-only or vanished folder: the run's own checks say so; the log is not worth failing for
-            self.waiting.clear()
-        except Exception:
-            self.handleError(record)
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
-        super().close()
-
-
 @contextmanager
 def run_log(folder: str | Path):
     """While the block runs, hftl's INFO lines also go to ``folder/logs/hftl.log`` (only under the command).
@@ -152,10 +123,18 @@ def run_log(folder: str | Path):
     if not _FILE_LOGS["on"]:
         yield None
         return
-    handler = _FolderLog(Path(folder))
+    path = Path(folder) / "logs" / "hftl.log"  # the caller made the folder (a run's lock, a study's start)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # opened at the first line it gets
+    except OSError:  # a read-only folder: the run's own checks say so; the log file is not worth failing for
+        yield None
+        return
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(_FORMAT))
     logging.getLogger().addHandler(handler)
     try:
-        yield handler.folder / "logs" / "hftl.log"
+        yield path
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

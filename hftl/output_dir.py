@@ -89,10 +89,10 @@ def output_lock(output_dir: str | Path):
         handle.close()  # closing drops the lock
         # A run that failed before writing anything leaves nothing (its log lines were on the terminal too).
         logs = out / "logs"
-        only_log = logs.is_dir() and [p.name for p in logs.iterdir()] == ["hftl.log"]
-        if created and sorted(p.name for p in out.iterdir()) in ([LOCK_FILE], sorted([LOCK_FILE, "logs"]) if only_log else []):
+        only_log = logs.is_dir() and {p.name for p in logs.iterdir()} <= {"hftl.log"}
+        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE, *(["logs"] if only_log else [])}:
             if only_log:
-                (logs / "hftl.log").unlink()
+                (logs / "hftl.log").unlink(missing_ok=True)
                 logs.rmdir()
             (out / LOCK_FILE).unlink(missing_ok=True)
             out.rmdir()

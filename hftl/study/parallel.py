@@ -121,17 +121,18 @@ def _pool_jobs(study, jobs: list[tuple], on_done) -> dict:
 
     import torch
 
+    from hftl.console import console_settings
+
     workers = min(study.s.workers, len(jobs))
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started its threads can hang
+    plan = plan_slots(workers, cores, gpus)
     slots = ctx.Queue()
-    for slot in plan_slots(workers, cores, gpus):
+    for slot in plan:
         slots.put(slot)
     logger.info("Study: %d workers (%s)", workers, ", ".join(
-        f"cores {s['cores']}" + (f", GPU {s['gpu']}" if s["gpu"] is not None else "") for s in plan_slots(workers, cores, gpus)))
-    from hftl.console import console_settings
-
+        f"cores {s['cores']}" + (f", GPU {s['gpu']}" if s["gpu"] is not None else "") for s in plan))
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(slots, console_settings())) as pool:
         futures = [pool.submit(run_job, type(study), study.cfg, study.source_keys, job) for job in jobs]

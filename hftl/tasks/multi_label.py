@@ -102,14 +102,3 @@ class MultiLabelImages(MultiLabel, ImageClassification):
 
 class MultiLabelTexts(MultiLabel, TextClassification):
     """``text_multilabel``: transformers encoders; the saved config says ``multi_label_classification``."""
-
-    def create_model(self, ref, label_names, *, pretrained=True, **kwargs):
-        from hftl.backbones.hf_text import TextClassifier
-        from hftl.tasks.base import library_error
-
-        if ref.library != "transformers":
-            raise library_error(self.name, ref, "transformers", "a Hub id (FacebookAI/roberta-base) or a "
-                                "save_pretrained folder")
-        # transformers' pipelines then apply a sigmoid per label, as hftl does.
-        return TextClassifier.create(ref, label_names, pretrained=pretrained, problem_type="multi_label_classification",
-                                     **kwargs)

@@ -30,8 +30,8 @@ class TextClassification(LabelledTask):
         if ref.library != "transformers":
             raise library_error(self.name, ref, "transformers", "a Hub id (FacebookAI/roberta-base), a "
                                 "save_pretrained folder or python-package:<module>/<folder>")
-        if self.spec.regression:
-            kwargs["problem_type"] = "regression"
+        if self.spec.regression or self.spec.multi_label:  # what transformers' pipelines read (no softmax over labels)
+            kwargs["problem_type"] = "regression" if self.spec.regression else "multi_label_classification"
         return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
 
     def model_kwargs(self, cfg) -> dict:
