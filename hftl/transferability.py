@@ -173,8 +173,10 @@ def rank(config, candidates: list[str], overrides: list[str] | None = None, prog
     """Score each candidate backbone on the config's labelled training data; best (by LogME) first.
 
     Features come through hftl's feature cache (the frozen backbone, un-augmented inputs, the task's
-    preprocessing); a candidate that ships a source classifier (a state_dict package whose classes hftl
-    knows, e.g. the ImageNet EfficientNet-Lite0) also gets LEEP and NCE from that head's predictions.
+    preprocessing); a candidate that ships a source classifier (:func:`source_classifier`: a state_dict
+    package whose classes hftl knows, e.g. the ImageNet EfficientNet-Lite0, or a folder hftl trained for
+    classification) also gets LEEP and NCE from that head's predictions. Model construction is seeded
+    (``train.seed``), so a random-init candidate scores the same on every call.
     ``data`` (a LabelledData) replaces loading the config's data (a study passes its pool this way).
 
     ``finetune=True`` also fine-tunes each candidate with the config (``strategy.name=finetune``, under
@@ -217,16 +219,18 @@ def _score_candidate(task, cfg, data, progress: bool) -> dict:
     """One candidate's row: every score on its frozen features of the training split, and the seconds taken."""
     import time
 
+    import torch
+
     from hftl.methods.feature_cache import cached_features
-    from hftl.model import load_classifier
 
     started = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)  # a random-init candidate scores the same on every call, as a run builds it
     model, _ = task.build_model(cfg, data)
     model.eval()
     train_ds, _, _ = task.datasets(cfg, model, data)
     plain = task.plain_train_dataset(cfg, model, data, train_ds)
     feats, labels, _ = cached_features(model, plain, data.fingerprint, "train", progress)
-    source = load_classifier(cfg.model.id) if task.spec.modality == "image" else None
+    source = source_classifier(cfg.model.id, task.spec.modality)
     probs = None
     if source is not None:
         source_ds, _, _ = task.datasets(cfg, source, data)
@@ -236,6 +240,33 @@ def _score_candidate(task, cfg, data, progress: bool) -> dict:
     return {"candidate": cfg.model.id, **scores(feats.numpy(), labels.numpy(), probs),
             "features": int(feats.shape[1]), "examples": int(len(labels)),
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def source_classifier(model_id: str, modality: str):
+    """The candidate with its own source head, for LEEP and NCE; None where it has none hftl can read.
+
+    Two kinds have one: a state_dict package whose classes hftl knows (the ImageNet EfficientNet-Lite0),
+    and a folder hftl trained for single-label classification of the same modality (its ``hftl.json``
+    names the task and the classes). A multi-label head (sigmoids, not one softmax) gives no LEEP.
+
+    Example:
+        >>> source_classifier("timm:resnet18", "image") is None
+        True
+    """
+    from hftl.model import load, load_classifier, read_meta
+    from hftl.registry import TASKS
+
+    if modality == "image":
+        package = load_classifier(model_id)
+        if package is not None:
+            return package
+    folder = Path(model_id)
+    meta = read_meta(folder) if folder.is_dir() else {}
+    spec = TASKS.get(meta.get("task", ""))
+    if spec is None or not (spec.classification and not spec.multi_label and spec.modality == modality
+                            and meta.get("label_names")):
+        return None
+    return load(folder)
 
 
 def _finetune(cfg, data) -> dict:

@@ -85,6 +85,10 @@ def test_hftl_rank_puts_a_source_trained_on_the_task_above_random_weights(tmp_pa
     assert [r["candidate"] for r in rows] == [str(trained), "timm:test_resnet"]  # best first, by LogME
     assert rows[0]["knn_accuracy"] > rows[1]["knn_accuracy"] and rows[0]["h_score"] > rows[1]["h_score"]
     assert all(r["examples"] == 96 for r in rows)
+    # The trained folder has its source head (digits): LEEP and NCE from its softmax; random weights have none.
+    assert {"leep", "nce"} <= set(rows[0]) and "leep" not in rows[1] and rows[0]["leep"] < 0
+    again = rank(None, ["timm:test_resnet"], overrides)[0]
+    assert again["logme"] == rows[1]["logme"]  # random init is seeded: the same score on every call
     out = tmp_path / "rank"
     assert cli_main(["rank", *overrides, "--candidates", str(trained), "timm:test_resnet",
                      "--output-dir", str(out)]) == 0
@@ -121,3 +125,19 @@ def test_rank_refuses_what_it_cannot_score(tmp_path):
         rank(None, ["x"], ["task=causal_lm", "model.id=x"])
     with pytest.raises(ConfigError, match="at least one candidate"):
         rank(None, [], tiny_train_overrides(tmp_path))
+
+
+def test_rank_reads_the_source_head_of_a_text_folder_hftl_trained(tmp_path):
+    """LEEP/NCE for any modality: a text classifier hftl saved is scored through its own softmax too."""
+    from test_study import TOPICS, tiny_bert, topic_rows
+
+    import hftl
+
+    bert = tiny_bert(tmp_path / "bert", [r["text"] for r in topic_rows()])
+    text = ["task=text_classification", f"data.id={TOPICS}", "data.max_length=24", "data.max_train_samples=48",
+            "train.epochs=1", "train.global_batch_size=8", "train.per_device_batch_size=8", "train.progress=false"]
+    source = tmp_path / "source"
+    hftl.train(None, [*text, f"model.id={bert}", f"output_dir={source}"])
+    rows = {r["candidate"]: r for r in rank(None, [str(bert), str(source)], [*text, f"model.id={bert}"])}
+    assert {"leep", "nce"} <= set(rows[str(source)]) and "leep" not in rows[str(bert)]
+    assert rows[str(source)]["leep"] <= 0 and rows[str(source)]["examples"] == rows[str(bert)]["examples"]
