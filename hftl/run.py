@@ -74,7 +74,7 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
                       num_workers=cfg.data.num_workers, run_config=cfg.to_dict())
     metrics = trainer.fit()
     for method in methods:
-        method.after_fit(setup, trainer)
+        metrics.update(method.after_fit(setup, trainer) or {})  # what a method measured on the model as saved
     if trainer.accelerator.is_main_process:
         facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
         write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
