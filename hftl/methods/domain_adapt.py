@@ -145,14 +145,30 @@ def load_target(cfg, source_names: list[str], read_labels: bool):
     """
     from hftl.data import load_labelled_data
 
+    import math
+
+    import numpy as np
+
     d = cfg.domain_adapt
     tcfg = copy.deepcopy(cfg.data)
     tcfg.id, tcfg.classes, tcfg.train_split, tcfg.validation_split = d.target, [], "train", None
-    tcfg.max_train_samples, tcfg.max_eval_samples = d.max_target_samples, None
-    try:
-        target = load_labelled_data(tcfg, cfg.task, cfg.train.seed)
+    tcfg.max_train_samples, tcfg.max_eval_samples = None, None
+    try:  # whole: nothing held out by class; the split below is drawn without the labels
+        target = load_labelled_data(tcfg, cfg.task, cfg.train.seed, whole=True)
     except DataError as e:
         raise DataError(f"domain_adapt.target '{d.target}': {e}") from e
+    # A seeded permutation, not a stratified split: which images adapt and which are scored must not depend on
+    # the target's labels either.
+    rng = np.random.default_rng(cfg.train.seed)
+    if target.train is target.validation:  # no validation split given: hold out data.validation_fraction
+        order = rng.permutation(len(target.train)).tolist()
+        cut = math.ceil(cfg.data.validation_fraction * len(order)) if len(order) > 1 else 0
+        train_idx, val_idx = order[cut:], sorted(order[:cut])
+        full = target.train
+        target.validation = full.select(val_idx)
+    else:
+        full, train_idx = target.train, rng.permutation(len(target.train)).tolist()
+    target.train = full.select(sorted(train_idx[:d.max_target_samples] if d.max_target_samples else train_idx))
     extra = [n for n in target.label_names if n not in source_names]
     if extra:
         raise ConfigError(
