@@ -143,11 +143,11 @@ def load_target(cfg, source_names: list[str], read_labels: bool):
     ``read_labels`` False (the transductive methods): the training split's labels are replaced by 0 here, before
     anything else sees them; only the validation split (what ``target_*`` scores) keeps its labels.
     """
-    from hftl.data import load_labelled_data
-
     import math
 
     import numpy as np
+
+    from hftl.data import load_labelled_data
 
     d = cfg.domain_adapt
     tcfg = copy.deepcopy(cfg.data)
@@ -271,7 +271,7 @@ class DomainAdapt(Method):
         self.info = info
 
     def after_fit(self, setup: Setup, trainer) -> dict:
-        from hftl.run import evaluate_model
+        from hftl.trainer import evaluate_model
 
         d = setup.cfg.domain_adapt
         metrics: dict = {}
