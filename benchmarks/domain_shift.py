@@ -2,8 +2,8 @@
 on the target domain, and how far is each from the labelled-target ceiling?
 
 1. ``hftl study recipes/configs/study/digits_domain_shift.yaml``: a ResNet-10t (random init, 32 px) trained on
-   scikit-learn's digits, half a (``builtin:digits_a``, the labelled source), scored on the other writers'
-   half b blurred (``builtin:digits_b_blurred``, the target, its training images unlabelled): source_only,
+   scikit-learn's digits, half a (``builtin:digits_a``, the labelled source), scored on the other
+   half, blurred (``builtin:digits_b_blurred``, the target, its training images unlabelled): source_only,
    adabn, coral, and the oracle (trained on the labelled target training images), on the same 4 source folds
    and seeds; verdicts by the paired t-test over the folds vs source_only. No target label chooses anything.
 2. A plain-PyTorch reference on the same folds (the same source training indices, the same target images,
@@ -142,7 +142,7 @@ def main() -> None:
         over.append(f"base.train.epochs={1 if args.quick else args.epochs}")
     cfg = load_study_config(RECIPE, over)
     b = cfg.base
-    C.header("domain shift: digits -> blurred digits of other writers (issue 13, item 2)",
+    C.header("domain shift: digits -> other digits, blurred (issue 13, item 2)",
              f"{b.model.id} ({b.strategy.name}) at {b.data.image_size} px, {b.train.epochs} epochs, batch "
              f"{b.train.global_batch_size}, lr {b.train.lr}; source {b.data.id}, target {b.domain_adapt.target}; "
              f"{cfg.study.folds} source folds; coral_weight {b.domain_adapt.coral_weight}")
