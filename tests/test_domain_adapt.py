@@ -136,6 +136,8 @@ def test_adabn_run_differs_from_source_only_only_in_batch_norm_statistics(tmp_pa
     assert plain.metrics["target_accuracy"] != adabn.metrics["target_accuracy"]
     card = (tmp_path / "adabn" / "README.md").read_text()
     assert "target_accuracy" in card
+    assert "## Domain adaptation" in card and "`builtin:digits_b_blurred`" in card and "AdaBN" in card
+    assert card.index("## Domain adaptation") < card.index("## How to use")
 
 
 # ------------------------------------------------------------------------------------------ runs

@@ -249,7 +249,7 @@ class DomainAdapt(Method):
         _, self.target_plain, self.collate = setup.task.datasets(plain, model, _with_split(self.target, "train"))
         _, self.target_eval, _ = setup.task.datasets(plain, model, self.target)
         _, self.source_eval, _ = setup.task.datasets(plain, model, setup.data)  # images, even when the head trains on cached features
-        info = {"target": str(d.target), "method": d.method, "target_train_images": len(self.target.train),
+        info = {"source": setup.data.source, "target": str(d.target), "method": d.method, "target_train_images": len(self.target.train),
                 "target_scored_images": len(self.target.validation)}
         if d.method == "adabn" and not batch_norm_layers(model):
             raise ConfigError(f"domain_adapt.method=adabn re-estimates batch-norm statistics, but {setup.cfg.model.id} "
@@ -291,6 +291,28 @@ class DomainAdapt(Method):
         logger.info("Target domain %s (%s): accuracy %.4f on %d images", d.target, d.method,
                     metrics.get("target_accuracy", float("nan")), scored["examples"])
         return metrics
+
+    def write_outputs(self, folder, model, meta: dict, info: dict) -> None:
+        """The card gets a "Domain adaptation" section (before "How to use"): what was adapted to, and how."""
+        card = folder / "README.md"
+        text = card.read_text()
+        section = card_section(self.info, info.get("metrics", {}))
+        at = text.find("## How to use")
+        card.write_text(text[:at] + section + text[at:] if at != -1 else text.rstrip() + "\n\n" + section)
+
+
+def card_section(info: dict, metrics: dict) -> str:
+    """The model card's words on the domain adaptation: source, target, method and the target's scores."""
+    how = {"source_only": "trained on the source only", "adabn": "trained on the source, then its batch-norm "
+           "statistics re-estimated on the target's unlabelled training images (AdaBN)",
+           "coral": f"trained on the source with the Deep CORAL loss (weight {info.get('coral_weight')}) aligning "
+           "source and target feature covariances", "oracle": "trained on the target's labelled training images "
+           "(the oracle: a ceiling, not a domain adaptation)"}[info["method"]]
+    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("target_accuracy", "target_f1", "target_loss") if k in metrics)
+    return (f"## Domain adaptation\n\nSource `{info['source']}`, target `{info['target']}`: {how}; "
+            f"{info['target_train_images']} target training images. On {info['target_scored_images']} held-out target "
+            f"images: {scores}. The epoch was chosen on the source's validation split; no target label chose "
+            "anything.\n\n")
 
 
 def _with_split(data, split: str):
