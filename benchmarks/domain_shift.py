@@ -11,7 +11,8 @@ on the target domain, and how far is each from the labelled-target ceiling?
    batch-norm statistics, one pass over the target in train mode) and Deep CORAL written out; hftl's
    numbers should fall within its noise.
 
-Usage: python benchmarks/domain_shift.py [--folds 4] [--epochs N] [--threads 1] [--quick]
+Usage: python benchmarks/domain_shift.py [--folds 4] [--epochs N] [--target builtin:digits_b_rotated] [--ablation]
+       [--no-reference] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -124,12 +125,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--target", default=None, help="another target domain (default: the recipe's, "
+                                                       "builtin:digits_b_blurred), e.g. builtin:digits_b_rotated")
+    parser.add_argument("--ablation", action="store_true",
+                        help="add an arm coral_no_loss: CORAL's mixed source + target batches with coral_weight 0 (how "
+                             "much of CORAL's effect is its loss, how much batch norm seeing target images)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the plain-PyTorch reference")
     parser.add_argument("--quick", action="store_true", help="2 folds, 1 epoch, a tiny model: checks the script")
     C.add_threads_option(parser)
     args = parser.parse_args()
     C.apply_threads(args)
 
-    from hftl.study import load_study_config, run_study
+    from hftl.study import run_study
     from hftl.study.stats import compare_paired
 
     over = [f"study.folds={args.folds}", f"study.output_dir={C.SCRATCH / 'study'}", "base.train.progress=false",
@@ -138,11 +145,20 @@ def main() -> None:
         over = ["study.folds=2", f"study.output_dir={C.SCRATCH / 'study'}", "base.train.progress=false",
                 "study.winner=none", "base.model.id=timm:test_resnet", "base.data.image_size=16",
                 "base.domain_adapt.max_target_samples=60"]
+    if args.target:
+        over.append(f"base.domain_adapt.target={args.target}")
     if args.epochs or args.quick:
         over.append(f"base.train.epochs={1 if args.quick else args.epochs}")
-    cfg = load_study_config(RECIPE, over)
+    from hftl.config import parse_overrides, read_yaml
+    from hftl.study.config import _merge, study_config_from_dict
+
+    raw = read_yaml(RECIPE)
+    if args.ablation:
+        raw["study"]["arms"].insert(3, {"name": "coral_no_loss", "strategy": "scratch",
+                                        "config": {"domain_adapt": {"method": "coral", "coral_weight": 0.0}}})
+    cfg = study_config_from_dict(_merge(raw, parse_overrides(over)))
     b = cfg.base
-    C.header("domain shift: digits -> other digits, blurred (issue 13, item 2)",
+    C.header(f"domain shift: digits -> other digits, {b.domain_adapt.target.rsplit('_', 1)[-1]} (issue 13, item 2)",
              f"{b.model.id} ({b.strategy.name}) at {b.data.image_size} px, {b.train.epochs} epochs, batch "
              f"{b.train.global_batch_size}, lr {b.train.lr}; source {b.data.id}, target {b.domain_adapt.target}; "
              f"{cfg.study.folds} source folds; coral_weight {b.domain_adapt.coral_weight}")
@@ -170,7 +186,9 @@ def main() -> None:
 
     pool = datasets.concatenate_datasets([data.train, data.validation])  # the study's pool, in its order
     folds = {r["fold"]: r["train_indices"] for r in study["runs"] if r["arm"] == "source_only"}
-    if True:
+    if args.no_reference:
+        print("(plain-PyTorch reference not run: --no-reference)")
+    else:
         started = time.perf_counter()
         ref = plain_reference(cfg, folds, b.train.epochs, pool)
         print(f"plain PyTorch on the same folds ({time.perf_counter() - started:.0f} s): target accuracy, "
