@@ -77,7 +77,8 @@ class ModelConfig:
 class DataConfig:
     id: str = _f(
         "builtin:digits",
-        "Data to train on: builtin:digits, a Hub dataset id, a local image folder (one subfolder per "
+        "Data to train on: builtin:digits (or a domain-shift half: builtin:digits_a, builtin:digits_b, "
+        "builtin:digits_b_inverted, _blurred, _rotated, _faded), a Hub dataset id, a local image folder (one subfolder per "
         "class; audio: of clips), a CSV file of paths and labels; text tasks: a CSV/JSON-lines file, or a folder "
         "of data files named by split (train.jsonl, validation.jsonl).",
     )
@@ -215,6 +216,29 @@ class MaskedImageConfig:
 
 
 @dataclass
+class DomainAdaptConfig:
+    target: str | None = _f(
+        None, "Transductive transfer (same task, another domain): the target domain's data, in any form data.id takes "
+              "(e.g. builtin:digits_b_blurred). Its training split is read as unlabelled images (adabn, coral; "
+              "oracle trains on its labels), its validation split (given, or held out as data.validation_fraction "
+              "says) is scored after training as target_accuracy, target_f1, target_loss. Its classes must be among "
+              "the source's (data.id). Target labels never choose anything: the epoch, early stopping and any search "
+              "use the source's validation split. Empty: no domain adaptation.")
+    method: str = _f(
+        "source_only", "source_only: train on the labelled source, score on the target; adabn: then re-estimate "
+                       "every batch-norm layer's statistics on the unlabelled target images (Li et al. 2016); coral: "
+                       "train with an added loss aligning the covariances of source and target features (Deep "
+                       "CORAL, Sun & Saenko 2016); oracle: train on the target's labelled training split instead "
+                       "(the ceiling; a study reports it apart and never chooses by it).")
+    coral_weight: float = _f(1.0, "coral: weight of the CORAL loss, 1/(4 d^2) ||C_source - C_target||_F^2 on the d "
+                                  "features the head sees, added to the cross-entropy on the source batch.")
+    max_target_samples: int | None = _f(None, "Use only this many (seeded, stratified) images of the target's "
+                                              "training split; null: all.")
+    adabn_batch_size: int = _f(256, "adabn: images per forward pass while re-estimating the statistics (each layer "
+                                    "gets the mean of the batches' statistics; larger is closer to the whole set's).")
+
+
+@dataclass
 class HubConfig:
     push: bool = _f(False, "Push the output folder to the Hub at the end of training.")
     repo_id: str | None = _f(None, "Hub repository to push to (user/name).")
@@ -246,6 +270,9 @@ class Config:
                                            metadata={"help": "Self-supervised pretraining (task simclr)."})
     masked_image: MaskedImageConfig = field(default_factory=MaskedImageConfig,
                                             metadata={"help": "Inpainting pretraining (task masked_image)."})
+    domain_adapt: DomainAdaptConfig = field(
+        default_factory=DomainAdaptConfig,
+        metadata={"help": "Transductive transfer: labelled source (data), unlabelled target domain (image_classification)."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Sharing on the Hub."})
 
     def to_dict(self) -> dict:
@@ -498,6 +525,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("hub.push is true but hub.repo_id is not set (e.g. hub.repo_id=user/name).")
     _check_ranges(cfg)
     _check_masked_image(cfg)
+    _check_domain_adapt(cfg)
 
 
 # (lowest, highest, whether the lowest itself is allowed); None: no bound. A null value is never checked.
@@ -511,6 +539,8 @@ RANGES = {
     "data.max_train_samples": (1, None, True), "data.max_eval_samples": (1, None, True), "data.max_length": (1, None, True),
     "data.block_size": (2, None, True), "data.max_duration": (0, None, False),
     "contrastive.temperature": (0, None, False), "contrastive.projection_dim": (1, None, True),
+    "domain_adapt.coral_weight": (0, None, True), "domain_adapt.max_target_samples": (1, None, True),
+    "domain_adapt.adabn_batch_size": (2, None, True),
 }
 
 
@@ -537,6 +567,39 @@ def _check_masked_image(cfg: Config) -> None:
     if not 0 < ratio < 1:
         raise ConfigError(f"masked_image.mask_ratio must be between 0 and 1 (both excluded), not {ratio}: it is the "
                           "share of patches hidden from the encoder (MAE: 0.75).")
+
+
+DOMAIN_ADAPT_METHODS = ("source_only", "adabn", "coral", "oracle")
+
+
+def _check_domain_adapt(cfg: Config) -> None:
+    d = cfg.domain_adapt
+    if d.method not in DOMAIN_ADAPT_METHODS:
+        raise ConfigError(f"domain_adapt.method must be one of {', '.join(DOMAIN_ADAPT_METHODS)}, not '{d.method}'.")
+    if not d.target:
+        if d.method != "source_only":
+            raise ConfigError(f"domain_adapt.method={d.method} needs a target domain: set domain_adapt.target "
+                              "(e.g. builtin:digits_b_blurred).")
+        return
+    if cfg.task != "image_classification":
+        raise ConfigError(f"domain_adapt works for image_classification runs for now, not {cfg.task}: remove "
+                          "domain_adapt.target.")
+    if d.target == cfg.data.id:
+        raise ConfigError(f"domain_adapt.target is the source data itself ('{d.target}'): name another domain's data "
+                          "(e.g. builtin:digits_b_blurred for the source builtin:digits_a).")
+    s = cfg.strategy
+    if d.method == "coral" and (s.name == "lp_ft" or (s.name == "linear_probe" and s.cache_features)):
+        raise ConfigError(f"domain_adapt.method=coral aligns the features the backbone computes, but strategy "
+                          f"{s.name} trains the head on frozen, cached features: there is nothing to align. Use "
+                          "finetune, scratch, partial or gradual_unfreeze (or domain_adapt.method=adabn).")
+    if d.method == "oracle" and (s.name == "lp_ft" or (s.name == "linear_probe" and s.cache_features)):
+        raise ConfigError(f"domain_adapt.method=oracle with strategy {s.name} (cached features) is not supported yet: "
+                          "set strategy.cache_features=false and strategy.probe_solver=sgd, or use finetune.")
+    if d.method == "coral" and s.name == "lora":
+        raise ConfigError("domain_adapt.method=coral with strategy lora is not supported yet: use finetune, scratch, "
+                          "partial or gradual_unfreeze.")
+    if cfg.distill.teacher or cfg.multitask.label_columns:
+        raise ConfigError("domain_adapt.target with distill.teacher or multitask is not supported: use one at a time.")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The built-in image sets (the digits; their two halves for a domain shift), re-exported as hftl.data.BUILTIN.
+from hftl.builtin_images import BUILTIN, _digits  # noqa: F401
 from hftl.config import DataConfig
 from hftl.errors import DataError
 from hftl.images import _image_folder, _verify_image
@@ -62,20 +64,6 @@ class FoldOrigin:
 
 
 # ------------------------------------------------------------------------------------------ sources
-
-def _digits():
-    """scikit-learn's 8x8 handwritten digits: 1,797 images, 10 classes, shipped with sklearn (no download)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = [Image.fromarray((img * (255 / 16)).astype(np.uint8), mode="L") for img in digits.images]
-    names = [str(i) for i in range(10)]
-    return images, [int(t) for t in digits.target], names
-
-
-BUILTIN = {"digits": _digits}
-
 
 def _csv_files(path: Path, cfg: DataConfig, column: str, readable, kind: str, multi_label: bool = False):
     """(paths, labels, names, unreadable count) from a CSV / JSON(-lines) file of paths (relative to it) and labels.

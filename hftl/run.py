@@ -74,7 +74,7 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
                       num_workers=cfg.data.num_workers, run_config=cfg.to_dict())
     metrics = trainer.fit()
     for method in methods:
-        method.after_fit(setup, trainer)
+        metrics.update(method.after_fit(setup, trainer) or {})  # what a method measured on the model as saved
     if trainer.accelerator.is_main_process:
         facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
         write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
@@ -84,12 +84,11 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
 
 def evaluate_model(cfg: Config, task, model, dataset, collate=None) -> dict:
     """The Trainer's evaluation of ``model`` on ``dataset`` (what each epoch of a run reports), plus ``examples``."""
-    from hftl.trainer import Trainer
+    from hftl.trainer import (
+        evaluate_model as evaluate,  # the one evaluation; methods call it there (no cycle)
+    )
 
-    trainer = Trainer(cfg.train, model, None, dataset, output_dir=cfg.output_dir, loss_fn=task.loss(cfg),
-                      metrics=task.metric_modules(), predictions=task.predictions, collate_fn=collate,
-                      num_workers=cfg.data.num_workers)
-    return {**trainer.evaluate_only(), "examples": len(dataset)}
+    return evaluate(cfg, task, model, dataset, collate)
 
 
 def peak_memory_mb() -> float:

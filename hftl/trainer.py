@@ -461,6 +461,18 @@ class Trainer:
             self._log_file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
 
 
+def evaluate_model(cfg, task, model, dataset, collate=None) -> dict:
+    """The Trainer's evaluation of ``model`` on ``dataset`` with run config ``cfg`` and its task, plus ``examples``.
+
+    Example:
+        >>> evaluate_model(cfg, get_task_impl(cfg.task), model, eval_ds)["accuracy"]  # doctest: +SKIP
+    """
+    trainer = Trainer(cfg.train, model, None, dataset, output_dir=cfg.output_dir, loss_fn=task.loss(cfg),
+                      metrics=task.metric_modules(), predictions=task.predictions, collate_fn=collate,
+                      num_workers=cfg.data.num_workers)
+    return {**trainer.evaluate_only(), "examples": len(dataset)}
+
+
 # tracker -> (module Accelerate imports, what to install)
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard (or hftl[tracking])"), "trackio": ("trackio", "trackio")}
 

@@ -13,24 +13,27 @@ trains the head on cached features; distillation adds the teacher's logits to ea
   the solved probe (``strategy.probe_solver=lbfgs``).
 - ``distill`` (``distill``): a teacher's softened predictions as extra targets.
 - ``label_thresholds`` (multi-label tasks): a decision threshold per label, chosen on validation.
+- ``domain_adapt`` (``domain_adapt``): a labelled source, an unlabelled target domain: AdaBN, CORAL, the
+  labelled-target oracle; the target scored after training (``target_accuracy``).
 
 Example:
     >>> from hftl.methods import METHODS
     >>> [m.name for m in METHODS]
-    ['multitask', 'feature_cache', 'distill', 'label_thresholds']
+    ['multitask', 'feature_cache', 'distill', 'label_thresholds', 'domain_adapt']
 """
 
 from __future__ import annotations
 
 from hftl.methods.base import Method, Setup
 from hftl.methods.distill import Distillation
+from hftl.methods.domain_adapt import DomainAdapt
 from hftl.methods.feature_cache import FeatureCache
 from hftl.methods.multitask import MultiTask
 from hftl.methods.thresholds import LabelThresholds
 
 __all__ = ["METHODS", "Method", "Setup", "active_methods", "register_method"]
 
-METHODS: list[Method] = [MultiTask(), FeatureCache(), Distillation(), LabelThresholds()]
+METHODS: list[Method] = [MultiTask(), FeatureCache(), Distillation(), LabelThresholds(), DomainAdapt()]
 
 
 def register_method(method: Method) -> Method:

@@ -50,8 +50,11 @@ class Method:
     def after_strategy(self, setup: Setup) -> None:
         """Change what the trainer sees (datasets, loss, the trained module)."""
 
-    def after_fit(self, setup: Setup, trainer) -> None:
-        """Change the trained model before it is saved (the Trainer has fitted and scored it)."""
+    def after_fit(self, setup: Setup, trainer) -> dict | None:
+        """Change the trained model before it is saved (the Trainer has fitted and scored it).
+
+        May return metrics that join (or replace) the run's: what this method measured on the model as saved
+        (domain adaptation: the target domain's scores)."""
 
     def write_outputs(self, folder, model, meta: dict, info: dict) -> None:
         """Write what this method adds to the output folder (after the model, its config and its card)."""

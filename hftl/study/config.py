@@ -275,6 +275,13 @@ def study_config_from_dict(data: dict) -> StudyConfig:
         if arm.config.strategy.name == "lora" and arm.config.model.id.startswith("timm:"):
             raise ConfigError(f"Arm '{arm.name}' (lora) needs a pretrained source; model.id is an architecture.")
         _resolve_candidates(arm, settings.search, raw_base, overrides)
+    for arm in arms:
+        if settings.metric.startswith("target_") and not arm.config.domain_adapt.target:
+            raise ConfigError(f"Arm '{arm.name}' has no target domain, but study.metric '{settings.metric}' scores "
+                              "each arm on it: keep base.domain_adapt.target in every arm.")
+        if arm.name == settings.baseline and arm.config.domain_adapt.method == "oracle":
+            raise ConfigError(f"study.baseline '{arm.name}' is an oracle (trained on target labels): it is the ceiling, "
+                              "reported apart. Compare with source_only instead.")
     for cfg, what in [(a.config, f"Arm '{a.name}'") for a in arms] + [(s.config, f"pretrain '{s.name}'") for s in sources]:
         if cfg.model.id.startswith(PRETRAIN_PREFIX) and cfg.model.id[len(PRETRAIN_PREFIX):] not in names:
             raise ConfigError(
@@ -309,10 +316,12 @@ def _validate_settings(s: StudySettings, base: Config) -> None:
             f"A study compares classifiers or regressors on labelled examples; base.task '{base.task}' is not "
             f"supported. Use one of: {', '.join(task_names(labelled=True))}."
         )
-    if s.metric not in fold_metrics(base.task):
+    if s.metric not in fold_metrics(base.task, base):
         raise ConfigError(
             f"study.metric '{s.metric}' is not computed on the folds (task {base.task}). Valid metrics: "
-            f"{', '.join(fold_metrics(base.task))}."
+            f"{', '.join(fold_metrics(base.task, base))}"
+            + ("" if base.domain_adapt.target or not s.metric.startswith("target_") else
+               " (target_* metrics need a target domain: set base.domain_adapt.target)") + "."
         )
     if s.rank_first is not None:
         if isinstance(s.rank_first, bool) or not isinstance(s.rank_first, int) or s.rank_first < 1:

@@ -76,6 +76,7 @@ class StudyReport:
     searched: dict = field(default_factory=dict)  # arm -> the grid it searched ({}: none), hftl.study.search
     chosen: dict = field(default_factory=dict)  # arm -> budget tag -> [per-fold chosen values, {} if none]
     ranking: dict = field(default_factory=dict)  # study.rank_first: sources' scores, kept sources, arms not run
+    references: list = field(default_factory=list)  # arms reported apart, with no verdict (a target-label oracle)
 
     @property
     def any_search(self) -> bool:
@@ -129,7 +130,8 @@ class StudyReport:
     def table_rows(self, tag: str | None = None) -> list[dict]:
         tag = tag or self.full_budget
         rows = []
-        for arm in self.arms:
+        # Reference arms (an oracle trained on target labels) come last, apart, with no verdict.
+        for arm in [a for a in self.arms if a not in self.references] + [a for a in self.arms if a in self.references]:
             s = self.stats[arm][tag]
             c = self.comparisons.get(arm, {}).get(tag)
             rows.append({
@@ -138,7 +140,7 @@ class StudyReport:
                 "diff": c.mean_diff if c else None, "ci": (c.ci_low, c.ci_high) if c else None,
                 "p": c.p_value if c else None, "p_t": c.p_t if c else None,
                 "p_wilcoxon": c.p_wilcoxon if c else None,
-                "verdict": c.verdict if c else "baseline",
+                "verdict": c.verdict if c else ("ceiling (reported apart)" if arm in self.references else "baseline"),
             })
         return rows
 
@@ -166,7 +168,7 @@ class StudyReport:
                 diff = f"{r['diff']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
                 p = _fmt_p(r["p"])
                 pw = _fmt_p(r["p_wilcoxon"]) if r["p_wilcoxon"] is not None else "n/a"
-            verdict = f"**{r['verdict']}**" if r["verdict"] != "baseline" else "baseline"
+            verdict = f"**{r['verdict']}**" if r["diff"] is not None else r["verdict"]
             cells = "".join(f" {ms(r['arm'], m)} |" for m in self.fold_metrics)
             chosen = f" {self.chosen_cell(r['arm'], tag)} |" if searched else ""
             lines.append(f"| {r['arm']} | {r['strategy']} |{cells} {diff} | {p} | {pw} | {verdict} |{chosen}")
@@ -247,7 +249,7 @@ class StudyReport:
             "trained": self.trained, "resumed": self.skipped, "seconds": round(self.seconds, 1),
             "budget_sizes": self.budget_sizes, "task": self.task, "higher_is_better": self.higher_is_better,
             "search": {a: {"grid": self.searched.get(a, {}), "chosen": self.chosen.get(a, {})} for a in self.arms},
-            "ranking": self.ranking,
+            "ranking": self.ranking, "references": self.references,
         }
 
 
@@ -273,20 +275,20 @@ def write_plots(report: StudyReport, out: Path) -> list[Path]:
     metric = report.metric
     tag = report.full_budget
     colours = {"positive transfer": "#2e7d32", "negative transfer": "#c62828",
-               "no significant difference": "#757575", "baseline": "#37474f"}
+               "no significant difference": "#757575", "baseline": "#37474f", "ceiling": "#1565c0"}
     paths = []
     fig = Figure(figsize=(max(5.0, 1.3 * len(report.arms) + 2), 4.2), dpi=130, layout="constrained")
     ax = fig.subplots()
     means = [report.stats[a][tag][metric]["mean"] for a in report.arms]
     sds = [report.stats[a][tag][metric]["std"] for a in report.arms]
-    verdicts = [report.verdict(a) or "baseline" for a in report.arms]
+    verdicts = [report.verdict(a) or ("ceiling" if a in report.references else "baseline") for a in report.arms]
     x = np.arange(len(report.arms))
     ax.bar(x, means, yerr=sds, capsize=6, color=[colours[v] for v in verdicts], alpha=0.75, edgecolor="black")
     rng = np.random.default_rng(0)
     for i, arm in enumerate(report.arms):
         pts = report.scores[arm][tag][metric]
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(pts)), pts, color="black", s=14, zorder=3)
-    ax.set_xticks(x, [f"{a}\n{v}" if v != "baseline" else f"{a}\n(baseline)" for a, v in zip(report.arms, verdicts)],
+    ax.set_xticks(x, [f"{a}\n{v}" if v not in ("baseline", "ceiling") else f"{a}\n({v})" for a, v in zip(report.arms, verdicts)],
                   fontsize=8)
     ax.set_ylabel(f"{metric} on held-out folds{report.lower_note()}")
     ax.set_title(f"{report.name}\n{metric} on held-out folds, mean ± sd over {report.folds} folds", fontsize=10)
@@ -401,8 +403,15 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
     """
     base = cfg.base
     tag = report.full_budget
-    lines = [f"# Transfer study: {report.name}", "",
-             f"Does transfer beat training from scratch on this data? {_verdict_sentence(report)}", ""]
+    question = (f"Does adapting to the target domain beat `{report.baseline}` there?" if report.metric.startswith("target_")
+                else "Does transfer beat training from scratch on this data?")
+    lines = [f"# Transfer study: {report.name}", "", f"{question} {_verdict_sentence(report)}", ""]
+    if report.metric.startswith("target_"):
+        lines += [f"Scored on the target domain's held-out images ({report.metric}); every choice (epoch, search, the "
+                  f"kept fold) was made on the source's held-out folds ({report.metric[len('target_'):]}), never on a "
+                  "target label." + (f" {', '.join(report.references)}: trained on labelled target data, the "
+                                     "ceiling, reported apart (no verdict, never chosen)." if report.references else ""),
+                  ""]
     if report.fold_note:
         lines += [f"> **Note:** {report.fold_note}", ""]
     lines += [f"## Results ({_pct(max(report.budgets))} of each training fold)", "",

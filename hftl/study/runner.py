@@ -49,7 +49,7 @@ from hftl.study.report import (
     write_plots,
 )
 from hftl.study.search import choose, inner_split
-from hftl.study.stats import compare_paired, describe_scores, fold_metrics, higher_is_better
+from hftl.study.stats import compare_paired, describe_scores, fold_metrics, higher_is_better, selection_metric
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,12 @@ class _Study:
         self.source_info: dict[str, dict] = {}
         self.budgets = sorted({float(b) for b in self.s.label_budgets}) or [1.0]
         self.ranking: dict = {}  # study.rank_first: the sources' scores, the kept sources, the arms left out
-        self.metrics = fold_metrics(cfg.base.task)
+        self.metrics = fold_metrics(cfg.base.task, cfg.base)
         self.sign = 1 if higher_is_better(self.s.metric) else -1  # the best arm and fold maximise sign * metric
+        # What the choices (searched values, the kept fold, the winner) are made by: never a target-domain score.
+        self.choose_by = selection_metric(self.s.metric)
+        # Arms trained on target labels (domain_adapt.method=oracle): the ceiling, reported apart, never chosen.
+        self.references = [a.name for a in cfg.arms if a.config.domain_adapt.method == "oracle"]
 
     # -- sources -----------------------------------------------------------------------------
     def source_dir(self, name: str) -> Path:
@@ -338,7 +342,7 @@ class _Study:
                           "epochs": len(history), "output_dir": str(folder)}
                 _write_json_atomic(path, record)
             results.append(record)
-        best = choose([r["metrics"] for r in results], self.s.metric, higher_is_better(self.s.metric))
+        best = choose([r["metrics"] for r in results], self.choose_by, higher_is_better(self.choose_by))
         # A choice at the end of its grid says the best value may lie beyond it: say so, do not widen silently.
         edge = [key for key, value in results[best]["values"].items()
                 if len(arm.grid.get(key, [])) > 2 and value in (min(arm.grid[key]), max(arm.grid[key]))
@@ -346,7 +350,7 @@ class _Study:
         if edge:
             logger.warning("Arm %s fold %d chose %s at the end of its grid; consider a wider study.search grid",
                            arm.name, k, ", ".join(f"{key}={results[best]['values'][key]:g}" for key in edge))
-        info = {"grid": arm.grid, "chosen": results[best]["values"], "metric": self.s.metric,
+        info = {"grid": arm.grid, "chosen": results[best]["values"], "metric": self.choose_by,
                 "validation_share": self.s.search_validation, "inner_train": inner_tr, "inner_validation": inner_va,
                 "candidates": [{"values": r["values"], "metrics": r["metrics"], "seconds": r["seconds"]}
                                for r in results],
@@ -385,7 +389,7 @@ class _Study:
         done = {k: r for k, r in records.items() if r is not None}
         best = None
         if budget == max(self.budgets) and self.s.winner != "none" and done:
-            best = min(done, key=lambda k: (-self.sign * done[k]["metrics"][self.s.metric], k))
+            best = min(done, key=lambda k: (-self.sign * done[k]["metrics"][self.choose_by], k))
         for k in done:
             if k != best:
                 _lighten(self.run_dir(arm, budget, k))
@@ -481,7 +485,7 @@ class _Study:
             stats[arm][tag] = {m: describe_scores(v) for m, v in scores[arm][tag].items()}
         comparisons: dict = {}
         for arm in arms:
-            if arm == s.baseline:
+            if arm == s.baseline or arm in self.references:  # an oracle is the ceiling, reported apart
                 continue
             comparisons[arm] = {}
             for budget in self.budgets:
@@ -504,7 +508,7 @@ class _Study:
                           for b in self.budgets} for arm in arms},
             budget_sizes={_budget_tag(b): float(np.mean([r["num_train"] for r in all_records[(s.baseline, b)].values()]))
                           for b in self.budgets},
-            ranking=self.ranking)
+            ranking=self.ranking, references=list(self.references))
 
     # -- the winner's model --------------------------------------------------------------------
     def save_winner(self, report: StudyReport, all_records: dict) -> None:
@@ -518,10 +522,12 @@ class _Study:
             return
         budget = max(self.budgets)
         tag = _budget_tag(budget)
-        winner = max(report.arms, key=lambda a: (self.sign * report.stats[a][tag][self.s.metric]["mean"],
-                                                 -report.arms.index(a)))
+        # Chosen by the selection metric (a target-domain study: the source's held-out folds), never an oracle.
+        candidates = [a for a in report.arms if a not in self.references]
+        winner = max(candidates, key=lambda a: (self.sign * report.stats[a][tag][self.choose_by]["mean"],
+                                                -report.arms.index(a)))
         recs = all_records[(winner, budget)]
-        fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.s.metric], k))
+        fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.choose_by], k))
         arm = next(a for a in self.cfg.arms if a.name == winner)
         folder = self.run_dir(arm, budget, fold)
         if not (folder / "hftl.json").is_file():

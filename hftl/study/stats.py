@@ -26,24 +26,42 @@ TESTS = ("t", "corrected_t", "wilcoxon")
 VERDICTS = ("positive transfer", "no significant difference", "negative transfer")
 
 
-def fold_metrics(task: str) -> tuple[str, ...]:
-    """What each held-out fold is scored by: the task's evaluation metrics, then the loss.
+TARGET_PREFIX = "target_"  # a domain-adaptation run's scores on the target domain (hftl.methods.domain_adapt)
+
+
+def fold_metrics(task: str, cfg=None) -> tuple[str, ...]:
+    """What each held-out fold is scored by: the task's evaluation metrics, then the loss; with a run config
+    ``cfg`` that names a target domain (``domain_adapt.target``), the same on the target (``target_accuracy``...).
 
     Example:
         >>> fold_metrics("text_regression")
         ('mse', 'mae', 'pearson', 'loss')
     """
-    return (*get_task(task).metrics, "loss")
+    own = (*get_task(task).metrics, "loss")
+    if cfg is not None and getattr(getattr(cfg, "domain_adapt", None), "target", None):
+        return (*own, *(TARGET_PREFIX + m for m in own))
+    return own
+
+
+def selection_metric(metric: str) -> str:
+    """The metric a study chooses by (searched values, the kept fold, the winner): ``metric`` itself, or for a
+    target-domain metric its source counterpart, so no target label ever chooses anything.
+
+    Example:
+        >>> selection_metric("target_accuracy"), selection_metric("f1")
+        ('accuracy', 'f1')
+    """
+    return metric[len(TARGET_PREFIX):] if metric.startswith(TARGET_PREFIX) else metric
 
 
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger ``metric`` is better (``hftl.metrics.LOWER_IS_BETTER``: loss, mse, mae).
+    """Whether a larger ``metric`` is better (``hftl.metrics.LOWER_IS_BETTER``: loss, mse, mae; also on the target).
 
     Example:
-        >>> higher_is_better("pearson"), higher_is_better("mse")
-        (True, False)
+        >>> higher_is_better("pearson"), higher_is_better("mse"), higher_is_better("target_loss")
+        (True, False, False)
     """
-    return metric not in LOWER_IS_BETTER
+    return selection_metric(metric) not in LOWER_IS_BETTER
 
 
 def min_wilcoxon_folds(alpha: float) -> int:
