@@ -3,7 +3,7 @@
 Runs ``recipes/configs/study/audio_to_visual.yaml`` as ``hftl study`` does, in a scratch folder:
 
 1. ``hftl.sounds.write_study_inputs`` writes the offline inputs: 6 kinds of synthetic sound as 16 kHz clips
-   (40 each), the spectrogram pictures (the AST's log-mel front end, 32x32 gray) of 5 *other* kinds (40
+   (60 each), the spectrogram pictures (the AST's log-mel front end, 32x32 gray) of 5 *other* kinds (40
    each), and a config-only tiny AST.
 2. The study makes its two sources from random weights: the AST taught the 6 sounds from the audio, and a
    timm ViT of the same shape taught the built-in digits (a visual source).
@@ -13,7 +13,7 @@ Runs ``recipes/configs/study/audio_to_visual.yaml`` as ``hftl study`` does, in a
 
 It prints what the conversion copied, the sources' own scores, and the study's table.
 
-Usage: python benchmarks/audio_to_visual.py [--folds 5] [--threads 1] [--quick]
+Usage: python benchmarks/audio_to_visual.py [--folds 5] [--threads 1] [--quick] [--work DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 folds, 2 epochs everywhere")
+    parser.add_argument("--work", default=None, help="folder to run in (default: a fresh temporary one); a rerun "
+                                                     "in the same folder resumes the study from its records")
     C.add_threads_option(parser)
     args = parser.parse_args()
     C.apply_threads(args)
@@ -41,9 +43,8 @@ def main() -> None:
     from hftl.convert import transfer_weights
     from hftl.study import load_study_config, run_study
 
-    work = C.SCRATCH / "audio_to_visual"
-    work.mkdir(parents=True)
-    os.chdir(work)  # the YAML's paths are relative (outputs/...), as for `hftl study` run from the repository
+    work = Path(args.work) if args.work else C.SCRATCH / "audio_to_visual"
+    work.mkdir(parents=True, exist_ok=True)
     overrides = [f"study.folds={args.folds}"]
     if args.quick:
         overrides = ["study.folds=2", "base.train.epochs=2"]
@@ -56,8 +57,12 @@ def main() -> None:
              f"{cfg.base.train.epochs} epochs, lr {cfg.base.train.lr:g}, ViT {cfg.arms[0].config.model.kwargs} "
              "at 32 px; sources: " + ", ".join(f"{s.name} ({s.config.task}, {s.config.train.epochs} epochs)"
                                               for s in cfg.pretrain))
+    os.chdir(work)  # the YAML's paths are relative (outputs/...), as for `hftl study` run from the repository
     started = time.perf_counter()
-    paths = sounds.write_study_inputs("outputs/audio_to_visual/inputs")
+    inputs = Path("outputs/audio_to_visual/inputs")
+    # Written once per folder: rewritten files would change the data's fingerprint, and a rerun would not resume.
+    paths = {name: inputs / name for name in ("sounds", "pictures", "ast")} if (inputs / "ast").is_dir() else \
+        sounds.write_study_inputs(inputs)
     print(f"inputs: {sum(1 for _ in paths['sounds'].rglob('*.wav'))} clips of {len(sounds.SOURCE_SOUNDS)} sounds "
           f"({', '.join(sounds.SOURCE_SOUNDS)}); {sum(1 for _ in paths['pictures'].rglob('*.png'))} pictures of "
           f"{len(sounds.PICTURE_SOUNDS)} others ({', '.join(sounds.PICTURE_SOUNDS)})", flush=True)

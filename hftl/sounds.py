@@ -189,7 +189,7 @@ def write_tiny_ast(folder: str | Path, hidden: int = 64, layers: int = 4, heads:
     return folder
 
 
-def write_study_inputs(root: str | Path, sounds_per_class: int = 40, pictures_per_class: int = 40,
+def write_study_inputs(root: str | Path, sounds_per_class: int = 60, pictures_per_class: int = 40,
                        seed: int = 0) -> dict[str, Path]:
     """Everything ``recipes/configs/study/audio_to_visual.yaml`` names, under ``root``: the source clips
     (``sounds/``), the target pictures (``pictures/``) and the tiny AST's config (``ast/``).

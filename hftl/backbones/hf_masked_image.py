@@ -294,6 +294,10 @@ class MaskedAutoencoder(TransformersModel):
     def save_preprocessing(self, folder: str | Path) -> None:
         processor = self.image_processor
         processor.size = {"height": self.image_size, "width": self.image_size}  # what the weights were trained at
+        if hasattr(processor, "resample"):  # as transform() resizes (run_mae.py's bicubic): the card's snippet then
+            from transformers.image_utils import PILImageResampling  # computes the features hftl does
+
+            processor.resample = PILImageResampling.BICUBIC
         processor.save_pretrained(str(folder))
 
     def fingerprint(self) -> str:
