@@ -142,6 +142,18 @@ def usage_snippet(library: str, task: str, repo: str, is_adapter: bool, revision
             f"encoder = timm.create_model(\"hf-hub:{repo}{at}\", pretrained=True, num_classes=0).eval()",
             "# features = encoder(images)  -> (batch, num_features)",
             f"# or fine-tune it: hftl train <config> model.id=hf-hub:{repo}"])
+    if task == "masked_image":  # the encoder in transformers' ViT layout at the top, the whole MAE in mae/
+        return "\n".join([
+            "from PIL import Image",
+            "from transformers import AutoImageProcessor, ViTForImageClassification, ViTMAEForPreTraining, ViTModel", "",
+            f"processor = AutoImageProcessor.from_pretrained(\"{repo}\"{rev})",
+            f"encoder = ViTModel.from_pretrained(\"{repo}\"{rev}, add_pooling_layer=False).eval()",
+            "pixels = processor(images=Image.open(\"image.png\").convert(\"RGB\"), return_tensors=\"pt\").pixel_values",
+            "features = encoder(pixel_values=pixels).last_hidden_state[:, 0]  # the [CLS] feature: (1, hidden_size)",
+            "# A classifier starts from the encoder (a new head, for your classes, trained next):",
+            f"classifier = ViTForImageClassification.from_pretrained(\"{repo}\"{rev}, num_labels=2)",
+            "# The whole masked autoencoder (encoder + decoder), as it inpaints:",
+            f"mae = ViTMAEForPreTraining.from_pretrained(\"{repo}\"{rev}, subfolder=\"mae\").eval()"])
     if is_adapter and task == "image_captioning":  # its base is an encoder + a decoder joined by hftl
         return "\n".join(["import hftl", "",
                            "# Rebuilds the captioner the adapter was trained on (encoder + decoder) and applies it.",
@@ -226,7 +238,7 @@ def usage_block(library: str, task: str, repo: str, is_adapter: bool, revision: 
                 meta: dict | None = None) -> str:
     """The marked "how to use" block of a card: the snippet and the hftl command line."""
     code = usage_snippet(library, task, repo, is_adapter, revision, meta)
-    inputs = "image.png" if library == "timm" or task in ("image_classification", "image_captioning") else \
+    inputs = "image.png" if library == "timm" or task in ("image_classification", "image_captioning", "masked_image") else \
         "clip.wav" if task == "audio_classification" else "\"some text\""
     rev = f" --revision {revision}" if revision else ""
     cli = "hftl generate" if task == "causal_lm" else "hftl predict"

@@ -1,4 +1,4 @@
-"""The ``hftl`` command: train, predict, eval, study, demo, push.
+"""The ``hftl`` command: train, predict, eval, study, rank, cluster, export, demo, push.
 
 Errors a user can cause print as one line naming the problem and the fix (exit code 2; HFTL_DEBUG=1
 or --debug shows the traceback too); bugs keep their traceback.
@@ -93,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     rk.add_argument("--finetune", action="store_true",
                     help="also fine-tune each candidate (slow) and report Kendall's tau between each score and the "
                          "fine-tuned validation metric, and the time of a fine-tune against a ranking")
+
+    cl = sub.add_parser("cluster", help="Unsupervised transfer: k-means on a frozen encoder's features of unlabelled "
+                                        "images, scored (NMI, ARI) against held-back labels when the data has them.")
+    cl.add_argument("model", help="an image encoder: a simclr or masked_image output, a timm or transformers ViT id")
+    cl.add_argument("overrides", nargs="*", help="data=path/to/images (or data.id=...), data.image_size=32, ...")
+    cl.add_argument("--k", type=int, default=None, help="number of clusters (default: the data's number of classes)")
+    cl.add_argument("--baselines", nargs="*", default=["random_init", "pixels"],
+                    help="what the encoder is compared with: random_init (same net, random weights), pixels (its "
+                         "input, flattened); none of them with --baselines")
+    cl.add_argument("--normalize", default="l2", help="features before k-means: l2, standard or none")
+    cl.add_argument("--seed", type=int, default=None, help="k-means and random-init seed (default train.seed)")
+    cl.add_argument("--output-dir", default="outputs/cluster", help="where cluster.json, cluster.md, clusters.csv go")
 
     ex = sub.add_parser("export", help="Export a trained classifier to ONNX, checked against onnxruntime.")
     ex.add_argument("model", help="output folder of a run")
@@ -211,6 +223,13 @@ def run(argv: list[str]) -> int:
         print(rank_table(rows))
         print(f"\nRecommended (highest LogME): {rows[0]['candidate']}")
         print(f"Table, plot and JSON: {files['table']}, {files['plot']}, {files['json']}")
+    elif args.command == "cluster":
+        from hftl.cluster import cluster, cluster_table
+
+        report = cluster(args.model, k=args.k, overrides=_normalise_eval_overrides(args.overrides),
+                         baselines=args.baselines, normalize=args.normalize, seed=args.seed, output_dir=args.output_dir)
+        print(cluster_table(report))
+        print(f"\nTable, JSON and each image's cluster: {', '.join(report['files'].values())}")
     elif args.command == "export":
         from hftl.export import export_onnx
 

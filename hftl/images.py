@@ -73,6 +73,27 @@ def _image_folder(root: Path):
     return paths, labels, classes, corrupt
 
 
+def check_patch_grid(image_size: int, patch_size: int) -> None:
+    """One clear error for an input size that a ViT's patches cannot tile (smaller than a patch, or not a multiple).
+
+    Example:
+        >>> check_patch_grid(32, 8)
+        >>> check_patch_grid(8, 16)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        hftl.errors.ConfigError: data.image_size 8 is smaller than the model's patch size 16: ...
+    """
+    from hftl.errors import ConfigError
+
+    size, patch = int(image_size), int(patch_size)
+    if size < patch:
+        raise ConfigError(f"data.image_size {size} is smaller than the model's patch size {patch}: the image would "
+                          f"hold no patch. Set data.image_size to a multiple of {patch} (e.g. {patch * 4}).")
+    if size % patch:
+        low, high = size // patch * patch, (size // patch + 1) * patch
+        raise ConfigError(f"data.image_size {size} is not a multiple of the model's patch size {patch} (the "
+                          f"patches must tile the image). Use {low} or {high}.")
+
+
 # ------------------------------------------------------------------------------ torch-side datasets
 
 def to_rgb(image):

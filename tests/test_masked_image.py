@@ -101,6 +101,27 @@ def test_the_encoder_loads_in_vit_for_image_classification(pretrained, tiny_mae)
     check_metadata(card.data.to_dict())  # what the Hub would accept
 
 
+def test_the_cards_usage_snippet_loads_the_encoder_and_the_mae(pretrained, tmp_path, monkeypatch):
+    """The card's Python, run as written against the output folder: the encoder's [CLS] feature is hftl's."""
+    from hftl.cards import USAGE_END, USAGE_START, usage_snippet
+    from hftl.tasks.image_classification import load_images
+
+    out = pretrained.output_dir
+    card = (out / "README.md").read_text()
+    block = card[card.index(USAGE_START):card.index(USAGE_END)]
+    assert "ViTModel.from_pretrained" in block and 'subfolder="mae"' in block and "AutoTokenizer" not in block
+    assert "image.png" in block and "some text" not in block
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(digit_png(tmp_path), tmp_path / "image.png")
+    scope: dict = {}
+    exec(usage_snippet("transformers", "masked_image", str(out), False), scope)
+    model = hftl.load(out)
+    with torch.no_grad():
+        ours = model.forward_features({"pixel_values": load_images(["image.png"], model.transform(train=False))})
+    torch.testing.assert_close(scope["features"], ours, atol=1e-5, rtol=1e-4)
+    assert scope["classifier"].config.num_labels == 2 and type(scope["mae"]).__name__ == "ViTMAEForPreTraining"
+
+
 def test_a_timm_classifier_starts_from_it_and_its_card_shows_the_chain(pretrained, tmp_path, tiny_mae):
     from conftest import tiny_train_overrides
     from transformers import ViTModel

@@ -99,14 +99,10 @@ def check_patches(config) -> None:
         Traceback (most recent call last):
         hftl.errors.ConfigError: data.image_size 30 is not a multiple of the model's patch size 8 ...
     """
+    from hftl.images import check_patch_grid
+
     size, patch = int(config.image_size), int(config.patch_size)
-    if size < patch:
-        raise ConfigError(f"data.image_size {size} is smaller than the model's patch size {patch}: the image would "
-                          f"hold no patch. Set data.image_size to a multiple of {patch} (e.g. {patch * 4}).")
-    if size % patch:
-        low, high = size // patch * patch, (size // patch + 1) * patch
-        raise ConfigError(f"data.image_size {size} is not a multiple of the model's patch size {patch} (the "
-                          f"patches must tile the image). Use {low} or {high}.")
+    check_patch_grid(size, patch)
     patches = (size // patch) ** 2
     if int(patches * (1 - config.mask_ratio)) < 1:
         raise ConfigError(f"masked_image.mask_ratio {config.mask_ratio} hides all {patches} patches of a "
@@ -298,6 +294,10 @@ class MaskedAutoencoder(TransformersModel):
     def save_preprocessing(self, folder: str | Path) -> None:
         processor = self.image_processor
         processor.size = {"height": self.image_size, "width": self.image_size}  # what the weights were trained at
+        if hasattr(processor, "resample"):  # as transform() resizes (run_mae.py's bicubic): the card's snippet then
+            from transformers.image_utils import PILImageResampling  # computes the features hftl does
+
+            processor.resample = PILImageResampling.BICUBIC
         processor.save_pretrained(str(folder))
 
     def fingerprint(self) -> str:

@@ -45,6 +45,10 @@ class TimmModel(TransferModel):
             # ViT-style models take one input size: build it for data.image_size (timm resamples the
             # pretrained position embeddings to the new patch grid).
             net = timm.create_model(name, pretrained=load, num_classes=num_classes, img_size=image_size, **kwargs)
+        if image_size and patch_embed is not None and getattr(patch_embed, "patch_size", None):
+            from hftl.images import check_patch_grid
+
+            check_patch_grid(image_size, max(patch_embed.patch_size))  # timm would fail deep in a convolution
         model = cls(net, label_names)
         model.image_size = image_size
         return model

@@ -67,7 +67,9 @@ class StudySettings:
     pretrain: list = _f(
         [], "Source models the study makes first, each a mapping {name, config, shuffle_labels}: config "
             "overrides base keys for the source run (its own data, e.g. other classes; strategy defaults to "
-            "scratch). Arms use one with model.id: pretrain:NAME.")
+            "scratch; its own task too, e.g. audio_classification). Arms use one with model.id: pretrain:NAME, or "
+            "copy its weights into their own architecture with model.init_from: pretrain:NAME (e.g. an audio "
+            "transformer's into an image ViT, as hftl.convert converts them).")
     rank_first: int | None = _f(
         None, "Before training, score the source models of the transfer arms with hftl rank (LogME on the study "
               "pool's frozen features) and run only the arms of the k best sources, plus the baseline and any "
@@ -247,6 +249,11 @@ def study_config_from_dict(data: dict) -> StudyConfig:
         overrides = _merge({"strategy": {"name": "scratch"}}, source.overrides) \
             if "name" not in source.overrides.get("strategy", {}) else source.overrides
         source.config = _run_config(raw_base, overrides, f"study.pretrain '{source.name}'")
+        if (source.config.model.init_from or "").startswith(PRETRAIN_PREFIX):
+            raise ConfigError(
+                f"study.pretrain '{source.name}' sets model.init_from '{source.config.model.init_from}'; sources are "
+                "made from their own model, not from one another. Start that source from an architecture or a "
+                "pretrained model.")
         if source.config.model.id.startswith(PRETRAIN_PREFIX):
             raise ConfigError(
                 f"study.pretrain '{source.name}' starts from '{source.config.model.id}'; a source needs a model of "
@@ -283,11 +290,12 @@ def study_config_from_dict(data: dict) -> StudyConfig:
             raise ConfigError(f"study.baseline '{arm.name}' is an oracle (trained on target labels): it is the ceiling, "
                               "reported apart. Compare with source_only instead.")
     for cfg, what in [(a.config, f"Arm '{a.name}'") for a in arms] + [(s.config, f"pretrain '{s.name}'") for s in sources]:
-        if cfg.model.id.startswith(PRETRAIN_PREFIX) and cfg.model.id[len(PRETRAIN_PREFIX):] not in names:
-            raise ConfigError(
-                f"{what} starts from '{cfg.model.id}', but study.pretrain has no source of that name "
-                f"(it has: {', '.join(names) or 'none'})."
-            )
+        for key, ref in (("starts from", cfg.model.id), ("takes model.init_from", cfg.model.init_from or "")):
+            if ref.startswith(PRETRAIN_PREFIX) and ref[len(PRETRAIN_PREFIX):] not in names:
+                raise ConfigError(
+                    f"{what} {key} '{ref}', but study.pretrain has no source of that name "
+                    f"(it has: {', '.join(names) or 'none'})."
+                )
     raw = {"base": raw_base, "study": dataclasses.asdict(settings)}
     return StudyConfig(base, settings, arms, sources, raw)
 

@@ -462,6 +462,8 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
         start = c.model.id
         if arm.strategy == "scratch":
             start = f"{c.model.id} (architecture only, random init)"
+        elif c.model.init_from:
+            start = f"{c.model.id}` + the weights of `{c.model.init_from}"
         lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else f"{c.train.lr:g}"
         lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {lr} | "
                      f"{describe_grid(arm.grid)} |")

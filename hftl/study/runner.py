@@ -127,10 +127,12 @@ class _Study:
         return self.out / "sources" / name
 
     def resolve(self, cfg: Config) -> Config:
-        """Replace ``model.id: pretrain:NAME`` with that source's folder."""
+        """Replace ``model.id`` / ``model.init_from: pretrain:NAME`` with that source's folder."""
         cfg = copy.deepcopy(cfg)
         if cfg.model.id.startswith(PRETRAIN_PREFIX):
             cfg.model.id = str(self.source_dir(cfg.model.id[len(PRETRAIN_PREFIX):]))
+        if (cfg.model.init_from or "").startswith(PRETRAIN_PREFIX):
+            cfg.model.init_from = str(self.source_dir(cfg.model.init_from[len(PRETRAIN_PREFIX):]))
         return cfg
 
     def pretrain(self, source: PretrainSource, progress) -> None:
@@ -284,6 +286,9 @@ class _Study:
         source_key = self.source_keys.get(source[len(PRETRAIN_PREFIX):]) if source.startswith(PRETRAIN_PREFIX) else None
         key = {"config": _config_key(self.fold_config(arm, budget, k, config)), "data": data_fp,
                "source": source_key, "folds": len(self.folds)}
+        init = arm.config.model.init_from or ""
+        if init.startswith(PRETRAIN_PREFIX):  # a retrained source retrains the arms that start from it
+            key["init_source"] = self.source_keys.get(init[len(PRETRAIN_PREFIX):])
         if search:  # what the choice was made among (an unsearched fold keeps the key it always had)
             key["search"] = search
         return _hash(key)
