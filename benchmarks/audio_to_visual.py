@@ -29,6 +29,12 @@ import _common as C
 YAML = C.REPO / "recipes" / "configs" / "study" / "audio_to_visual.yaml"
 
 
+def _budget(train) -> str:
+    if train.epochs is None:
+        return f"train.epochs null (at least {train.min_steps} steps, early stopping patience {train.patience})"
+    return f"{train.epochs} epochs"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
@@ -54,7 +60,7 @@ def main() -> None:
             source.config.train.epochs = 2
     C.header("audio to visual: AST weights -> image ViT on spectrogram pictures (issue 13, item 4)",
              f"{YAML.relative_to(C.REPO)}; {len(cfg.arms)} arms x {cfg.study.folds} folds, "
-             f"{cfg.base.train.epochs} epochs, lr {cfg.base.train.lr:g}, ViT {cfg.arms[0].config.model.kwargs} "
+             f"{_budget(cfg.base.train)}, lr {cfg.base.train.lr:g}, ViT {cfg.arms[0].config.model.kwargs} "
              "at 32 px; sources: " + ", ".join(f"{s.name} ({s.config.task}, {s.config.train.epochs} epochs)"
                                               for s in cfg.pretrain))
     os.chdir(work)  # the YAML's paths are relative (outputs/...), as for `hftl study` run from the repository
