@@ -19,7 +19,7 @@ from hftl.data import LabelledData
 from hftl.errors import ConfigError
 from hftl.model import META_FILE, load, read_meta
 from hftl.output_dir import check_output_dir, output_lock
-from hftl.run import TrainResult, evaluate_model, run
+from hftl.run import TrainResult, run
 from hftl.run import peak_memory_mb as peak_memory_mb  # re-exported: benchmarks/README.md names it here
 from hftl.tasks import get_task_impl
 from hftl.tasks.language_model import LM_TASKS
@@ -154,6 +154,8 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
     data = task.load_data(cfg, whole=whole)
     data = task.check_classes(data, meta) or data  # a multi-label set may come back in the model's label order
     _, eval_ds, collate = task.datasets(cfg, model, data, whole=whole)
+    from hftl.trainer import evaluate_model
+
     scored = evaluate_model(cfg, task, model, eval_ds, collate)
     if not whole and _refit_on_validation(folder):
         logger.warning("%s: its probe was solved again on this validation split too (strategy.probe_refit), so these "

@@ -5,8 +5,8 @@ like a recipe: the task (hftl.tasks) loads its data, builds its model and datase
 loss and predictions; each way to transfer the config switches on (hftl.methods) changes that
 setup; the strategy prepares the model; the Trainer fits it; :func:`write_outputs` writes the
 weights in the library's layout, ``hftl.json``, the resolved config, ``metrics.json`` and the
-model card, whole or not at all, and pushes when the config says so. :func:`evaluate_model` is
-the one evaluation, the Trainer's, for ``hftl eval`` too.
+model card, whole or not at all, and pushes when the config says so. The one evaluation, the
+Trainer's, is :func:`hftl.trainer.evaluate_model` (``hftl eval`` and the methods call it).
 
 Example:
     >>> result = run(load_config("recipes/configs/image_classification/resnet18_linear_probe.yaml"))  # doctest: +SKIP
@@ -80,15 +80,6 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
         write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
                       methods)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
-
-
-def evaluate_model(cfg: Config, task, model, dataset, collate=None) -> dict:
-    """The Trainer's evaluation of ``model`` on ``dataset`` (what each epoch of a run reports), plus ``examples``."""
-    from hftl.trainer import (
-        evaluate_model as evaluate,  # the one evaluation; methods call it there (no cycle)
-    )
-
-    return evaluate(cfg, task, model, dataset, collate)
 
 
 def peak_memory_mb() -> float:

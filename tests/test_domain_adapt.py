@@ -152,8 +152,8 @@ def test_coral_loss_falls_and_reload_predicts_the_same(tmp_path):
     # Reloaded from disk, the model scores the source and the target exactly as the run reported.
     assert api.evaluate(out)["accuracy"] == pytest.approx(result.metrics["accuracy"])
     from hftl.model import load
-    from hftl.run import evaluate_model
     from hftl.tasks import get_task_impl
+    from hftl.trainer import evaluate_model
 
     cfg = load_config(out / "hftl_config.yaml")
     model = load(out)

@@ -1,6 +1,6 @@
 """The Task interface: what differs from one task to the next, and nothing else.
 
-A run (``hftl.run.run``) and an evaluation (``hftl.run.evaluate_model``) are the same for every
+A run (``hftl.run.run``) and an evaluation (``hftl.trainer.evaluate_model``) are the same for every
 task; they call these hooks where the task matters:
 
 - ``load_data(cfg, whole)``: the examples, as :class:`hftl.data.LabelledData` (a language model's
