@@ -588,11 +588,12 @@ def _check_domain_adapt(cfg: Config) -> None:
         raise ConfigError(f"domain_adapt.target is the source data itself ('{d.target}'): name another domain's data "
                           "(e.g. builtin:digits_b_blurred for the source builtin:digits_a).")
     s = cfg.strategy
-    if d.method == "coral" and (s.name == "lp_ft" or (s.name == "linear_probe" and s.cache_features)):
+    cached_head = s.name == "lp_ft" or (s.name == "linear_probe" and s.cache_features)  # trained on cached features
+    if d.method == "coral" and cached_head:
         raise ConfigError(f"domain_adapt.method=coral aligns the features the backbone computes, but strategy "
                           f"{s.name} trains the head on frozen, cached features: there is nothing to align. Use "
                           "finetune, scratch, partial or gradual_unfreeze (or domain_adapt.method=adabn).")
-    if d.method == "oracle" and (s.name == "lp_ft" or (s.name == "linear_probe" and s.cache_features)):
+    if d.method == "oracle" and cached_head:
         raise ConfigError(f"domain_adapt.method=oracle with strategy {s.name} (cached features) is not supported yet: "
                           "set strategy.cache_features=false and strategy.probe_solver=sgd, or use finetune.")
     if d.method == "coral" and s.name == "lora":
