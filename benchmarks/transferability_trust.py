@@ -303,15 +303,6 @@ def fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-                    C.cpu_name())
-    except OSError:
-        return C.cpu_name()
-
-
 def commit() -> str:
     try:
         sha = subprocess.run(["git", "-C", str(C.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -361,7 +352,7 @@ def main() -> None:
              f"families {', '.join(families)}; images {SIZE} px, sources {ARCH}; text max_length {MAX_LENGTH}, sources "
              f"a tiny BERT; sources pretrained from scratch with train.min_steps={src_steps}; fine-tunes "
              f"strategy.name=finetune with hftl's defaults except the budget ({budgets}); seeds {args.seeds}")
-    print(f"lscpu model name: {machine()}")
+    print(f"CPU: {C.cpu_name()}")
     print(f"hftl commit: {commit()}\n")
     results = {}
     for family in families:
