@@ -59,6 +59,8 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     torch.manual_seed(cfg.train.seed)
     data = data or task.load_data(cfg)
     model, ref = task.build_model(cfg, data)
+    if cfg.train.lr is None:  # the network knows the rate that suits it under this strategy
+        cfg.train.lr = model.default_lr(cfg.strategy.name)
     check_base(cfg, model, ref)
     train_ds, eval_ds, collate = task.datasets(cfg, model, data)
     setup = Setup(cfg, task, data, model, ref, train_ds, eval_ds, collate, task.loss(cfg), task.predictions,
@@ -189,6 +191,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
               # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
               "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
+              "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for the strategy)
               "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,

@@ -312,3 +312,24 @@ def test_augmentation_is_a_function_of_seed_epoch_index():
     assert torch.equal(ds[3]["pixel_values"], a)
     ds.set_epoch(1)
     assert not torch.equal(ds[3]["pixel_values"], a)
+
+
+def test_default_lr_suits_the_network_and_the_strategy():
+    """train.lr null: 3e-3 for a CNN from scratch, 1e-3 for a fine-tune and for a transformer from scratch
+    (measured: benchmarks/quality.py and the base class's docstring)."""
+    cnn = create_model("timm:test_resnet", ["a", "b"], image_size=32)
+    vit = create_model("timm:test_vit", ["a", "b"], image_size=32)
+    assert cnn.default_lr("scratch") == 3e-3 and cnn.default_lr("finetune") == 1e-3
+    assert vit.default_lr("scratch") == 1e-3
+
+
+def test_unset_lr_resolves_per_strategy_and_a_set_one_wins(tmp_path):
+    def used_lr(name, strategy, lr=None):
+        overrides = [o for o in tiny_train_overrides(tmp_path / name, **{"train.epochs": 1, "strategy.name": strategy})
+                     if not o.startswith("train.lr=")]
+        hftl.train(None, overrides + ([f"train.lr={lr}"] if lr else []))
+        return json.loads((tmp_path / name / "metrics.json").read_text())["lr"]
+
+    assert used_lr("scratch", "scratch") == 3e-3
+    assert used_lr("finetune", "finetune") == 1e-3
+    assert used_lr("set", "scratch", lr=0.02) == 0.02

@@ -449,7 +449,7 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               f"{cfg.study.seed}), the same for every arm; each fold trains on the other folds and is scored on "
               "its own held-out examples (the metric of the final epoch, so no fold is used to pick an epoch).",
               f"- Training budget per arm and fold (unless an arm overrides it): {base.train.epochs} epochs, global "
-              f"batch {base.train.global_batch_size}, peak lr {base.train.lr:g}, {base.train.scheduler} schedule, "
+              f"batch {base.train.global_batch_size}, peak lr {_lr(base.train.lr)}, {base.train.scheduler} schedule, "
               f"seed {base.train.seed} + fold index (the same for every arm).",
               _search_bullet(report, cfg),
               f"- Verdict: {cfg.study.test} test on {report.metric} at alpha {cfg.study.alpha:g} "
@@ -464,7 +464,7 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
             start = f"{c.model.id} (architecture only, random init)"
         elif c.model.init_from:
             start = f"{c.model.id}` + the weights of `{c.model.init_from}"
-        lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else f"{c.train.lr:g}"
+        lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else _lr(c.train.lr)
         lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {lr} | "
                      f"{describe_grid(arm.grid)} |")
     lines += _search_lines(report, all_records)
@@ -504,6 +504,11 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               "", f"Made with hftl in {report.seconds:.0f} s ({report.trained} runs trained, {report.skipped} "
               "resumed from records)."]
     return "\n".join(lines) + "\n"
+
+
+def _lr(value: float | None) -> str:
+    """A configured rate, or what train.lr null means (the network's default for the strategy)."""
+    return "the network's default (train.lr null)" if value is None else f"{value:g}"
 
 
 def _search_bullet(report: StudyReport, cfg: StudyConfig) -> str:
