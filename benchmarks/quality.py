@@ -286,18 +286,15 @@ def main() -> None:
             row["status_same"] = "PASS" if ours >= same - GOALS[arm] else "MISS"
             print(json.dumps(row), flush=True)
             rows.append(row)
-        if args.study:
+        if args.study and family != "scratch":  # a study needs a transfer arm: scratch is the vision study's baseline
             base = {"task": task, "model": {"id": model_id}, "data": {"id": str(train)},
                     "train": {"progress": False}}
             for override in extra + quick:
                 section, _, kv = override.partition(".")
                 key, _, value = kv.partition("=")
                 base.setdefault(section, {})[key] = int(value) if value.isdigit() else value
-            study_arms = [a for a, _, _, _ in arms]
-            study_arms = ["scratch"] if family == "scratch" else ["linear_probe"] + (
-                ["finetune", "lp_ft"] if family == "vision" else [])
-            score, facts = hftl_study(root / f"{name}-study", base, ["scratch", *study_arms] if family != "scratch"
-                                      else study_arms, test, args.quick)
+            study_arms = ["scratch", "linear_probe"] + (["finetune", "lp_ft"] if family == "vision" else [])
+            score, facts = hftl_study(root / f"{name}-study", base, study_arms, test, args.quick)
             best = max(max(r["plain"], r.get("plain_shift", 0.0)) for r in rows
                        if r["data"] == name and r["family"] == family)
             row = {"family": family, "data": name, "arm": "study", "best_plain": best, "study": round(score, 4),

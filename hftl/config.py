@@ -157,8 +157,9 @@ class TrainConfig:
     global_batch_size: int = _f(32, "Examples per optimizer step, over all processes and accumulation.")
     per_device_batch_size: int = _f(32, "Examples per forward pass on one process.")
     lr: float | None = _f(None, "Peak learning rate (head; backbone groups scale from it). null: the network's "
-                                "default for the strategy: 3e-3 for a convolutional network from scratch, 1e-3 "
-                                "otherwise (metrics.json records the rate used).")
+                                "default: 3e-3 for a convolutional network from random weights (strategy scratch, or an "
+                                "architecture such as timm:resnet18 with nothing loaded), 1e-3 otherwise (metrics.json "
+                                "records the rate used).")
     backbone_lr_scale: float = _f(1.0, "Backbone learning rate as a multiple of lr (the head's). 1 by default: "
                                        "0.1 was measured no better on MiniLM (1.0 vs 1.0 on a 4-topic text task).")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to norms and biases).")

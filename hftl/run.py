@@ -59,8 +59,8 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     torch.manual_seed(cfg.train.seed)
     data = data or task.load_data(cfg)
     model, ref = task.build_model(cfg, data)
-    if cfg.train.lr is None:  # the network knows the rate that suits it under this strategy
-        cfg.train.lr = model.default_lr(cfg.strategy.name)
+    if cfg.train.lr is None:  # the network knows the rate that suits it, from random weights or not
+        cfg.train.lr = model.default_lr(from_scratch=random_init(cfg, ref))
     check_base(cfg, model, ref)
     train_ds, eval_ds, collate = task.datasets(cfg, model, data)
     setup = Setup(cfg, task, data, model, ref, train_ds, eval_ds, collate, task.loss(cfg), task.predictions,
@@ -82,6 +82,13 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
         write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
                       methods)
     return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+
+
+def random_init(cfg: Config, ref) -> bool:
+    """Whether the weights start random: strategy scratch, or an architecture with nothing loaded into it
+    (``timm:resnet18`` with no ``model.init_from``, or ``model.pretrained: false``)."""
+    loaded = (ref.source != "arch" and cfg.model.pretrained) or bool(cfg.model.init_from)
+    return cfg.strategy.name == "scratch" or not loaded
 
 
 def peak_memory_mb() -> float:

@@ -314,22 +314,27 @@ def test_augmentation_is_a_function_of_seed_epoch_index():
     assert not torch.equal(ds[3]["pixel_values"], a)
 
 
-def test_default_lr_suits_the_network_and_the_strategy():
-    """train.lr null: 3e-3 for a CNN from scratch, 1e-3 for a fine-tune and for a transformer from scratch
-    (measured: benchmarks/quality.py and the base class's docstring)."""
+def test_default_lr_suits_the_network_and_its_start():
+    """train.lr null: 3e-3 for a CNN from random weights, 1e-3 for a pretrained one and for a transformer
+    from scratch (measured: README, "Learning rate")."""
     cnn = create_model("timm:test_resnet", ["a", "b"], image_size=32)
     vit = create_model("timm:test_vit", ["a", "b"], image_size=32)
-    assert cnn.default_lr("scratch") == 3e-3 and cnn.default_lr("finetune") == 1e-3
-    assert vit.default_lr("scratch") == 1e-3
+    assert cnn.default_lr(from_scratch=True) == 3e-3 and cnn.default_lr(from_scratch=False) == 1e-3
+    assert vit.default_lr(from_scratch=True) == 1e-3
 
 
-def test_unset_lr_resolves_per_strategy_and_a_set_one_wins(tmp_path):
-    def used_lr(name, strategy, lr=None):
-        overrides = [o for o in tiny_train_overrides(tmp_path / name, **{"train.epochs": 1, "strategy.name": strategy})
-                     if not o.startswith("train.lr=")]
-        hftl.train(None, overrides + ([f"train.lr={lr}"] if lr else []))
+def test_unset_lr_follows_the_start_and_a_set_one_wins(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"  # a pretrained start: a state_dict file read into the architecture
+    save_file(create_model("timm:test_resnet", ["a"], image_size=32).net.state_dict(), str(weights))
+
+    def used_lr(name, *extra):
+        overrides = [o for o in tiny_train_overrides(tmp_path / name, **{"train.epochs": 1}) if not o.startswith("train.lr=")]
+        hftl.train(None, overrides + list(extra))
         return json.loads((tmp_path / name / "metrics.json").read_text())["lr"]
 
-    assert used_lr("scratch", "scratch") == 3e-3
-    assert used_lr("finetune", "finetune") == 1e-3
-    assert used_lr("set", "scratch", lr=0.02) == 0.02
+    assert used_lr("scratch", "strategy.name=scratch") == 3e-3
+    assert used_lr("arch_only", "strategy.name=finetune") == 3e-3  # timm:test_resnet alone is random weights
+    assert used_lr("pretrained", f"model.id={weights}", "model.arch=timm:test_resnet") == 1e-3
+    assert used_lr("set", "strategy.name=scratch", "train.lr=0.02") == 0.02

@@ -76,11 +76,11 @@ class TransferModel(nn.Module):
     def head_parameter_names(self) -> list[str]:
         return [f"{self.head_name}.{n}" for n, _ in self.head.named_parameters()]
 
-    def default_lr(self, strategy: str) -> float:
-        """The peak learning rate ``train.lr: null`` means for this network under ``strategy``: 1e-3 (AdamW's
-        usual rate for a fresh head on a pretrained network, and for a small transformer from scratch:
-        all-MiniLM-L6's architecture from scratch on 96 tickets reached 0.994 at 1e-3 and collapsed to
-        chance at 3e-3). A backbone overrides it where its own kind measured better."""
+    def default_lr(self, from_scratch: bool) -> float:
+        """The peak learning rate ``train.lr: null`` means for this network, from random weights or not: 1e-3
+        (AdamW's usual rate for a fresh head on a pretrained network, and for a small transformer from
+        scratch: all-MiniLM-L6's architecture from scratch on 96 tickets reached 0.994 at 1e-3 and
+        collapsed to chance at 3e-3). A backbone overrides it where its own kind measured better."""
         return 1e-3
 
     def default_lora_targets(self) -> list[str]:
