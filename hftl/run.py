@@ -198,7 +198,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
               # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
               "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
-              "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for the strategy)
+              "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for how it starts)
               "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,

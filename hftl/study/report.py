@@ -507,7 +507,7 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
 
 
 def _lr(value: float | None) -> str:
-    """A configured rate, or what train.lr null means (the network's default for the strategy)."""
+    """A configured rate, or what train.lr null means (the network's default for how it starts)."""
     return "the network's default (train.lr null)" if value is None else f"{value:g}"
 
 
