@@ -303,10 +303,15 @@ def epochs_text(info: dict) -> str:
     text = f"{planned}" if run in (None, planned) else (
         f"{run} of {planned} (stopped early: {info.get('patience')} epochs without a better validation "
         f"{info.get('metric')})")
-    if kept is not None and info.get("keep_best") and run:
-        text += (f"; weights of epoch {kept + 1} kept (best validation {info.get('metric')}: chosen on the split "
-                 "the results below come from, so they lean optimistic)")
-    return text
+    if kept is None or not info.get("keep_best") or not run:
+        return text
+    metric, p, best = info.get("metric"), info.get("kept_p"), info.get("best_epoch")
+    if best is not None and best != kept:  # the best epoch's lead was within the validation split's noise
+        return text + (f"; weights of the last epoch ({kept + 1}) kept: epoch {best + 1}'s better validation "
+                       f"{metric} was no evidence on this many examples (sign test p = {p:.2g})")
+    tested = f", better than the last epoch's (sign test p = {p:.2g})" if p is not None else ""
+    return text + (f"; weights of epoch {kept + 1} kept (best validation {metric}{tested}: chosen on the split "
+                   "the results below come from, so they lean optimistic)")
 
 
 def render_card(info: dict):

@@ -153,7 +153,10 @@ class TrainConfig:
     patience: int = _f(10, "Stop after this many epochs without a better validation train.metric (0: never stop "
                            "early); with train.epochs null, never before train.min_steps steps.")
     keep_best: bool = _f(True, "At the end, restore the weights of the epoch with the best validation train.metric "
-                               "(recorded in metrics.json and the card); false keeps the last epoch's.")
+                               "where the validation examples show it better than the last epoch (one-sided sign "
+                               "test, p < 0.05: McNemar's exact test for accuracy; metrics with no per-example score, "
+                               "such as F1, keep the best outright); else the last epoch's. metrics.json records the "
+                               "kept epoch and the test's p-value (kept_p); false always keeps the last epoch's.")
     global_batch_size: int = _f(32, "Examples per optimizer step, over all processes and accumulation.")
     per_device_batch_size: int = _f(32, "Examples per forward pass on one process.")
     lr: float | None = _f(None, "Peak learning rate (head; backbone groups scale from it). null: the network's "

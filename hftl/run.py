@@ -196,8 +196,10 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
     probe = getattr(strategy, "probe", None)
     record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
-              # The epoch whose weights were saved (train.keep_best: the best by train.metric), and how long it ran.
-              "kept_epoch": trainer.kept_epoch, "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
+              # The epoch whose weights were saved (train.keep_best: the best by train.metric where it beats the
+              # last beyond noise, else the last), the sign test's p-value between the two, and how long it ran.
+              "kept_epoch": trainer.kept_epoch, "kept_p": trainer.kept_p,
+              "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
               "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for how it starts)
               "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
@@ -219,6 +221,8 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "epochs": trainer.epochs,
         "epochs_run": len(trainer.history),
         "kept_epoch": trainer.kept_epoch,
+        "kept_p": trainer.kept_p,
+        "best_epoch": trainer.best_epoch,
         "keep_best": cfg.train.keep_best,
         "patience": cfg.train.patience,
         "metric": cfg.train.metric,

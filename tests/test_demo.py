@@ -115,4 +115,6 @@ def test_demo_verdicts_keep_their_signs_on_small_budgets(tmp_path):
         c = report.comparisons["linear_probe"][report.full_budget]
         assert c.verdict == "positive transfer" and c.ci_low > 0.1, (report.output_dir, c)
     c = control.comparisons["probe_shuffled_source"][control.full_budget]
-    assert c.verdict == "negative transfer" and c.ci_high < -0.1, c
+    # Three folds give a t interval with 2 degrees of freedom: wide. The verdict (its interval below 0) and the size
+    # of the loss are what must hold; the demo's 5 folds measured -0.37 [-0.45, -0.28].
+    assert c.verdict == "negative transfer" and c.mean_diff < -0.2, c

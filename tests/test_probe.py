@@ -183,17 +183,26 @@ def test_lp_ft_starts_from_the_solved_head_and_trains(tmp_path, pretrained_folde
     assert "LP-FT" in (out / "README.md").read_text()
 
 
-def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
+def script_accuracy(monkeypatch, accuracies: list[float], examples: int = 60) -> None:
+    """Make each evaluation report the next accuracy, with per-example scores to match: ``examples`` validation
+    examples of which the first round(accuracy x examples) are right (what the kept-epoch sign test compares)."""
     from hftl.trainer import Trainer
 
-    scores = iter([0.3, 0.8, 0.5, 0.4, 0.2, 0.1])
+    scores = iter(accuracies)
     evaluate = Trainer.evaluate
 
     def scripted(self, model, eval_dl):
         metrics = evaluate(self, model, eval_dl)
-        return {**metrics, "accuracy": next(scores)}
+        accuracy = next(scores)
+        right = round(accuracy * examples)
+        self._scores = [1.0] * right + [0.0] * (examples - right)
+        return {**metrics, "accuracy": accuracy}
 
     monkeypatch.setattr(Trainer, "evaluate", scripted)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
+    script_accuracy(monkeypatch, [0.3, 0.8, 0.5, 0.4, 0.2, 0.1])  # of 60: 48 right at best, 24 at the last
     out = tmp_path / "run"
     result = hftl.train(None, tiny_train_overrides(out, **{"train.epochs": 6, "train.patience": 2,
                                                             "train.keep_checkpoints": 10}))
@@ -201,22 +210,50 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
     assert result.metrics["accuracy"] == 0.8
     record = json.loads((out / "metrics.json").read_text())
     assert record["kept_epoch"] == 1 and record["epochs_run"] == 4
+    assert record["kept_p"] < 1e-6  # 24 examples better at epoch 1, none worse
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     at_best = load_file(str(checkpoints[1] / "model.safetensors"))  # the end of epoch 1
     saved = load_file(str(out / "model.safetensors"))
     for name, value in saved.items():
         torch.testing.assert_close(value, at_best[f"net.{name}"], rtol=0, atol=0)
-    assert "weights of epoch 2 kept" in (out / "README.md").read_text()
+    assert "weights of epoch 2 kept (best validation accuracy, better than the last epoch's" in \
+        (out / "README.md").read_text()
+
+
+def test_a_best_epoch_ahead_by_noise_keeps_the_last_epoch(tmp_path, monkeypatch):
+    # 16 validation images: the peak got 16 right, the last epoch 15. One image is no evidence (p = 0.5), and the
+    # last epoch is the one the schedule annealed to (on quality.py's shapes it scored 0.96 on test, the peak 0.88).
+    script_accuracy(monkeypatch, [0.5, 1.0, 0.9375, 0.9375], examples=16)
+    out = tmp_path / "run"
+    result = hftl.train(None, tiny_train_overrides(out, **{"train.epochs": 4, "train.keep_checkpoints": 10}))
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["kept_epoch"] == 3 and record["kept_p"] == 0.5
+    assert result.metrics["accuracy"] == 0.9375
+    last = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    at_last = load_file(str(last / "model.safetensors"))
+    for name, value in load_file(str(out / "model.safetensors")).items():
+        torch.testing.assert_close(value, at_last[f"net.{name}"], rtol=0, atol=0)
+    assert "weights of the last epoch (4) kept: epoch 2's better validation accuracy was no evidence" in \
+        (out / "README.md").read_text()
+
+
+def test_the_sign_test_weighs_examples_not_averages():
+    from hftl.metrics import better_beyond_noise, example_scores
+
+    right = example_scores("accuracy", [0, 1, 2, 2], [0, 1, 2, 1])
+    assert right == [1.0, 1.0, 1.0, 0.0] and example_scores("f1", [0], [0]) is None  # F1 is no mean over examples
+    assert better_beyond_noise([1.0] * 40, [1.0] * 37 + [0.0] * 3, lower_is_better=False) == 0.125
+    assert better_beyond_noise([1.0] * 40, [0.0] * 40, lower_is_better=False) < 1e-9
+    # Errors: lower is better. Smaller errors on 8 examples of 8 is p = 1/256; swapped, no evidence at all.
+    small, large = example_scores("mse", [1.0] * 8, [1.1] * 8), example_scores("mse", [1.0] * 8, [2.0] * 8)
+    assert better_beyond_noise(small, large, lower_is_better=True) == 1 / 256
+    assert better_beyond_noise(large, small, lower_is_better=True) == 1.0
 
 
 def test_the_terminal_says_where_training_stopped_and_which_epoch_was_kept(tmp_path, monkeypatch, capsys):
     from hftl.cli import main as cli_main
-    from hftl.trainer import Trainer
 
-    scores = iter([0.3, 0.8, 0.5, 0.4, 0.2, 0.1])
-    evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, dl: {**evaluate(self, model, dl),
-                                                                       "accuracy": next(scores)})
+    script_accuracy(monkeypatch, [0.3, 0.8, 0.5, 0.4, 0.2, 0.1])
     overrides = tiny_train_overrides(tmp_path / "run", **{"train.epochs": 6, "train.patience": 2,
                                                           "train.progress": "true"})
     assert cli_main(["train", *overrides]) == 0
