@@ -345,7 +345,7 @@ class Trainer:
         Beyond noise: a one-sided sign test over the validation examples' own scores (McNemar's exact test for
         accuracy) at p < ``KEEP_BEST_P``. On a small split the best epoch is mostly luck, and the last is the one
         the schedule annealed to: a ResNet-18 from scratch on 64 shapes peaked at 16 of 16 validation images at
-        epoch 67 (test 0.88), against 15 of 16 for its last epoch (test 0.96; benchmarks/quality.py). A metric
+        epoch 67 (test 0.88), against 15 of 16 for its last epoch (test 0.96; benchmarks/kept_epoch.py). A metric
         with no per-example score (F1, Pearson, mAP, perplexity) keeps the best epoch, as before.
         """
         last, best = len(self.history) - 1, self._best_index()
