@@ -105,15 +105,18 @@ def peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def best_epoch(history: list[dict], metric: str) -> dict | None:
-    """The epoch with the best ``metric`` (lowest for losses, errors and perplexity), or None if never measured."""
+def best_epoch(history: list[dict], metric: str, epoch: int | None = None) -> dict | None:
+    """The epoch with the best ``metric`` (lowest for losses, errors and perplexity), or None if never measured.
+
+    ``epoch``: the trainer's own best (``Trainer.best_epoch``, whose ties go to the lower loss), so metrics.json
+    and the card name the same epoch; without it, the first best."""
     from hftl.metrics import LOWER_IS_BETTER
 
     scored = [h for h in history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
     if not scored:
         return None
     pick = min if metric in LOWER_IS_BETTER else max
-    best = pick(scored, key=lambda h: h[metric])
+    best = next((h for h in scored if h["epoch"] == epoch), None) or pick(scored, key=lambda h: h[metric])
     return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
 
 
@@ -195,7 +198,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
     save_output(model, out, meta, merge_lora=cfg.strategy.merge_lora)
     (out / "hftl_config.yaml").write_text(to_yaml(cfg))
     probe = getattr(strategy, "probe", None)
-    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric),
+    record = {"final": metrics, "best": best_epoch(trainer.history, cfg.train.metric, trainer.best_epoch),
               # The epoch whose weights were saved (train.keep_best: the best by train.metric where it beats the
               # last beyond noise, else the last), the sign test's p-value between the two, and how long it ran.
               "kept_epoch": trainer.kept_epoch, "kept_p": trainer.kept_p,

@@ -237,6 +237,17 @@ def test_a_best_epoch_ahead_by_noise_keeps_the_last_epoch(tmp_path, monkeypatch)
         (out / "README.md").read_text()
 
 
+def test_metrics_json_names_the_trainers_best_epoch_on_a_tie(tmp_path, monkeypatch):
+    # Epochs 2 and 3 tie on accuracy: the trainer takes the lower validation loss, and metrics.json must agree.
+    script_accuracy(monkeypatch, [0.5, 0.8, 0.8])
+    out = tmp_path / "run"
+    result = hftl.train(None, tiny_train_overrides(out, **{"train.epochs": 3}))
+    tied = result.history[1:]
+    expected = min(tied, key=lambda h: h["loss"])["epoch"]
+    assert json.loads((out / "metrics.json").read_text())["best"] == {"epoch": expected, "metric": "accuracy",
+                                                                     "value": 0.8}
+
+
 def test_the_sign_test_weighs_examples_not_averages():
     from hftl.metrics import better_beyond_noise, example_scores
 
