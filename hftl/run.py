@@ -212,12 +212,20 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
               "precision": {"requested": cfg.train.mixed_precision, "used": trainer.precision,
                             "reason": trainer.precision_reason}}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    if meta["base_pretrained"]:
+        started_from = f"`{ref.describe()}`"
+    elif not random_init(cfg, ref):  # an architecture given the weights of model.init_from
+        started_from = f"`{cfg.model.id}` (weights from `{cfg.model.init_from}`)"
+    else:  # describe() already says so for a bare architecture
+        started_from = f"`{ref.describe()}`" + ("" if ref.source == "arch" else " (architecture only, random init)")
     info = {
         **meta,
         "model_name": name,
-        "summary": f"{model.library} model transferred from `{ref.describe()}` to {data.source} with "
+        "summary": f"{model.library} model transferred from {started_from} to {data.source} with "
                    f"strategy `{cfg.strategy.name}`, trained with hftl.",
-        "base_model_line": f"`{ref.describe()}`" + ("" if meta["base_pretrained"] else " (architecture only, random init)"),
+        "base_model_line": started_from,
+        # Weights transferred by model.init_from are someone's trained weights too: their license is not ours to set.
+        "base_pretrained": not random_init(cfg, ref),
         "is_adapter": is_peft(model),
         "strategy_info": strategy.describe(model),
         "data": data.source,

@@ -95,6 +95,8 @@ def test_audio_transformer_starts_an_image_model(hf_ast, tmp_path):
         "model.init_from": str(hf_ast), "train.epochs": 1}))
     card = (result.output_dir / "README.md").read_text()
     assert f"Weights transferred from | `{hf_ast}`" in card and "2 converted" in card
+    assert f"(weights from `{hf_ast}`)" in card and "random init" not in card  # not an untrained architecture
+    assert "license: unknown" in card  # the transferred weights' license is not ours to set
 
 
 def test_partial_transfer_between_depths_and_lora_reload(tmp_path):
