@@ -16,7 +16,9 @@ each arm is run three ways and scored on the same held-out test split:
   scored on its held-out 20%: ``strategy.probe_refit``; the table shows how many examples the saved
   model learned from);
 - ``study`` (with ``--study``): ``hftl.run_study`` on the training split (3 folds, each arm's learning
-  rate searched on inner splits), then its winning model evaluated on the test split.
+  rate searched on inner splits), then its winning model evaluated on the test split. With
+  ``--study-search off`` each arm trains at its defaults (no inner search: about a quarter of the cost,
+  what the demo does), which measures whether the study's winner holds up, not how well search tunes.
 
 Families: ``vision`` (ImageNet EfficientNet-Lite0 from PyPI, 64 px: probe, finetune), ``scratch``
 (random-init ResNet-18, 32 px), ``text`` (all-MiniLM-L6-v2 from PyPI: probe), ``regression`` (MiniLM,
@@ -27,7 +29,7 @@ Goals (issue 10): probe >= plain - 0.5 points; finetune and scratch >= plain - 1
 plain variant); the study's winner >= the best plain arm. Each row prints PASS or MISS.
 
 Usage: python benchmarks/quality.py [--families vision,scratch,text,regression] [--arms probe,finetune,scratch]
-       [--study] [--quick]
+       [--study [--study-search off]] [--quick]
 """
 
 from __future__ import annotations
@@ -202,15 +204,17 @@ def hftl_run(out: Path, task: str, model_id: str, train: Path, test: Path, strat
     return _score(metrics, task == "text_regression", test), facts
 
 
-def hftl_study(out: Path, base: dict, arms: list[str], test: Path, quick: bool) -> tuple[float, dict]:
+def hftl_study(out: Path, base: dict, arms: list[str], test: Path, quick: bool,
+               search: bool = True) -> tuple[float, dict]:
     from hftl.study import run_study
 
     report = run_study({"base": base, "study": {"name": out.name, "arms": arms, "folds": 2 if quick else 3,
-                                                 "seed": 0, "output_dir": str(out / "study")}})
+                                                 "seed": 0, "search": search, "output_dir": str(out / "study")}})
     metrics = hftl.evaluate(report.model_dir, [f"data.id={test}"])
     chosen = {arm: report.chosen.get(arm) for arm in arms}
     return _score(metrics, base["task"] == "text_regression", test), {"winner": report.winner, "chosen": chosen,
-                                                                      "study_s": round(report.seconds)}
+                                                                      "study_s": round(report.seconds),
+                                                                      "search": search}
 
 
 # ------------------------------------------------------------------------------ the table
@@ -253,6 +257,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default="vision,scratch,text,regression")
     parser.add_argument("--study", action="store_true", help="also run a study per data set (slow)")
+    parser.add_argument("--study-search", choices=("on", "off"), default="on",
+                        help="off: the study's arms train at their defaults (no nested search)")
     parser.add_argument("--quick", action="store_true", help="tiny data: a smoke run of the script")
     parser.add_argument("--arms", default="", help="only these arms, e.g. probe (default: every arm)")
     args = parser.parse_args()
@@ -294,7 +300,8 @@ def main() -> None:
                 key, _, value = kv.partition("=")
                 base.setdefault(section, {})[key] = int(value) if value.isdigit() else value
             study_arms = ["scratch", "linear_probe"] + (["finetune", "lp_ft"] if family == "vision" else [])
-            score, facts = hftl_study(root / f"{name}-study", base, study_arms, test, args.quick)
+            score, facts = hftl_study(root / f"{name}-study", base, study_arms, test, args.quick,
+                                      args.study_search == "on")
             best = max(max(r["plain"], r.get("plain_shift", 0.0)) for r in rows
                        if r["data"] == name and r["family"] == family)
             row = {"family": family, "data": name, "arm": "study", "best_plain": best, "study": round(score, 4),
@@ -307,7 +314,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["arm"] == "study":
-            print(f"| {r['family']} | {r['data']} | study winner ({r['winner']}) | {r['best_plain']:.3f} (best) | | | "
+            searched = "" if r["search"] else ", search off"
+            print(f"| {r['family']} | {r['data']} | study winner ({r['winner']}{searched}) | {r['best_plain']:.3f} (best) | | | "
                   f"{r['study']:.3f} | {r['status']} | | |")
         else:
             shift = f"{r['plain_shift']:.3f}" if "plain_shift" in r else ""
