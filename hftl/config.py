@@ -127,7 +127,7 @@ class StrategyConfig:
         "auto", "linear_probe and lp_ft: auto is lbfgs, and sgd for multi-label tasks; lbfgs solves the head on cached features (multinomial logistic regression "
                  "by full-batch L-BFGS; ridge regression for text_regression) with the L2 strength chosen by "
                  "5-fold cross-validation on the training data; sgd trains it with the training loop (train.epochs, lr ...).")
-    probe_l2: list = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
+    probe_l2: list[float] = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
                             "values from 1e-6 to 1e2, log-spaced; one value: that strength, no search.")
     probe_refit: bool = _f(
         True, "lbfgs linear_probe: once scored on the validation split hftl held out of the training data, solve the "
@@ -204,7 +204,7 @@ class DistillConfig:
 class MultitaskConfig:
     label_columns: list = _f([], "Multi-task learning (text_classification): one head per label column on the shared "
                                  "backbone, trained together; empty: one task (data.label_column).")
-    weights: list = _f([], "Loss weight per label column (default 1 each).")
+    weights: list[float] = _f([], "Loss weight per label column (default 1 each).")
 
 
 @dataclass
@@ -340,6 +340,9 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
         return True, "yes" if value else "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no) as False
     if annotation is int and isinstance(value, bool):
         return False, value
+    if origin is list and isinstance(value, list):  # list[float]: each element as its scalar would be
+        checked = [_type_ok(v, typing.get_args(annotation)[0]) for v in value]
+        return all(ok for ok, _ in checked), [c for _, c in checked]
     base = origin or annotation
     return isinstance(value, base), value
 

@@ -35,6 +35,16 @@ def test_int_is_accepted_where_float_is_expected():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
+def test_lists_of_numbers_read_exponents_like_scalars(tmp_path):
+    # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string: lists must get the scalar's float coercion.
+    assert load_config(None, ["strategy.probe_l2=[1e-4, 1e2]"]).strategy.probe_l2 == [1e-4, 100.0]
+    path = tmp_path / "c.yaml"
+    path.write_text("multitask:\n  weights: [1, 5e-1]\n")
+    assert load_config(path).multitask.weights == [1.0, 0.5]
+    with pytest.raises(ConfigError, match=r"strategy\.probe_l2"):
+        load_config(None, ["strategy.probe_l2=[small]"])
+
+
 def test_unknown_key_names_key_and_lists_valid_ones():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.epoch=3"])
