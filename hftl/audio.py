@@ -130,6 +130,25 @@ def audio_source(value):
     return value
 
 
+def longest_clip_seconds(data) -> float | None:
+    """The longest clip of the training and validation splits, from the files' headers; None if one is unreadable
+    (the datasets then name it) or the data has no audio column."""
+    import soundfile as sf
+
+    longest = 0.0
+    for split in {id(s): s for s in (data.train, data.validation) if s is not None}.values():
+        if "audio" not in getattr(split, "column_names", ()):
+            return None
+        for row in split.select_columns(["audio"]):  # row by row: a Hub dataset's clips are bytes
+            source = audio_source(row["audio"])
+            try:
+                info = sf.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source))
+            except Exception:  # noqa: BLE001 - any unreadable clip: the dataset reports it with its name
+                return None
+            longest = max(longest, info.frames / info.samplerate)
+    return longest or None
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Clips from a ``datasets.Dataset`` (``audio`` and ``label`` columns) as model-ready batches.
 

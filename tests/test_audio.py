@@ -241,6 +241,55 @@ def test_linear_probe_trains_projector_and_classifier(models, clips, tmp_path):
         "encoder.layers.0.attention.k_proj.weight"))])  # the backbone stayed frozen
 
 
+@pytest.fixture(scope="module")
+def whisper_3s(tmp_path_factory) -> Path:
+    """The tiny Whisper with a 3-s window (150 positions): longer than the tones (1.2 s at most)."""
+    from transformers import WhisperForConditionalGeneration
+
+    config, extractor = _tiny_models()["whisper"]
+    config.max_source_positions, extractor = 150, type(extractor)(feature_size=16, chunk_length=3, hop_length=160)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("whisper_3s")
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("strategy", ["linear_probe", "lora"])
+def test_whisper_window_fits_the_clips_and_transformers_reads_it(whisper_3s, clips, tmp_path, strategy):
+    from safetensors.torch import load_file
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from hftl.audio import read_audio
+
+    out = tmp_path / "run"
+    extra = {"strategy.name": strategy, "data.max_duration": 10.0, "train.epochs": 2}
+    # lora: the base is rebuilt with its full (3-s) window on reload and must be fitted again;
+    # the probe keeps its validation split unseen (no refit) so that the reload's score compares.
+    extra.update({"strategy.lora_r": 4} if strategy == "lora" else {"strategy.probe_refit": False})
+    result = hftl.train(None, overrides(whisper_3s, clips, out, **extra))
+    # The longest tone is 1.2 s: a 2-s window (100 positions of 150), the position table's first rows kept.
+    assert json.loads((out / "preprocessor_config.json").read_text())["chunk_length"] == 2
+    assert hftl.evaluate(out)["loss"] == pytest.approx(result.metrics["loss"], rel=1e-4, abs=1e-5)  # reloads the same
+    reloaded = hftl.model.load(out)  # an adapter's base is rebuilt from the 3-s checkpoint, then fitted again
+    assert (reloaded.feature_extractor.chunk_length, reloaded.inner.config.max_source_positions) == (2, 100)
+    if strategy == "lora":
+        return
+    net = AutoModelForAudioClassification.from_pretrained(out).eval()
+    assert net.config.max_source_positions == 100
+    source = load_file(str(whisper_3s / "model.safetensors"))
+    key = next(k for k in source if k.endswith("encoder.embed_positions.weight"))
+    torch.testing.assert_close(net.encoder.embed_positions.weight, source[key][:100])
+    clip = next(clips.glob("mid/*.wav"))
+    wave = read_audio(clip, 16000)
+    batch = AutoFeatureExtractor.from_pretrained(out)(wave, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        theirs = net(**batch).logits.softmax(-1)[0]
+    ours = dict(hftl.predict(out, [str(clip)], top_k=3)[0])
+    torch.testing.assert_close(torch.tensor([ours[n] for n in net.config.id2label.values()]), theirs,
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_whisper_encoder_weights_transfer_from_a_speech_recognition_checkpoint(models):
     from safetensors.torch import load_file
 

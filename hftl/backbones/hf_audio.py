@@ -21,6 +21,15 @@ example: it is already good at its job and costly to train.
 Any checkpoint with an encoder loads: a speech-recognition (CTC) or pretraining checkpoint such
 as ``facebook/wav2vec2-base`` gets a new head; ``openai/whisper-tiny`` gives its encoder.
 
+**Whisper's window.** Whisper pads every clip to 30 s, and its classifier averages all 1500 encoder
+frames, so a 1-s clip is 97% padding in what the head sees. :meth:`AudioClassifier.fit_window`
+shortens the window to the data's longest clip (whole seconds; hftl's audio task does it when it
+creates the model): the first rows of the sinusoidal position table are kept and the feature
+extractor pads to the same length (``max_source_positions``, ``chunk_length``), so the output is still
+a plain ``WhisperForAudioClassification``. Measured on Whisper tiny.en's probe
+(``benchmarks/quality.py``, clips of 0.4-1.1 s): 0.65 -> 0.73 on five vowels and 0.91 -> 0.95 on six
+timbres, and the encoder does 1/15 of the work.
+
 Example:
     >>> model = AudioClassifier.create(resolve_model("facebook/wav2vec2-base"), ["yes", "no"])  # doctest: +SKIP
     >>> model(model.encode_audio([wave])).shape  # doctest: +SKIP
@@ -29,6 +38,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -210,12 +222,45 @@ class AudioClassifier(TransformersModel):
             self.feature_extractor.save_pretrained(str(folder))
 
     def restore_settings(self, folder: str | Path) -> None:
-        """Take the run's clip length (``data.max_duration``) from its ``hftl_config.yaml``."""
+        """Take the run's clip length (``data.max_duration``) from its ``hftl_config.yaml``, and Whisper's window
+        from its saved feature extractor (a LoRA adapter's base is rebuilt with the full 30 s)."""
         import yaml
 
         path = Path(folder) / "hftl_config.yaml"
         if path.is_file():
             self.max_duration = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("max_duration")
+        saved = Path(folder) / FEATURE_EXTRACTOR_FILE
+        if saved.is_file() and isinstance(chunk := json.loads(saved.read_text()).get("chunk_length"), (int, float)):
+            self.fit_window(chunk)
+
+    def fit_window(self, seconds: float) -> None:
+        """Whisper only: shorten the encoder's fixed window (30 s) to ``seconds``, rounded up to whole seconds.
+
+        Never lengthens it (the position table has no rows past its end); other models are left as they are.
+
+        Example:
+            >>> model.fit_window(1.2)  # doctest: +SKIP
+            >>> model.feature_extractor.chunk_length, model.inner.config.max_source_positions  # doctest: +SKIP
+            (2, 100)
+        """
+        fe = self.feature_extractor
+        if type(fe).__name__ != "WhisperFeatureExtractor" or not hasattr(self.inner, "encoder"):
+            return
+        chunk = max(1, math.ceil(seconds))
+        encoder = self.inner.encoder
+        strides = encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        positions = chunk * fe.sampling_rate // fe.hop_length // strides
+        if chunk >= fe.chunk_length or positions >= encoder.embed_positions.num_embeddings:
+            return
+        table = encoder.embed_positions
+        table.weight = nn.Parameter(table.weight.detach()[:positions].clone(), requires_grad=table.weight.requires_grad)
+        table.num_embeddings = positions
+        self.inner.config.max_source_positions = encoder.config.max_source_positions = positions
+        encoder.max_source_positions = positions
+        fitted = copy.deepcopy(fe)  # the attributes WhisperFeatureExtractor derives from chunk_length
+        fitted.chunk_length, fitted.n_samples = chunk, chunk * fe.sampling_rate
+        fitted.nb_max_frames = fitted.n_samples // fe.hop_length
+        self.feature_extractor = fitted
 
     def fingerprint(self) -> str:
         """Backbone weights (head excluded), the feature extractor's settings and the clip length."""

@@ -23,6 +23,15 @@ class AudioClassification(LabelledTask):
                                 "MIT/ast-finetuned-audioset-10-10-0.4593, openai/whisper-tiny) or a save_pretrained folder")
         return AudioClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
 
+    def build_model(self, cfg, data):
+        """The model; Whisper's 30-s window shortened to the longest clip it will see (see hftl.backbones.hf_audio)."""
+        from hftl.audio import longest_clip_seconds
+
+        model, ref = super().build_model(cfg, data)
+        if hasattr(model, "fit_window"):
+            model.fit_window(min(cfg.data.max_duration, longest_clip_seconds(data) or cfg.data.max_duration))
+        return model, ref
+
     def datasets(self, cfg, model, data, whole: bool = False):
         from hftl.audio import build_audio_datasets
 
