@@ -11,6 +11,10 @@ paths. Images are image folders (``<class>/<i>.png``); texts are JSONL files ``{
   phrase lists that share many words across topics.
 - ``reviews_score``: product reviews whose score (1-5) follows from the words chosen, plus noise.
 - ``weather_heat``: weather reports whose target is the temperature the words describe, plus noise.
+- ``vowels``: five sung vowels (a, e, i, o, u) by formant synthesis: random pitch, speaker size
+  (formants scaled together), length, vibrato and noise (16 kHz wav folders).
+- ``timbres``: six instrument-like timbres (flute, clarinet, brass, pluck, bell, bowed) at random
+  pitch, length and loudness, with noise. Neither set is the demo's sounds (``hftl.sounds``).
 """
 
 from __future__ import annotations
@@ -213,3 +217,86 @@ def weather_heat(root: Path, n: int = 400, seed: int = 1) -> tuple[Path, Path]:
         text = f"Tomorrow in {rng.choice(PLACES)}: a {rng.choice(HEAT_WORDS[t])} day, {rng.choice(['wind', 'rain', 'clouds', 'clear skies'])} later."
         rows.append({"text": text, "label": round(float(t + rng.normal(0, 2.0)), 2)})
     return _split_write(root, "weather_heat", rows, None, 0.5, seed)
+
+
+# ------------------------------------------------------------------------------ sounds
+
+RATE = 16000
+# Mean formants (Hz) of adult male vowels, Peterson & Barney (1952): F1, F2, F3.
+FORMANTS = {"a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (270, 2290, 3010), "o": (570, 840, 2410),
+            "u": (300, 870, 2240)}
+
+
+def _pitch_track(rng, n: int, f0: float) -> np.ndarray:
+    """f0 with a little vibrato (5-6 Hz, up to 2%) and drift."""
+    t = np.arange(n) / RATE
+    return f0 * (1 + rng.uniform(0, 0.02) * np.sin(2 * np.pi * rng.uniform(5, 6) * t)
+                 + rng.uniform(-0.03, 0.03) * t)
+
+
+def _harmonics(freq: np.ndarray, amplitudes) -> np.ndarray:
+    phase = 2 * np.pi * np.cumsum(freq) / RATE
+    return sum(a * np.sin(k * phase) for k, a in enumerate(amplitudes, start=1) if a)
+
+
+def _vowel(rng, label: str, n: int) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    f0 = rng.uniform(90, 260)
+    source = _harmonics(_pitch_track(rng, n, f0), [1 / k for k in range(1, int(7000 / f0))])  # a glottal-like buzz
+    size = rng.uniform(0.88, 1.2)  # speaker: shorter vocal tracts raise every formant together
+    wave = np.zeros(n)
+    for formant, gain in zip(FORMANTS[label], (1.0, 0.6, 0.3)):
+        f, bandwidth = formant * size * rng.uniform(0.95, 1.05), rng.uniform(60, 120)
+        r = np.exp(-np.pi * bandwidth / RATE)  # a two-pole resonator at the formant
+        wave += gain * lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / RATE), r * r], source)
+    return wave
+
+
+def _timbre(rng, label: str, n: int) -> np.ndarray:
+    f0 = rng.uniform(150, 700)
+    freq, t = _pitch_track(rng, n, f0), np.arange(n) / RATE
+    if label == "flute":  # nearly a sine, with breath
+        return _harmonics(freq, [1, 0.1, 0.03]) + 0.05 * rng.normal(size=n)
+    if label == "clarinet":  # odd harmonics
+        return _harmonics(freq, [1 / k if k % 2 else 0 for k in range(1, 16)])
+    if label == "brass":  # every harmonic, bright, with a slow attack
+        return _harmonics(freq, [1 / k ** 0.7 for k in range(1, 16)]) * np.minimum(1, t / 0.08)
+    if label == "pluck":  # Karplus-Strong: a noise burst in a decaying delay line
+        period = max(2, int(RATE / f0))
+        buffer, out = rng.uniform(-1, 1, period), np.zeros(n)
+        for i in range(n):
+            out[i] = buffer[i % period]
+            buffer[i % period] = 0.996 * 0.5 * (buffer[i % period] + buffer[(i + 1) % period])
+        return out
+    if label == "bell":  # inharmonic partials, each decaying
+        ratios = (0.56, 0.92, 1.19, 1.71, 2.0, 2.74, 3.0)
+        return sum(np.sin(2 * np.pi * f0 * q * t) * np.exp(-t * rng.uniform(2, 6) * q) for q in ratios)
+    if label == "bowed":  # sawtooth-like with strong vibrato and bow noise
+        vibrato = f0 * (1 + 0.02 * np.sin(2 * np.pi * 6 * t))
+        return _harmonics(vibrato, [1 / k for k in range(1, 12)]) * (1 + 0.1 * rng.normal(size=n))
+    raise ValueError(label)
+
+
+def sound_folders(root: Path, name: str, per_class_train: int, per_class_test: int,
+                  seed: int = 0) -> tuple[Path, Path]:
+    """(train folder, test folder) of ``vowels`` or ``timbres``: ``<class>/<i>.wav``, 16 kHz mono."""
+    import soundfile as sf
+
+    classes, make = ((tuple(FORMANTS), _vowel) if name == "vowels" else
+                     (("flute", "clarinet", "brass", "pluck", "bell", "bowed"), _timbre))
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, count in (("train", per_class_train), ("test", per_class_test)):
+        folder = root / f"{name}-{split}"
+        for cls in classes:
+            (folder / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                n = int(RATE * rng.uniform(0.4, 1.0))
+                wave = make(rng, cls, n)
+                wave = wave / (np.abs(wave).max() + 1e-9) * rng.uniform(0.2, 0.8)
+                onset = np.zeros(int(rng.integers(0, RATE // 10)))  # a random start
+                wave = np.concatenate([onset, wave]) + rng.normal(scale=rng.uniform(0.003, 0.03), size=len(onset) + n)
+                sf.write(folder / cls / f"{i}.wav", np.clip(wave, -1, 1).astype(np.float32), RATE, subtype="PCM_16")
+        out.append(folder)
+    return out[0], out[1]

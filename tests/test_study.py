@@ -50,8 +50,9 @@ def tiny_study(out: Path, **study) -> dict:
             "train": {"epochs": 1, "global_batch_size": 8, "per_device_batch_size": 8, "lr": 0.01,
                       "progress": False},
         },
+        # best_fold: these tests count trainings per fold; the refit (the default) has its own tests.
         "study": {"arms": ["scratch", "finetune"], "folds": 2, "max_examples": 12, "output_dir": str(out),
-                  "search": False, **study},
+                  "search": False, "winner": "best_fold", **study},
     }
 
 
@@ -464,11 +465,10 @@ def test_regression_study_end_to_end(finished_regression_study):
     assert sorted(report.scores["finetune"]["b1"]["pearson"]) == sorted(
         r["metrics"]["pearson"] for r in runs if r["arm"] == "finetune" and r["budget"] == 1.0)
 
-    # Lower MSE is better: the winner is the arm with the lowest mean, and its saved fold its lowest fold.
+    # Lower MSE is better: the winner is the arm with the lowest mean, refitted on all 24 examples (the default).
     means = {a: report.stats[a]["b1"]["mse"]["mean"] for a in report.arms}
     assert report.winner == min(means, key=means.get)
-    winner_mse = report.scores[report.winner]["b1"]["mse"]
-    assert report.winner_fold == int(np.argmin(winner_mse))
+    assert report.refit["num_train"] + report.refit["num_validation"] == 24 and "mse" in report.refit["metrics"]
     c = report.comparisons["finetune"]["b1"]
     assert c.metric == "mse" and c.mean_diff == pytest.approx(means["finetune"] - means["scratch"])
     assert c.verdict == "no significant difference" or (c.verdict == "positive transfer") == (c.mean_diff < 0)
@@ -519,10 +519,47 @@ def searched_study(tmp_path_factory):
     recorder = RecordTrainings(mp)
     out = tmp_path_factory.mktemp("searched") / "s"
     try:
-        report = run_study(tiny_study(out, search={"lr": GRID}))
+        report = run_study(tiny_study(out, search={"lr": GRID}, winner="refit"))
     finally:
         mp.undo()
     return report, out, recorder.calls
+
+
+def test_refit_trains_the_winner_on_the_whole_pool_with_its_best_mean_inner_choice(searched_study):
+    from huggingface_hub import ModelCard
+
+    from hftl.model import load
+
+    report, out, calls = searched_study
+    data = json.loads((out / "study.json").read_text())
+    refits = [c for c in calls if "refit" in c["dir"].parts]
+    assert len(refits) == 1 and refits[0]["dir"].name == report.winner  # one more training, of the winner
+    refit = refits[0]
+    # Every example of the pool, each once: the refit's training split plus the validation split it held out.
+    pool = {e for c in calls if "runs" in c["dir"].parts for e in c["train"] + c["validation"]}
+    assert set(refit["train"]) | set(refit["validation"]) == pool and len(pool) == data["n_examples"] == 12
+    assert not set(refit["train"]) & set(refit["validation"])
+    assert data["refit"]["num_train"] + data["refit"]["num_validation"] == 12
+    # Its lr: the candidate with the best mean inner-validation accuracy over the folds (never a held-out fold).
+    folds = [r["search"]["candidates"] for r in data["runs"] if r["arm"] == report.winner]
+    means = [{m: np.mean([f[i]["metrics"][m] for f in folds]) for m in ("accuracy", "loss")} for i in range(len(GRID))]
+    best = choose(means, "accuracy", True)
+    assert report.refit["values"] == {"train.lr": GRID[best]} and refit["lr"] == GRID[best]
+    card = ModelCard.load(out / "model" / "README.md").text
+    assert f"the best arm, `{report.winner}`, trained again on the whole pool" in card
+    assert "## Transfer study" in card and report.winner_fold is None
+    assert load(out / "model").label_names == ["0", "1", "2"]
+    assert not list((out / "runs").rglob("*.safetensors"))  # no fold's weights are needed any more
+
+
+def test_a_refit_resumes_from_its_record(tmp_path, monkeypatch):
+    cfg = tiny_study(tmp_path / "s", winner="refit")
+    counter = CountTrainings(monkeypatch)
+    first = run_study(cfg)
+    assert counter.calls == 2 * 2 + 1 and first.trained == 5  # arms x folds, then the winner on the whole pool
+    counter = CountTrainings(monkeypatch)
+    again = run_study(cfg)
+    assert counter.calls == 0 and again.refit == first.refit and (again.trained, again.skipped) == (0, 5)
 
 
 def test_search_never_reads_the_outer_test_fold(searched_study):

@@ -44,7 +44,8 @@ because the targets are real numbers and there are no classes:
 
 What a study writes to ``study.output_dir``: ``study.json`` (every fold's numbers, the config, the
 verdicts), ``report.md``, ``metric_by_arm.png`` (and ``sample_efficiency.png`` with label
-budgets), ``model/`` (the winning arm's best fold, saved like any run, its card carrying the study),
+budgets), ``model/`` (the winning arm trained again on the whole pool, ``study.winner: refit``; saved like
+any run, its card carrying the study),
 ``records/`` (one small JSON per finished fold: a rerun skips those, so an interrupted study
 resumes) and ``runs/`` (each fold's log and metrics).
 

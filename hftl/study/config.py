@@ -79,8 +79,10 @@ class StudySettings:
         0.2, "Share of each training fold held out (stratified, seeded, the same for every arm) to choose the "
              "searched values on; the candidates train on the rest, the chosen values then on the whole fold.")
     winner: str = _f(
-        "best_fold", "Which model to keep: best_fold (the winning arm's best fold, with its held-out metrics, "
-                     "saved to OUTPUT_DIR/model) or none.")
+        "refit", "Which model to save to OUTPUT_DIR/model: refit (the winning arm trained again on the whole "
+                 "pool with the values its folds' searches scored best, as scikit-learn's refit; one more "
+                 "training), best_fold (the winning arm's best fold: no extra training, but it saw only part of "
+                 "the data) or none.")
     keep_fold_models: bool = _f(False, "Keep every fold's weights (otherwise only what the winner needs).")
     workers: int = _f(1, "Trainings to run at once: each fold of each arm is independent. Above 1, each worker is a "
                          "process with its own share of the CPU cores (or its own GPU); results equal a serial run's.")
@@ -358,8 +360,8 @@ def _validate_settings(s: StudySettings, base: Config) -> None:
             raise ConfigError(f"study.label_budgets holds {b!r}; each budget is a share of a training fold in (0, 1].")
     if s.max_examples is not None and s.max_examples < 2 * s.folds:
         raise ConfigError(f"study.max_examples ({s.max_examples}) is too small for {s.folds} folds.")
-    if s.winner not in ("best_fold", "none"):
-        raise ConfigError(f"study.winner must be best_fold or none, not '{s.winner}'.")
+    if s.winner not in ("refit", "best_fold", "none"):
+        raise ConfigError(f"study.winner must be refit, best_fold or none, not '{s.winner}'.")
 
 
 def load_study_config(path: str | Path | None, overrides: list[str] | None = None) -> StudyConfig:

@@ -61,7 +61,8 @@ class StudyReport:
     stats: dict  # arm -> budget tag -> metric -> describe_scores()
     comparisons: dict  # arm -> budget tag -> Comparison (not for the baseline)
     winner: str | None = None
-    winner_fold: int | None = None
+    winner_fold: int | None = None  # study.winner=best_fold: the fold saved
+    refit: dict | None = None  # study.winner=refit: the values and examples the saved model was trained with
     model_dir: Path | None = None
     files: dict = field(default_factory=dict)
     trained: int = 0
@@ -243,7 +244,7 @@ class StudyReport:
             "fold_note": self.fold_note, "n_examples": self.n_examples, "label_names": self.label_names,
             "stats": self.stats,
             "comparisons": {a: {t: c.to_dict() for t, c in by.items()} for a, by in self.comparisons.items()},
-            "winner": self.winner, "winner_fold": self.winner_fold,
+            "winner": self.winner, "winner_fold": self.winner_fold, "refit": self.refit,
             "model_dir": str(self.model_dir) if self.model_dir else None,
             "files": {k: str(v) for k, v in self.files.items()},
             "trained": self.trained, "resumed": self.skipped, "seconds": round(self.seconds, 1),
@@ -362,12 +363,24 @@ def card_section(report: StudyReport) -> str:
         "Verdicts: " + _verdict_sentence(report),
     ]
     if report.winner:
-        lines += ["", f"This model is fold {report.winner_fold} of the best arm, `{report.winner}` "
-                      f"(its metrics above are on that fold's held-out examples); the arm's cross-validated "
-                      f"{report.metric} is {s['mean']:.3f} ± {s['std']:.3f}."]
+        lines += ["", f"This model is {saved_model(report)}; the arm's cross-validated {report.metric} is "
+                      f"{s['mean']:.3f} ± {s['std']:.3f}."]
     if report.fold_note:
         lines += ["", f"Note: {report.fold_note}"]
     return "\n".join(lines)
+
+
+def saved_model(report: StudyReport) -> str:
+    """What OUTPUT_DIR/model is, in words (study.winner)."""
+    if report.refit is None:
+        return (f"fold {report.winner_fold} of the best arm, `{report.winner}` (not a retrain on all data: its "
+                "metrics are on that fold's held-out examples)")
+    r = report.refit
+    values = ", ".join(f"{k.split('.')[-1]}={v:g}" for k, v in r["values"].items())
+    return (f"the best arm, `{report.winner}`, trained again on the whole pool (study.winner=refit: "
+            f"{r['num_train']} examples, {r['num_validation']} held out to validate it"
+            + (f"; {values}, the values its folds' inner searches scored best" if values else "")
+            + "; its card's metrics are on those held-out examples)")
 
 
 def add_study_to_card(readme: Path, section: str) -> None:
@@ -473,9 +486,8 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
     lines += ["", "## Saved model", ""]
     if report.model_dir:
         best = "highest" if report.higher_is_better else "lowest"
-        lines.append(f"`{report.model_dir}`: fold {report.winner_fold} of the best arm `{report.winner}` ({best} mean "
-                     f"{report.metric}), saved like any hftl run; its card carries this study's table. It is that "
-                     "fold's model (not a retrain on all data), so its card's metrics are on examples it never saw.")
+        lines.append(f"`{report.model_dir}`: {saved_model(report)} ({best} mean {report.metric}), saved like any hftl "
+                     "run; its card carries this study's table.")
     else:
         lines.append("None (study.winner=none).")
     metrics = report.fold_metrics

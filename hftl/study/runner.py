@@ -48,7 +48,7 @@ from hftl.study.report import (
     render_markdown,
     write_plots,
 )
-from hftl.study.search import choose, inner_split
+from hftl.study.search import choose, inner_split, short
 from hftl.study.stats import compare_paired, describe_scores, fold_metrics, higher_is_better, selection_metric
 
 logger = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class _Study:
             return
         done = {k: r for k, r in records.items() if r is not None}
         best = None
-        if budget == max(self.budgets) and self.s.winner != "none" and done:
+        if budget == max(self.budgets) and self.s.winner == "best_fold" and done:
             best = min(done, key=lambda k: (-self.sign * done[k]["metrics"][self.choose_by], k))
         for k in done:
             if k != best:
@@ -517,11 +517,12 @@ class _Study:
 
     # -- the winner's model --------------------------------------------------------------------
     def save_winner(self, report: StudyReport, all_records: dict) -> None:
-        """Copy the winning arm's best fold (at the full budget) to OUTPUT_DIR/model, card and all.
+        """Save the winning arm's model to OUTPUT_DIR/model, card and all (``study.winner``).
 
-        The best fold rather than a retrain on all data: its card then shows metrics on examples it
-        never saw, and the study costs no extra training. The cross-validated estimate (mean ± sd)
-        is in the card's study section; the fold's own number is one draw of it.
+        ``refit`` (the default) trains the winner again on the whole pool, as scikit-learn's refit does:
+        the cross-validated estimate describes that procedure, and a fold's model saw only part of the
+        data. ``best_fold`` copies the winner's best fold instead (no extra training; its card's metrics
+        are on examples it never saw).
         """
         if self.s.winner == "none":
             return
@@ -532,25 +533,81 @@ class _Study:
         winner = max(candidates, key=lambda a: (self.sign * report.stats[a][tag][self.choose_by]["mean"],
                                                 -report.arms.index(a)))
         recs = all_records[(winner, budget)]
-        fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.choose_by], k))
         arm = next(a for a in self.cfg.arms if a.name == winner)
-        folder = self.run_dir(arm, budget, fold)
-        if not (folder / "hftl.json").is_file():
-            # Its weights were lightened in an earlier session (e.g. before an arm was added): retrain that fold.
-            logger.info("Retraining %s fold %d to save it (its weights were not kept)", winner, fold)
-            self.run_fold(arm, budget, fold, force=True)
+        if self.s.winner == "refit":
+            folder, report.refit = self.refit(arm, budget, recs)
+        else:
+            fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.choose_by], k))
+            folder = self.run_dir(arm, budget, fold)
+            if not (folder / "hftl.json").is_file():
+                # Its weights were lightened in an earlier session (e.g. before an arm was added): retrain that fold.
+                logger.info("Retraining %s fold %d to save it (its weights were not kept)", winner, fold)
+                self.run_fold(arm, budget, fold, force=True)
+            report.winner_fold = fold
         target = self.out / "model"
         tmp = self.out / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("checkpoints"))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        report.winner, report.winner_fold, report.model_dir = winner, fold, target
+        report.winner, report.model_dir = winner, target
+        report.trained, report.skipped = self.trained, self.skipped  # the refit counts too
         if not self.s.keep_fold_models:
             for other in self.cfg.arms:
                 for k in range(len(self.folds)):
-                    if (other.name, k) != (winner, fold):
+                    if (other.name, k) != (winner, report.winner_fold):
                         _lighten(self.run_dir(other, budget, k))
+
+    def refit_values(self, arm: Arm, recs: dict) -> tuple[dict, Config]:
+        """The arm's values for the refit: the candidate with the best mean inner-validation score over the folds.
+
+        Every fold scored every candidate on its inner split (never its held-out fold), so this is
+        GridSearchCV's rule on the nested search's own numbers, at no extra training.
+        """
+        if len(arm.candidates) == 1:
+            return arm.candidates[0]
+        scored = [r["search"]["candidates"] for r in recs.values() if r.get("search", {}).get("candidates")]
+        if not scored:  # every fold fell back to its configured values (too few examples for an inner split)
+            return {}, arm.config
+        means = []
+        for i in range(len(arm.candidates)):
+            keys = set.intersection(*(set(fold[i]["metrics"]) for fold in scored))
+            means.append({m: float(np.mean([fold[i]["metrics"][m] for fold in scored])) for m in keys})
+        return arm.candidates[choose(means, self.choose_by, higher_is_better(self.choose_by))]
+
+    def refit(self, arm: Arm, budget: float, recs: dict) -> tuple[Path, dict]:
+        """Train ``arm`` on the whole pool (at ``budget``) as ``hftl train`` would: its own validation split
+        (data.validation_fraction, carved from the pool), early stopping and best-epoch restore as configured.
+
+        Resumes like a fold: a record with the same key skips the training.
+        """
+        values, config = self.refit_values(arm, recs)
+        cfg = self.resolve(config)
+        cfg.output_dir = str(self.out / "refit" / arm.name)
+        cfg.train.resume, cfg.train.progress, cfg.train.save_checkpoints = None, False, False
+        examples = budget_subset(list(range(len(self.labels))), self.strata, budget, self.s.seed * 1000 + len(self.folds))
+        from hftl.data import stratified_split
+
+        # Regression targets are floats, which stratified_split splits unstratified.
+        inner_tr, inner_va = stratified_split(self.labels[examples], cfg.data.validation_fraction, cfg.train.seed)
+        train_idx, val_idx = [examples[i] for i in inner_tr], [examples[i] for i in inner_va]
+        fingerprint = _hash([self.pool.fingerprint, "refit", budget, self.s.seed, train_idx, val_idx])
+        data = self.subset(train_idx, val_idx, fingerprint)
+        data.carved = True  # hftl held its validation split out: a solved probe is refitted on all of it
+        key = _hash({"config": _config_key(cfg), "data": fingerprint, "values": values})
+        path = self.records / f"refit__{arm.name}.json"
+        record = _read_json(path)
+        if record and record.get("key") == key and (Path(cfg.output_dir) / "hftl.json").is_file():
+            self.skipped += 1
+        else:
+            logger.info("Refitting the winner %s on %d examples of the pool (%s)", arm.name, len(examples),
+                        ", ".join(f"{short(k)}={v:g}" for k, v in values.items()) or "its configured values")
+            metrics, history, seconds = self.train_once(cfg, data)
+            record = {"key": key, "arm": arm.name, "values": values, "num_train": len(train_idx),
+                      "num_validation": len(val_idx), "metrics": metrics, "epochs": len(history),
+                      "seconds": round(seconds, 2)}
+            _write_json_atomic(path, record)
+        return Path(cfg.output_dir), {k: record[k] for k in ("values", "num_train", "num_validation", "metrics")}
 
     # -- files ---------------------------------------------------------------------------------
     def write(self, report: StudyReport, all_records: dict) -> None:
