@@ -285,11 +285,13 @@ def stratified_split(labels: list, fraction: float, seed: int):
         counts = np.bincount(labels)
         stratify = labels if counts[counts > 0].min() >= 2 else None
         classes = int((counts > 0).sum())
-        if stratify is not None and not classes <= math.ceil(fraction * len(labels)) <= len(labels) - classes:
-            raise DataError(f"data.validation_fraction={fraction} holds out {math.ceil(fraction * len(labels))} of "
-                            f"{len(labels)} examples, but a stratified split of {classes} classes needs at least "
-                            f"{classes} on each side. Raise data.validation_fraction (e.g. 0.2), or give a "
-                            "validation split (data.validation_split).")
+        held, n = math.ceil(fraction * len(labels)), len(labels)
+        if stratify is not None and not classes <= held <= n - classes:
+            fix = (f"Raise data.validation_fraction to at least {math.ceil(100 * classes / n) / 100:g}" if held < classes
+                   else f"Lower data.validation_fraction to at most {math.floor(100 * (1 - classes / n)) / 100:g}")
+            raise DataError(f"data.validation_fraction={fraction} holds out {held} of {n} examples, but a stratified "
+                            f"split of {classes} classes needs at least {classes} on each side. {fix}, give a "
+                            "validation split (data.validation_split), or label more examples.")
     if math.ceil(fraction * len(labels)) < 1 or math.ceil(fraction * len(labels)) >= len(labels):
         raise DataError(f"data.validation_fraction={fraction} of {len(labels)} examples leaves no validation or no "
                         "training example. Raise or lower it (e.g. 0.2).")

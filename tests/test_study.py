@@ -701,3 +701,15 @@ def test_a_fold_never_chooses_its_epoch_on_the_held_out_fold(tmp_path):
     study = _Study(study_config_from_dict(raw))
     fold = study.fold_config(study.cfg.arms[0], 1.0, 0)
     assert fold.train.patience == 0 and fold.train.keep_best is False
+
+
+def test_a_pool_too_small_to_validate_a_refit_keeps_the_best_fold_and_says_why(tmp_path, caplog):
+    # 12 examples of 3 classes: 10% holds out 2, fewer than a stratified split needs (one per class).
+    cfg = tiny_study(tmp_path / "s", winner="refit")
+    cfg["base"]["data"]["validation_fraction"] = 0.1
+    with caplog.at_level("WARNING", logger="hftl.study.runner"):
+        report = run_study(cfg)
+    assert report.refit is None and report.winner_fold in (0, 1) and (tmp_path / "s" / "model" / "hftl.json").is_file()
+    assert "study.winner=refit: data.validation_fraction=0.1 holds out 2 of 12 examples" in caplog.text
+    assert "Raise data.validation_fraction to at least 0.25" in caplog.text and "Saving the best fold of" in caplog.text
+    assert run_study(cfg).trained == 0  # a rerun resumes: the best fold's weights were kept for this fallback

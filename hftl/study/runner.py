@@ -393,7 +393,8 @@ class _Study:
             return
         done = {k: r for k, r in records.items() if r is not None}
         best = None
-        if budget == max(self.budgets) and self.s.winner == "best_fold" and done:
+        # Kept under study.winner=refit too: a refit that cannot run falls back to this fold.
+        if budget == max(self.budgets) and self.s.winner != "none" and done:
             best = min(done, key=lambda k: (-self.sign * done[k]["metrics"][self.choose_by], k))
         for k in done:
             if k != best:
@@ -534,8 +535,14 @@ class _Study:
                                                 -report.arms.index(a)))
         recs = all_records[(winner, budget)]
         arm = next(a for a in self.cfg.arms if a.name == winner)
+        refit = None
         if self.s.winner == "refit":
-            folder, report.refit = self.refit(arm, budget, recs)
+            try:
+                refit = self.refit(arm, budget, recs)
+            except DataError as e:  # e.g. a pool too small for a stratified validation split: keep the study's result
+                logger.warning("study.winner=refit: %s Saving the best fold of %s instead.", e, winner)
+        if refit is not None:
+            folder, report.refit = refit
         else:
             fold = min(recs, key=lambda k: (-self.sign * recs[k]["metrics"][self.choose_by], k))
             folder = self.run_dir(arm, budget, fold)
