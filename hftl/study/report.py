@@ -486,8 +486,8 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
     lines += ["", "## Saved model", ""]
     if report.model_dir:
         best = "highest" if report.higher_is_better else "lowest"
-        lines.append(f"`{report.model_dir}`: {saved_model(report)} ({best} mean {report.metric}), saved like any hftl "
-                     "run; its card carries this study's table.")
+        lines.append(f"`{report.model_dir}`: {saved_model(report)}. That arm has the {best} mean {report.metric}; "
+                     "the model is saved like any hftl run, and its card carries this study's table.")
     else:
         lines.append("None (study.winner=none).")
     metrics = report.fold_metrics
