@@ -547,6 +547,7 @@ def test_refit_trains_the_winner_on_the_whole_pool_with_its_best_mean_inner_choi
     assert report.refit["values"] == {"train.lr": GRID[best]} and refit["lr"] == GRID[best]
     card = ModelCard.load(out / "model" / "README.md").text
     assert f"the best arm, `{report.winner}`, trained again on the whole pool" in card
+    assert f"lr {GRID[best]:g}, the values its folds' inner searches scored best" in card
     assert "## Transfer study" in card and report.winner_fold is None
     assert load(out / "model").label_names == ["0", "1", "2"]
     assert not list((out / "runs").rglob("*.safetensors"))  # no fold's weights are needed any more

@@ -376,10 +376,10 @@ def saved_model(report: StudyReport) -> str:
         return (f"fold {report.winner_fold} of the best arm, `{report.winner}` (not a retrain on all data: its "
                 "metrics are on that fold's held-out examples)")
     r = report.refit
-    values = ", ".join(f"{k.split('.')[-1]}={v:g}" for k, v in r["values"].items())
     return (f"the best arm, `{report.winner}`, trained again on the whole pool (study.winner=refit: "
             f"{r['num_train']} examples, {r['num_validation']} held out to validate it"
-            + (f"; {values}, the values its folds' inner searches scored best" if values else "")
+            + (f"; {describe_values(r['values'])}, the values its folds' inner searches scored best"
+               if r["values"] else "")
             + "; its card's metrics are on those held-out examples)")
 
 

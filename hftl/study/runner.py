@@ -48,7 +48,7 @@ from hftl.study.report import (
     render_markdown,
     write_plots,
 )
-from hftl.study.search import choose, inner_split, short
+from hftl.study.search import choose, describe_values, inner_split
 from hftl.study.stats import compare_paired, describe_scores, fold_metrics, higher_is_better, selection_metric
 
 logger = logging.getLogger(__name__)
@@ -588,16 +588,16 @@ class _Study:
 
         Resumes like a fold: a record with the same key skips the training.
         """
+        from hftl.data import stratified_split
+
         values, config = self.refit_values(arm, recs)
         cfg = self.resolve(config)
         cfg.output_dir = str(self.out / "refit" / arm.name)
         cfg.train.resume, cfg.train.progress, cfg.train.save_checkpoints = None, False, False
         examples = budget_subset(list(range(len(self.labels))), self.strata, budget, self.s.seed * 1000 + len(self.folds))
-        from hftl.data import stratified_split
-
-        # Regression targets are floats, which stratified_split splits unstratified.
-        inner_tr, inner_va = stratified_split(self.labels[examples], cfg.data.validation_fraction, cfg.train.seed)
-        train_idx, val_idx = [examples[i] for i in inner_tr], [examples[i] for i in inner_va]
+        # Positions within ``examples``; regression targets are floats, which stratified_split splits unstratified.
+        train_at, val_at = stratified_split(self.labels[examples], cfg.data.validation_fraction, cfg.train.seed)
+        train_idx, val_idx = [examples[i] for i in train_at], [examples[i] for i in val_at]
         fingerprint = _hash([self.pool.fingerprint, "refit", budget, self.s.seed, train_idx, val_idx])
         data = self.subset(train_idx, val_idx, fingerprint)
         data.carved = True  # hftl held its validation split out: a solved probe is refitted on all of it
@@ -608,7 +608,7 @@ class _Study:
             self.skipped += 1
         else:
             logger.info("Refitting the winner %s on %d examples of the pool (%s)", arm.name, len(examples),
-                        ", ".join(f"{short(k)}={v:g}" for k, v in values.items()) or "its configured values")
+                        describe_values(values) if values else "its configured values")
             metrics, history, seconds = self.train_once(cfg, data)
             record = {"key": key, "arm": arm.name, "values": values, "num_train": len(train_idx),
                       "num_validation": len(val_idx), "metrics": metrics, "epochs": len(history),
