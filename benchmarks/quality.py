@@ -241,6 +241,7 @@ def hftl_run(out: Path, task: str, model_id: str, train: Path, test: Path, strat
     if record.get("probe"):
         facts["l2"] = record["probe"].get("l2")
         facts["refit_examples"] = record["probe"].get("refit_examples")  # strategy.probe_refit: every label
+        facts["refit_l2"] = record["probe"].get("refit_l2")  # chosen again by cross-validation on every label
     return _score(metrics, task == "text_regression", test), facts
 
 

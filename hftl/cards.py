@@ -288,8 +288,10 @@ def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
             + " by 5-fold cross-validation on the training examples, then refitted on all of them "
               f"({probe.get('seconds', 0):.1f} s).")
     if probe.get("refit_examples"):
-        text += (f" Then solved again with that strength on all {probe['refit_examples']} labelled examples (training "
-                 "and validation): the validation metrics above are those of the first fit, which did not see them.")
+        again = probe.get("refit_l2", probe["l2"])  # older runs reused the first strength
+        text += (f" Then solved again on all {probe['refit_examples']} labelled examples (training and validation), "
+                 f"the strength chosen again by the same cross-validation on them: {again:.3g}. The validation "
+                 "metrics above are those of the first fit, which did not see them.")
     if strategy == "lp_ft":
         text += " LP-FT (Kumar et al. 2022): the whole model was then fine-tuned from this head."
     return text

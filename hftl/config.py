@@ -131,8 +131,8 @@ class StrategyConfig:
                             "values from 1e-6 to 1e2, log-spaced; one value: that strength, no search.")
     probe_refit: bool = _f(
         True, "lbfgs linear_probe: once scored on the validation split hftl held out of the training data, solve the "
-              "head again on training + validation examples with the chosen L2 (every label used, as scikit-learn's "
-              "refit after a search). The reported metrics stay those of the first fit; a split the data or a study "
+              "head again on training + validation examples, its L2 chosen again by cross-validation on all of them "
+              "(every label used, as scikit-learn's LogisticRegressionCV and RidgeCV on the data they are given). The reported metrics stay those of the first fit; a split the data or a study "
               "gave is never trained on.")
     lora_r: int = _f(8, "lora: adapter rank.")
     lora_alpha: int = _f(16, "lora: scaling numerator (scale = alpha / r).")

@@ -126,8 +126,8 @@ def test_probe_is_solved_again_on_every_label_when_hftl_held_the_validation_spli
     result = hftl.train(None, overrides)
     record = json.loads((out / "metrics.json").read_text())
     assert record["probe"]["refit_examples"] == 96 + 60  # the training and the held-out examples
-    assert "Then solved again with that strength on all 156 labelled examples" in (out / "README.md").read_text()
-    # The saved head is the probe solved on all 156 features at the strength the cross-validation chose.
+    assert "Then solved again on all 156 labelled examples" in (out / "README.md").read_text()
+    # The saved head is the probe solved on all 156 features, its strength chosen again by cross-validation on them.
     cfg = load_config(None, overrides)
     model = hftl.load(out)
     task = get_task_impl("image_classification")
@@ -137,7 +137,8 @@ def test_probe_is_solved_again_on_every_label_when_hftl_held_the_validation_spli
                              batch_size=16)[:2] for ds, split in ((task.plain_train_dataset(cfg, model, data, train_ds),
                                                                    "train"), (eval_ds, "validation"))]
     head = nn.Linear(model.head.in_features, 10)
-    solve_probe(head, torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), grid=[record["probe"]["l2"]])
+    again = solve_probe(head, torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), seed=cfg.train.seed)
+    assert record["probe"]["refit_l2"] == again["l2"] and f"{again['l2']:.3g}." in (out / "README.md").read_text()
     torch.testing.assert_close(model.head.weight, head.weight, atol=1e-4, rtol=1e-3)
     # Scoring it on the split it has now seen says so; the reported metrics are still the first fit's.
     scored = hftl.evaluate(out)
