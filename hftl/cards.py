@@ -285,7 +285,8 @@ def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
             f"mean and scale are folded into the head's weight and bias). L2 strength {probe['l2']:.3g} "
             f"({equivalent}), chosen from {len(grid)} log-spaced values"
             + (f" ({min(grid):.0e} to {max(grid):.0e})" if len(grid) > 1 else "")
-            + " by 5-fold cross-validation on the training examples, then refitted on all of them "
+            + (" by leave-one-out" if probe.get("solver") == "ridge" else " by 5-fold")
+            + " cross-validation on the training examples, then refitted on all of them "
               f"({probe.get('seconds', 0):.1f} s).")
     if probe.get("refit_examples"):
         again = probe.get("refit_l2", probe["l2"])  # older runs reused the first strength

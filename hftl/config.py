@@ -126,7 +126,7 @@ class StrategyConfig:
     probe_solver: str = _f(
         "auto", "linear_probe and lp_ft: auto is lbfgs, and sgd for multi-label tasks; lbfgs solves the head on cached features (multinomial logistic regression "
                  "by full-batch L-BFGS; ridge regression for text_regression) with the L2 strength chosen by "
-                 "5-fold cross-validation on the training data; sgd trains it with the training loop (train.epochs, lr ...).")
+                 "cross-validation on the training data (5-fold; leave-one-out for ridge); sgd trains it with the training loop (train.epochs, lr ...).")
     probe_l2: list[float] = _f([], "lbfgs probe: the L2 strengths to choose from (on standardised features); empty: 13 "
                             "values from 1e-6 to 1e2, log-spaced; one value: that strength, no search.")
     probe_refit: bool = _f(

@@ -63,6 +63,31 @@ def test_ridge_probe_matches_scikit_learn_ridge():
         np.testing.assert_allclose(head(x)[:, 0].double().numpy(), reference.predict(xs.numpy()), atol=1e-3)
 
 
+@pytest.mark.parametrize("features", [16, 48])  # fewer, and more, features than examples
+def test_ridge_strength_is_chosen_by_exact_leave_one_out_as_ridgecv(features):
+    from sklearn.linear_model import RidgeCV
+
+    from hftl.probe import DEFAULT_GRID, fit_ridge, ridge_loo_mse
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, features, generator=g).double()
+    y = x[:, :3].sum(1) + 2 * torch.randn(40, generator=g).double()
+    grid = [1e-3, 1e-1, 10.0]
+    brute = []  # 40 fits, each without one example
+    for l2 in grid:
+        errors = []
+        for i in range(40):
+            keep = torch.arange(40) != i
+            w, b = fit_ridge(x[keep], y[keep], [l2 * 40 / 39])[0]  # the same alpha = n * l2 on 39 examples
+            errors.append(float((x[i] @ w[:, 0] + b[0] - y[i]) ** 2))
+        brute.append(np.mean(errors))
+    np.testing.assert_allclose(ridge_loo_mse(x, y, grid), brute, rtol=1e-8)
+    xs, _, _ = standardise(x)
+    info = solve_probe(nn.Linear(features, 1), x.float(), y.float(), regression=True)
+    reference = RidgeCV(alphas=[v * 40 for v in DEFAULT_GRID]).fit(xs.numpy(), y.numpy())
+    assert info["alpha"] == pytest.approx(reference.alpha_)
+
+
 def test_chosen_regularisation_follows_the_data():
     clean = solve_probe(nn.Linear(64, 5), *blobs(1000, 64, 5, noise=0.8, seed=2))
     noisy = solve_probe(nn.Linear(64, 5), *blobs(40, 64, 5, noise=3.0, seed=2, flip=0.3))
