@@ -122,7 +122,8 @@ def ridge_loo_mse(x: torch.Tensor, y: torch.Tensor, l2s: list[float]) -> list[fl
     Ridge with an unpenalised intercept is a linear smoother, y_hat = H y with
     H = 11'/n + U diag(S^2 / (S^2 + n l2)) U' (U S V' the SVD of the centred x), so the residual of the fit
     that left example i out is (y_i - y_hat_i) / (1 - H_ii): n fits for the price of one SVD, with no fold
-    assignment to be lucky or unlucky with (k random folds chose 0.046 or 0.22 on the same 200 examples).
+    assignment to be lucky or unlucky with (5 random folds chose 0.046 or 0.22 on the same 200 weather
+    examples, in two orders).
     """
     x, y = x.double(), y.double()
     n = len(y)
@@ -138,8 +139,8 @@ def ridge_loo_mse(x: torch.Tensor, y: torch.Tensor, l2s: list[float]) -> list[fl
     return out
 
 
-def _folds(y: torch.Tensor, regression: bool, seed: int) -> list[tuple[list[int], list[int]]]:
-    """(fit, held-out) index pairs to choose the strength on: stratified k-fold, as scikit-learn's *CV estimators.
+def _folds(y: torch.Tensor, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(fit, held-out) index pairs to choose a logistic probe's strength on: stratified k-fold, as LogisticRegressionCV.
 
     One 80/20 split chose badly on small data (5 labels per class: one held-out image per class decides);
     k folds average that noise away at k times the cost, which is small next to the features. Above
@@ -151,26 +152,22 @@ def _folds(y: torch.Tensor, regression: bool, seed: int) -> list[tuple[list[int]
 
     n = len(y)
     if n > HOLDOUT_ABOVE:
-        labels = y.double().tolist() if regression else y.tolist()
         try:
-            return [stratified_split(labels, SELECTION_FRACTION, seed)]
+            return [stratified_split(y.tolist(), SELECTION_FRACTION, seed)]
         except ValueError:
             pass
     folds = min(SELECTION_FOLDS, n // 2)
-    if not regression:
-        counts = torch.bincount(y)
-        smallest = int(counts[counts > 0].min())
-        if smallest >= 2:
-            splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
-            return [(a.tolist(), b.tolist()) for a, b in splitter.split(np.zeros(n), y.numpy())]
-    splitter = KFold(folds, shuffle=True, random_state=seed)  # regression, or a class with a single example
+    counts = torch.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    if smallest >= 2:
+        splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+        return [(a.tolist(), b.tolist()) for a, b in splitter.split(np.zeros(n), y.numpy())]
+    splitter = KFold(folds, shuffle=True, random_state=seed)  # a class with a single example: unstratified
     return [(a.tolist(), b.tolist()) for a, b in splitter.split(np.zeros(n))]
 
 
-def _score(x, y, W, b, regression: bool) -> dict:
+def _score(x, y, W, b) -> dict:
     logits = x.double() @ W + b
-    if regression:
-        return {"mse": float(F.mse_loss(logits[:, 0], y.double()))}
     return {"accuracy": float((logits.argmax(-1) == y).double().mean()), "loss": float(F.cross_entropy(logits, y))}
 
 
@@ -187,25 +184,21 @@ def choose_and_fit(x: torch.Tensor, y: torch.Tensor, num_outputs: int, *, regres
     """
     grid = sorted(float(v) for v in grid)[::-1]  # strong to weak: each solution warm-starts the next
     selection = []
-    if regression and len(grid) > 1 and 4 <= len(y) <= HOLDOUT_ABOVE:  # leave-one-out, exact (as RidgeCV)
+    if regression and len(grid) > 1 and len(y) >= 4:  # leave-one-out: exact, one SVD at any size (as RidgeCV)
         selection = [{"l2": l2, "mse": mse} for l2, mse in zip(grid, ridge_loo_mse(x, y, grid))]
         chosen = min(selection, key=lambda s: s["mse"])["l2"]
     elif len(grid) > 1 and len(y) >= 4:
         per_fold = []
-        for fit_idx, held_idx in _folds(y, regression, seed):
+        for fit_idx, held_idx in _folds(y, seed):
             xf, yf, xh, yh = x[fit_idx], y[fit_idx], x[held_idx], y[held_idx]
-            if regression:
-                fits = fit_ridge(xf, yf, grid)
-            else:
-                fits, init = [], None
-                for l2 in grid:
-                    init = fit_logistic(xf, yf, num_outputs, l2, init)
-                    fits.append(init)
-            per_fold.append([_score(xh, yh, W, b, regression) for W, b in fits])
+            fits, init = [], None
+            for l2 in grid:
+                init = fit_logistic(xf, yf, num_outputs, l2, init)
+                fits.append(init)
+            per_fold.append([_score(xh, yh, W, b) for W, b in fits])
         for i, l2 in enumerate(grid):  # each strength's scores, averaged over the folds
             selection.append({"l2": l2, **{k: float(np.mean([f[i][k] for f in per_fold])) for k in per_fold[0][i]}})
-        key = (lambda s: -s["mse"]) if regression else (lambda s: (round(s["accuracy"], 9), -s["loss"]))
-        chosen = max(selection, key=key)["l2"]
+        chosen = max(selection, key=lambda s: (round(s["accuracy"], 9), -s["loss"]))["l2"]
     else:
         chosen = grid[len(grid) // 2]
     W, b = fit_ridge(x, y, [chosen])[0] if regression else fit_logistic(x, y, num_outputs, chosen)
