@@ -311,11 +311,14 @@ def main() -> None:
                         help="off: the study's arms train at their defaults (no nested search)")
     parser.add_argument("--quick", action="store_true", help="tiny data: a smoke run of the script")
     parser.add_argument("--arms", default="", help="only these arms, e.g. probe (default: every arm)")
+    parser.add_argument("--data", default="", help="only these data sets, e.g. weather_heat (default: every one)")
     args = parser.parse_args()
     C.header("quality: hftl defaults vs plain references (issue 10)", f"plain loops: {PLAIN_STEPS} steps, batch 32")
     root = C.SCRATCH / "quality"
     rows = []
     for family, name, task, model_id, train, test, arms in cases(root, args.families.split(","), args.quick):
+        if args.data and name not in args.data.split(","):
+            continue
         quick = ["train.epochs=1"] if args.quick else []
         share = hftl_training_share(task, train)
         for arm, strategy, plain, extra in arms:

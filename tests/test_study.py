@@ -563,6 +563,35 @@ def test_a_refit_resumes_from_its_record(tmp_path, monkeypatch):
     assert counter.calls == 0 and again.refit == first.refit and (again.trained, again.skipped) == (0, 5)
 
 
+@pytest.mark.parametrize("arms", [["scratch", "linear_probe"], ["scratch", "finetune"]])
+def test_the_refitted_winner_is_the_model_hftl_train_gives(tmp_path, monkeypatch, arms):
+    """At the whole budget the refit trains on hftl train's own split, in its order: the study's saved model is
+    the one `hftl train` gives with the winner's strategy (a solved probe chooses the same L2 strength again)."""
+    from safetensors.torch import load_file
+
+    from hftl.data import load_labelled_data
+
+    recorder = RecordTrainings(monkeypatch)
+    cfg = tiny_study(tmp_path / "s", arms=arms, winner="refit", max_examples=None)
+    cfg["base"]["data"].update(max_train_samples=24, max_eval_samples=6)  # hftl train's split: 24 + 6 digits
+    report = run_study(cfg)
+    refit = next(c for c in recorder.calls if "refit" in c["dir"].parts)
+    base = {**cfg["base"], "strategy": {"name": report.winner}, "output_dir": str(tmp_path / "plain")}
+    plain = REAL_TRAIN(base)
+    own = load_labelled_data(api.as_config(base).data, "image_classification", 42)
+    assert (refit["train"], refit["validation"]) == (example_ids(own.train), example_ids(own.validation))
+    ours, theirs = (load_file(next(Path(d).glob("*.safetensors"))) for d in (report.model_dir, plain.output_dir))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+    def probe(folder):  # what the solver chose (every strength's scores, the L2 it took twice), not its seconds
+        record = json.loads((Path(folder) / "metrics.json").read_text()).get("probe") or {}
+        return {k: v for k, v in record.items() if k != "seconds"}
+
+    assert probe(report.model_dir) == probe(plain.output_dir)
+    assert ("refit_l2" in probe(plain.output_dir)) == (report.winner == "linear_probe")
+
+
 def test_search_never_reads_the_outer_test_fold(searched_study):
     report, out, calls = searched_study
     runs = {(r["arm"], r["fold"]): r for r in json.loads((out / "study.json").read_text())["runs"]}

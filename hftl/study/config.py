@@ -81,7 +81,7 @@ class StudySettings:
     winner: str = _f(
         "refit", "Which model to save to OUTPUT_DIR/model: refit (the winning arm trained again on the whole "
                  "pool with the values its folds' searches scored best, as scikit-learn's refit; one more "
-                 "training), best_fold (the winning arm's best fold: no extra training, but it saw only part of "
+                 "training, on hftl train's own training/validation split: the model hftl train gives), best_fold (the winning arm's best fold: no extra training, but it saw only part of "
                  "the data) or none.")
     keep_fold_models: bool = _f(False, "Keep every fold's weights (otherwise only what the winner needs).")
     workers: int = _f(1, "Trainings to run at once: each fold of each arm is independent. Above 1, each worker is a "

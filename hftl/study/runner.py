@@ -206,7 +206,12 @@ class _Study:
         data = load_labelled_data(base.data, base.task, base.train.seed)
         pool = datasets.concatenate_datasets([data.train, data.validation]) if len(data.validation) else data.train
         fingerprint = data.fingerprint
+        # The pool's rows in order: data.train, then data.validation. The refit at the whole budget trains on
+        # that same split, so the saved winner is the model `hftl train` gives with the winning values.
+        self.base_split = (list(range(len(data.train))), list(range(len(data.train), len(pool))))
+        self.base_carved = data.carved  # hftl train refits a solved probe on its validation split only if it carved it
         if self.s.max_examples and self.s.max_examples < len(pool):
+            self.base_split = None  # a subsample: no split of hftl train's to keep
             keep = stratified_take(self._strata(pool["label"], data.regression), self.s.max_examples, self.s.seed)
             pool = pool.select(keep)
             fingerprint = _hash([fingerprint, "max_examples", self.s.max_examples, self.s.seed])
@@ -583,8 +588,13 @@ class _Study:
         return arm.candidates[choose(means, self.choose_by, higher_is_better(self.choose_by))]
 
     def refit(self, arm: Arm, budget: float, recs: dict) -> tuple[Path, dict]:
-        """Train ``arm`` on the whole pool (at ``budget``) as ``hftl train`` would: its own validation split
-        (data.validation_fraction, carved from the pool), early stopping and best-epoch restore as configured.
+        """Train ``arm`` on the whole pool (at ``budget``) as ``hftl train`` would: its own validation split,
+        early stopping and best-epoch restore as configured.
+
+        At the whole budget the split is hftl train's own (the pool is its training split, then its validation
+        split), so the saved model is the one `hftl train` gives with the winning values. Otherwise (a label
+        budget, study.max_examples, an arm with another seed or validation_fraction) data.validation_fraction
+        of the examples is carved out again, stratified and seeded.
 
         Resumes like a fold: a record with the same key skips the training.
         """
@@ -595,12 +605,19 @@ class _Study:
         cfg.output_dir = str(self.out / "refit" / arm.name)
         cfg.train.resume, cfg.train.progress, cfg.train.save_checkpoints = None, False, False
         examples = budget_subset(list(range(len(self.labels))), self.strata, budget, self.s.seed * 1000 + len(self.folds))
-        # Positions within ``examples``; regression targets are floats, which stratified_split splits unstratified.
-        train_at, val_at = stratified_split(self.labels[examples], cfg.data.validation_fraction, cfg.train.seed)
-        train_idx, val_idx = [examples[i] for i in train_at], [examples[i] for i in val_at]
+        base = self.cfg.base
+        if (budget >= 1 and self.base_split and self.base_split[1] and cfg.train.seed == base.train.seed
+                and cfg.data.validation_fraction == base.data.validation_fraction):
+            train_idx, val_idx = self.base_split  # hftl train's own split, in its order
+            carved = self.base_carved
+        else:
+            # Positions within ``examples``; regression targets are floats, which stratified_split splits unstratified.
+            train_at, val_at = stratified_split(self.labels[examples], cfg.data.validation_fraction, cfg.train.seed)
+            train_idx, val_idx = [examples[i] for i in train_at], [examples[i] for i in val_at]
+            carved = True
         fingerprint = _hash([self.pool.fingerprint, "refit", budget, self.s.seed, train_idx, val_idx])
         data = self.subset(train_idx, val_idx, fingerprint)
-        data.carved = True  # hftl held its validation split out: a solved probe is refitted on all of it
+        data.carved = carved  # hftl held its validation split out: a solved probe is refitted on all of it
         key = _hash({"config": _config_key(cfg), "data": fingerprint, "values": values})
         path = self.records / f"refit__{arm.name}.json"
         record = _read_json(path)
