@@ -266,6 +266,16 @@ def _frozen_text(desc: dict) -> str:
     return f"{shown}" + (f" of {total} groups, counted from the input" if total else "")
 
 
+def _chosen_text(probe: dict, grid: list) -> str:
+    """How the probe's strength was chosen, as the run recorded it (older runs: their solver's default)."""
+    by = probe.get("chosen_by", "leave-one-out cross-validation" if probe.get("solver") == "ridge"
+                    else "5-fold cross-validation")
+    if len(grid) < 2 or by is None:
+        return "as given (no search)"
+    return (f"chosen from {len(grid)} log-spaced values ({min(grid):.0e} to {max(grid):.0e}) by {by} on the "
+            "training examples, then refitted on all of them")
+
+
 def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
     """How a solved probe was made, for the card (``hftl.probe``'s record); None when the head was trained.
 
@@ -283,11 +293,7 @@ def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
     equivalent = f"scikit-learn alpha = {probe['alpha']:.3g}" if "alpha" in probe else f"scikit-learn C = {probe['C']:.3g}"
     text = (f"Solved, not trained: {how} on the frozen backbone's features, standardised for the solver (the "
             f"mean and scale are folded into the head's weight and bias). L2 strength {probe['l2']:.3g} "
-            f"({equivalent}), chosen from {len(grid)} log-spaced values"
-            + (f" ({min(grid):.0e} to {max(grid):.0e})" if len(grid) > 1 else "")
-            + (" by leave-one-out" if probe.get("solver") == "ridge" else " by 5-fold")
-            + " cross-validation on the training examples, then refitted on all of them "
-              f"({probe.get('seconds', 0):.1f} s).")
+            f"({equivalent}), " + _chosen_text(probe, grid) + f" ({probe.get('seconds', 0):.1f} s).")
     if probe.get("refit_examples"):
         again = probe.get("refit_l2", probe["l2"])  # older runs reused the first strength
         text += (f" Then solved again on all {probe['refit_examples']} labelled examples (training and validation), "

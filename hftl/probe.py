@@ -176,7 +176,8 @@ def choose_and_fit(x: torch.Tensor, y: torch.Tensor, num_outputs: int, *, regres
     """Choose the L2 strength by cross-validation on (x, y), refit on all of it; x must be standardised.
 
     Classification: stratified k-fold. Regression: leave-one-out, exact in closed form (``ridge_loo_mse``).
-    Returns {"W", "b", "l2", "selection": [per strength: its held-out scores, averaged over the folds]}. Classification picks the
+    Returns {"W", "b", "l2", "selection": [per strength: its held-out scores, averaged over the folds],
+    "chosen_by": how the strength was chosen, in words, or None where there was no choice}. Classification picks the
     best held-out accuracy, ties going to the lower held-out log-loss; regression the lowest mse.
 
     Example:
@@ -187,9 +188,12 @@ def choose_and_fit(x: torch.Tensor, y: torch.Tensor, num_outputs: int, *, regres
     if regression and len(grid) > 1 and len(y) >= 4:  # leave-one-out: exact, one SVD at any size (as RidgeCV)
         selection = [{"l2": l2, "mse": mse} for l2, mse in zip(grid, ridge_loo_mse(x, y, grid))]
         chosen = min(selection, key=lambda s: s["mse"])["l2"]
+        chosen_by = "leave-one-out cross-validation"
     elif len(grid) > 1 and len(y) >= 4:
-        per_fold = []
-        for fit_idx, held_idx in _folds(y, seed):
+        per_fold, splits = [], _folds(y, seed)
+        chosen_by = (f"{len(splits)}-fold cross-validation" if len(splits) > 1
+                     else f"one held-out {SELECTION_FRACTION:.0%} share")
+        for fit_idx, held_idx in splits:
             xf, yf, xh, yh = x[fit_idx], y[fit_idx], x[held_idx], y[held_idx]
             fits, init = [], None
             for l2 in grid:
@@ -199,10 +203,10 @@ def choose_and_fit(x: torch.Tensor, y: torch.Tensor, num_outputs: int, *, regres
         for i, l2 in enumerate(grid):  # each strength's scores, averaged over the folds
             selection.append({"l2": l2, **{k: float(np.mean([f[i][k] for f in per_fold])) for k in per_fold[0][i]}})
         chosen = max(selection, key=lambda s: (round(s["accuracy"], 9), -s["loss"]))["l2"]
-    else:
-        chosen = grid[len(grid) // 2]
+    else:  # one strength given, or too few examples to hold any out
+        chosen, chosen_by = grid[len(grid) // 2], None
     W, b = fit_ridge(x, y, [chosen])[0] if regression else fit_logistic(x, y, num_outputs, chosen)
-    return {"W": W, "b": b, "l2": chosen, "selection": selection}
+    return {"W": W, "b": b, "l2": chosen, "selection": selection, "chosen_by": chosen_by}
 
 
 def _linear_parts(head: nn.Module) -> tuple[nn.Linear | None, nn.Linear]:
@@ -273,7 +277,8 @@ def solve_probe(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, *
     n = len(y)  # scikit-learn's equivalents: Ridge(alpha=l2 * n), LogisticRegression(C=1 / (l2 * n))
     info = {"solver": "ridge" if regression else "lbfgs", "l2": out["l2"],
             **({"alpha": out["l2"] * n} if regression else {"C": 1.0 / (out["l2"] * n)}),
-            "grid": sorted(grid), "selection": out["selection"], "seconds": round(time.perf_counter() - started, 3)}
-    logger.info("probe solved in %.2f s: l2 %.3g chosen by cross-validation on %d training examples",
-                info["seconds"], info["l2"], len(y))
+            "grid": sorted(grid), "selection": out["selection"], "chosen_by": out["chosen_by"],
+            "seconds": round(time.perf_counter() - started, 3)}
+    logger.info("probe solved in %.2f s: l2 %.3g chosen by %s on %d training examples",
+                info["seconds"], info["l2"], out["chosen_by"] or "no search", len(y))
     return info

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import hftl
+from hftl import probe
 from hftl.config import load_config
 from hftl.errors import ConfigError
 from hftl.probe import solve_probe, standardise
@@ -127,6 +128,7 @@ def test_probe_run_is_solved_recorded_and_reloads(tmp_path, pretrained_folder):
     assert result.metrics["accuracy"] > 0.3  # 10 classes, random-ish features from a 7-class source
     card = (out / "README.md").read_text()
     assert "Solved, not trained" in card and f"{record['probe']['l2']:.3g}" in card
+    assert f"by {record['probe']['chosen_by']} on the training examples" in card  # the card says how it chose
     # What was saved predicts what the trainer scored, through hftl and through plain timm.
     assert hftl.evaluate(out)["loss"] == pytest.approx(result.metrics["loss"], rel=1e-5)
     native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
@@ -350,6 +352,18 @@ def test_solved_probe_needs_cached_features():
         load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false"])
     assert load_config(None, ["strategy.name=linear_probe", "strategy.cache_features=false",
                               "strategy.probe_solver=sgd"]).strategy.probe_solver == "sgd"
+
+
+def test_the_record_says_how_the_strength_was_chosen(monkeypatch):
+    """The card quotes ``chosen_by``: folds as many as the smallest class allows, one share on large data."""
+    x, y = blobs(30, 8, 3, noise=1.0, seed=3)
+    assert solve_probe(nn.Linear(8, 3), x, y)["chosen_by"] == "5-fold cross-validation"
+    keep = torch.cat([(y != 2).nonzero().flatten(), (y == 2).nonzero().flatten()[:3]])  # a class of 3: 3 folds
+    assert solve_probe(nn.Linear(8, 3), x[keep], y[keep])["chosen_by"] == "3-fold cross-validation"
+    monkeypatch.setattr(probe, "HOLDOUT_ABOVE", 20)
+    assert solve_probe(nn.Linear(8, 3), x, y)["chosen_by"] == "one held-out 20% share"
+    assert solve_probe(nn.Linear(8, 1), x, y.float(), regression=True)["chosen_by"] == "leave-one-out cross-validation"
+    assert solve_probe(nn.Linear(8, 3), x, y, grid=[1e-3])["chosen_by"] is None
 
 
 def test_a_handful_of_examples_still_solves():

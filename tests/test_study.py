@@ -643,7 +643,7 @@ def test_chosen_lr_is_recorded_per_arm_and_fold(searched_study):
         assert report.chosen[arm]["b1"] == chosen
     md = (out / "report.md").read_text()
     assert "chosen (inner split, per fold) |" in md and "never used to choose (nested cross-validation)" in md
-    assert "| scratch | scratch | `timm:test_resnet (architecture only, random init)` | 1 | searched | lr {0.003, 0.03} |" in md
+    assert "| scratch | scratch | `timm:test_resnet` (architecture only, random init) | 1 | searched | lr {0.003, 0.03} |" in md
     assert re.search(r"\*\*lr 0\.0?3: [01]\.\d{3}\*\*", md)  # the chosen candidate, with its inner score
     cell = report.chosen_cell("finetune")
     assert cell.startswith("lr ") and cell in report.markdown_table()

@@ -472,13 +472,13 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               "|---|---|---|---|---|---|"]
     for arm in cfg.arms:
         c = arm.config
-        start = c.model.id
-        if arm.strategy == "scratch":
-            start = f"{c.model.id} (architecture only, random init)"
+        start = f"`{c.model.id}`"
+        if arm.strategy == "scratch":  # the id names the architecture; none of its weights are used
+            start += " (architecture only, random init)"
         elif c.model.init_from:
-            start = f"{c.model.id}` + the weights of `{c.model.init_from}"
+            start += f" + the weights of `{c.model.init_from}`"
         lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else _lr(c.train.lr)
-        lines.append(f"| {arm.name} | {arm.strategy} | `{start}` | {c.train.epochs} | {lr} | "
+        lines.append(f"| {arm.name} | {arm.strategy} | {start} | {c.train.epochs} | {lr} | "
                      f"{describe_grid(arm.grid)} |")
     lines += _search_lines(report, all_records)
     lines += _sources_lines(sources, report.metric if report.regression else "accuracy")
