@@ -270,8 +270,10 @@ def _chosen_text(probe: dict, grid: list) -> str:
     """How the probe's strength was chosen, as the run recorded it (older runs: their solver's default)."""
     by = probe.get("chosen_by", "leave-one-out cross-validation" if probe.get("solver") == "ridge"
                     else "5-fold cross-validation")
-    if len(grid) < 2 or by is None:
+    if len(grid) < 2:
         return "as given (no search)"
+    if by is None:  # a grid, but fewer than 4 examples: the solver takes the grid's middle value
+        return f"the middle of {len(grid)} log-spaced values (too few training examples to choose by cross-validation)"
     return (f"chosen from {len(grid)} log-spaced values ({min(grid):.0e} to {max(grid):.0e}) by {by} on the "
             "training examples, then refitted on all of them")
 

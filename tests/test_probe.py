@@ -13,6 +13,7 @@ from torch import nn
 
 import hftl
 from hftl import probe
+from hftl.cards import probe_text
 from hftl.config import load_config
 from hftl.errors import ConfigError
 from hftl.probe import solve_probe, standardise
@@ -364,6 +365,9 @@ def test_the_record_says_how_the_strength_was_chosen(monkeypatch):
     assert solve_probe(nn.Linear(8, 3), x, y)["chosen_by"] == "one held-out 20% share"
     assert solve_probe(nn.Linear(8, 1), x, y.float(), regression=True)["chosen_by"] == "leave-one-out cross-validation"
     assert solve_probe(nn.Linear(8, 3), x, y, grid=[1e-3])["chosen_by"] is None
+    few = solve_probe(nn.Linear(8, 3), x[:3], y[:3])  # a grid, but too few examples to hold any out
+    assert few["chosen_by"] is None and "too few training examples" in probe_text(few)
+    assert "as given (no search)" in probe_text(solve_probe(nn.Linear(8, 3), x, y, grid=[1e-3]))
 
 
 def test_a_handful_of_examples_still_solves():
