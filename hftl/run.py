@@ -59,8 +59,11 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     torch.manual_seed(cfg.train.seed)
     data = data or task.load_data(cfg)
     model, ref = task.build_model(cfg, data)
+    from_scratch = random_init(cfg, ref)
+    if cfg.train.backbone_lr_scale is None:  # the network's split goes with its own rate; a rate one sets is for all
+        cfg.train.backbone_lr_scale = model.default_backbone_lr_scale(from_scratch) if cfg.train.lr is None else 1.0
     if cfg.train.lr is None:  # the network knows the rate that suits it, from random weights or not
-        cfg.train.lr = model.default_lr(from_scratch=random_init(cfg, ref))
+        cfg.train.lr = model.default_lr(from_scratch=from_scratch)
     check_base(cfg, model, ref)
     train_ds, eval_ds, collate = task.datasets(cfg, model, data)
     setup = Setup(cfg, task, data, model, ref, train_ds, eval_ds, collate, task.loss(cfg), task.predictions,
@@ -204,6 +207,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
               "kept_epoch": trainer.kept_epoch, "kept_p": trainer.kept_p,
               "epochs_run": len(trainer.history), "epochs_planned": trainer.epochs,
               "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for how it starts)
+              "backbone_lr_scale": cfg.train.backbone_lr_scale,  # the backbone's rate / the head's, as resolved
               "probe": probe, "history": trainer.history,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -343,6 +344,26 @@ def test_scratch_uses_the_same_architecture_randomly_initialised(models, review_
                               start.embeddings.word_embeddings.weight, atol=1e-2)
 
 
+def test_unset_rates_give_a_pretrained_encoder_a_lower_rate_than_its_new_head(models, review_csv, tmp_path):
+    """train.lr and train.backbone_lr_scale null: a pretrained encoder fine-tunes at 5e-5 under a 1e-3 head; from
+    random weights, or with train.lr set, one rate for every weight (README, "Learning rate")."""
+    def rates(name, **extra):
+        base = [o for o in clf_overrides(models["bert"], review_csv, tmp_path / name, **{"train.epochs": 1})
+                if not o.startswith("train.lr=")]
+        overrides = base + [f"{k}={v}" for k, v in extra.items()]
+        result = hftl.train(None, overrides)
+        card = (result.output_dir / "README.md").read_text()
+        metrics = json.loads((result.output_dir / "metrics.json").read_text())
+        return metrics["lr"], metrics["backbone_lr_scale"], card
+
+    lr, scale, card = rates("pretrained")
+    assert (lr, scale) == (1e-3, 0.05)
+    assert "5e-05" in card and "0.001" in card  # the card's rate table: encoder groups and the head
+    assert rates("scratch", **{"strategy.name": "scratch"})[:2] == (1e-3, 1.0)
+    assert rates("set", **{"train.lr": 3e-5})[:2] == (3e-5, 1.0)
+    assert rates("both", **{"train.lr": 3e-5, "train.backbone_lr_scale": 0.5})[:2] == (3e-5, 0.5)
+
+
 def test_tokenization_pairs_truncation_and_dynamic_padding(models, tmp_path):
     from hftl.backbones import create_model
     from hftl.config import load_config
@@ -418,6 +439,26 @@ def test_regression_on_text_pairs_learns_one_output(regression_run):
     card = (result.output_dir / "README.md").read_text()
     check_metadata(ModelCard.load(result.output_dir / "README.md").data.to_dict())  # what the Hub would accept
     assert "target `similarity`" in card and "| pearson |" in card and "pipeline_tag: text-classification" in card
+
+
+def test_regression_learns_alike_whatever_the_targets_units(models, tmp_path):
+    """The head trains as on standardised targets (scale_head_to_targets): the same pairs scored 0/1 and in
+    'degrees' (40 x score - 10) reach the same R^2; in raw units the head could not climb to the degrees."""
+    first, second, scores = similarity_pairs(64, 1)
+
+    def r2(name, targets):
+        data = write_csv(tmp_path / f"{name}.csv", first, None, {"second": second, "similarity": targets})
+        overrides = [o for o in clf_overrides(models["bert"], data, tmp_path / name, **{
+            "task": "text_regression", "data.text_pair_column": "second", "data.label_column": "similarity",
+            "train.epochs": 20})]
+        result = hftl.train(None, overrides)
+        return 1 - result.metrics["mse"] / float(torch.tensor(targets).var(unbiased=False)), result
+
+    unit, _ = r2("unit", scores)
+    degrees, run = r2("degrees", [40 * v - 10 for v in scores])
+    assert unit > 0.5 and degrees > 0.5 and abs(unit - degrees) < 0.1, (unit, degrees, run.history)
+    head_rate = float(re.search(r"\| head \| ([0-9.e-]+) \|", (run.output_dir / "README.md").read_text())[1])
+    assert head_rate == pytest.approx(3e-3 * 20, rel=0.05)  # 3e-3 x the training targets' spread (about 20)
 
 
 def test_regression_predict_and_eval_commands(regression_run, capsys):

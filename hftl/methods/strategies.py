@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 
 from torch import nn
 
@@ -22,6 +23,13 @@ from hftl.config import StrategyConfig
 from hftl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+def _head_rate(model: TransferModel, lr: float, weight_decay: float) -> tuple[float, float]:
+    """The head's rate and decay: scaled by a regression head's target spread (TransferModel.scale_head_to_targets),
+    its decay divided by it, so that AdamW shrinks the head as it would on standardised targets."""
+    scale = getattr(model, "target_scale", 1.0)
+    return lr * scale, weight_decay / scale
+
 
 def _split_decay(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, label: str) -> list[dict]:
     """Norm weights and biases (1-d) get no weight decay, as in timm and transformers."""
@@ -75,8 +83,9 @@ class Strategy:
             self.lr_table.append({"group": f"group{i} ({names[0].split('.')[0]})", "lr": group_lr,
                                   "params": sum(p.numel() for _, p in params)})
         head = [(n, named[n]) for n in model.head_parameter_names()]
-        groups += _split_decay(head, lr, weight_decay, "head")
-        self.lr_table.append({"group": "head", "lr": lr, "params": sum(p.numel() for _, p in head)})
+        head_lr, head_decay = _head_rate(model, lr, weight_decay)
+        groups += _split_decay(head, head_lr, head_decay, "head")
+        self.lr_table.append({"group": "head", "lr": head_lr, "params": sum(p.numel() for _, p in head)})
         return groups
 
     def on_epoch_start(self, model: TransferModel, epoch: int) -> None:
@@ -183,8 +192,9 @@ class LinearProbe(Strategy):
 
     def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):
         head = list(model.head.named_parameters())
-        self.lr_table = [{"group": "head", "lr": lr, "params": sum(p.numel() for _, p in head)}]
-        return _split_decay(head, lr, weight_decay, "head")
+        head_lr, head_decay = _head_rate(model, lr, weight_decay)
+        self.lr_table = [{"group": "head", "lr": head_lr, "params": sum(p.numel() for _, p in head)}]
+        return _split_decay(head, head_lr, head_decay, "head")
 
 
 class LpFt(Strategy):
@@ -193,7 +203,8 @@ class LpFt(Strategy):
     A random head's large early gradients distort good pretrained features; starting from the solved
     head, fine-tuning moves the backbone only as far as the task needs (better in and out of distribution
     than fine-tuning alone in the paper). The solving happens before training (``hftl.api.train``); this
-    strategy then trains the whole model, head and backbone at one learning rate by default.
+    strategy then trains the whole model at the network's rates (one rate, or a lower one for a pretrained
+    text encoder: ``train.backbone_lr_scale``).
     """
 
     name = "lp_ft"
@@ -227,8 +238,20 @@ class Lora(Strategy):
 
     def param_groups(self, model, lr, weight_decay, backbone_scale=1.0):
         params = [(n, p) for n, p in model.net.named_parameters() if p.requires_grad]
-        self.lr_table = [{"group": "lora+head", "lr": lr, "params": sum(p.numel() for _, p in params)}]
-        return _split_decay(params, lr, weight_decay, "lora")
+        if getattr(model, "target_scale", 1.0) == 1.0:
+            self.lr_table = [{"group": "lora+head", "lr": lr, "params": sum(p.numel() for _, p in params)}]
+            return _split_decay(params, lr, weight_decay, "lora")
+        # A regression head keeps its own rate (_head_rate); peft trains the head's copy under modules_to_save.
+        def plain(name):  # the name without peft's prefix and its modules_to_save copy
+            return re.sub(r"^base_model\.model\.|modules_to_save\.[^.]+\.", "", name)
+
+        wanted = {f"{model.head_name}.{plain(n)}" for n, _ in model.head.named_parameters()}
+        head = [(n, p) for n, p in params if plain(n) in wanted]
+        rest = [(n, p) for n, p in params if all(n != h for h, _ in head)]
+        head_lr, head_decay = _head_rate(model, lr, weight_decay)
+        self.lr_table = [{"group": "lora", "lr": lr, "params": sum(p.numel() for _, p in rest)},
+                         {"group": "head", "lr": head_lr, "params": sum(p.numel() for _, p in head)}]
+        return _split_decay(rest, lr, weight_decay, "lora") + _split_decay(head, head_lr, head_decay, "head")
 
     def describe(self, model):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

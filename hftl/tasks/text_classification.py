@@ -34,6 +34,12 @@ class TextClassification(LabelledTask):
             kwargs["problem_type"] = "regression" if self.spec.regression else "multi_label_classification"
         return TextClassifier.create(ref, label_names, pretrained=pretrained, **kwargs)
 
+    def build_model(self, cfg, data):
+        model, ref = super().build_model(cfg, data)
+        if self.spec.regression:  # train as on standardised targets (see TransferModel.scale_head_to_targets)
+            model.scale_head_to_targets(list(data.train["label"]))
+        return model, ref
+
     def model_kwargs(self, cfg) -> dict:
         extra = super().model_kwargs(cfg)
         return {**extra, "pooling": cfg.model.pooling} if cfg.model.pooling != "auto" else extra
