@@ -177,6 +177,27 @@ def plain_text_probe(folder: Path, train: Path, test: Path, regression: bool, ke
     return _logreg(xtr, np.array(ytr), xte, np.array(yte))
 
 
+def _fit_steps(module: torch.nn.Module, params: list, n: int, loss_of, max_lr: float, seed: int) -> None:
+    """The plain fine-tune's loop: AdamW (wd 0.01) + OneCycle for PLAIN_STEPS steps of batch 32, seeded order;
+    ``loss_of(indices)`` gives a batch's loss. Leaves ``module`` in eval mode."""
+    opt = torch.optim.AdamW(params, lr=max_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=PLAIN_STEPS)
+    order = torch.Generator().manual_seed(seed)
+    module.train()
+    step = 0
+    while step < PLAIN_STEPS:
+        for idx in torch.randperm(n, generator=order).split(32):
+            if step == PLAIN_STEPS:
+                break
+            loss = loss_of(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    module.eval()
+
+
 def plain_text_loop(folder: Path, train: Path, test: Path, regression: bool, max_lr: float,
                     keep: set | None = None, seed: int = 0) -> float:
     """The 30-line fine-tune of a sentence encoder: mean pooling (as sentence-transformers pools this model) and a
@@ -200,25 +221,12 @@ def plain_text_loop(folder: Path, train: Path, test: Path, regression: bool, max
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return head((encoder(**batch).last_hidden_state * mask).sum(1) / mask.sum(1))
 
-    params = [*encoder.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=max_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=PLAIN_STEPS)
-    order = torch.Generator().manual_seed(seed)
-    encoder.train()
-    step = 0
-    while step < PLAIN_STEPS:
-        for idx in torch.randperm(len(ttr), generator=order).split(32):
-            if step == PLAIN_STEPS:
-                break
-            out = forward([ttr[i] for i in idx])
-            loss = (torch.nn.functional.mse_loss(out.squeeze(-1), target[idx]) if regression
-                    else torch.nn.functional.cross_entropy(out, target[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-    encoder.eval()
+    def loss_of(idx):
+        out = forward([ttr[i] for i in idx])
+        return (torch.nn.functional.mse_loss(out.squeeze(-1), target[idx]) if regression
+                else torch.nn.functional.cross_entropy(out, target[idx]))
+
+    _fit_steps(encoder, [*encoder.parameters(), *head.parameters()], len(ttr), loss_of, max_lr, seed)
     with torch.no_grad():
         out = torch.cat([forward(tte[i:i + 64]) for i in range(0, len(tte), 64)])
     if regression:
@@ -299,22 +307,8 @@ def plain_audio_loop(folder: Path, train: Path, test: Path, max_lr: float, keep:
         return head((encoder(x).last_hidden_state * m).sum(1) / m.sum(1))
 
     params = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=max_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=PLAIN_STEPS)
-    order = torch.Generator().manual_seed(seed)
-    encoder.train()
-    step = 0
-    while step < PLAIN_STEPS:
-        for idx in torch.randperm(len(ytr), generator=order).split(32):
-            if step == PLAIN_STEPS:
-                break
-            loss = torch.nn.functional.cross_entropy(forward(xtr[idx], mtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-    encoder.eval()
+    _fit_steps(encoder, params, len(ytr),
+               lambda idx: torch.nn.functional.cross_entropy(forward(xtr[idx], mtr[idx]), ytr[idx]), max_lr, seed)
     with torch.no_grad():
         out = torch.cat([forward(xte[i:i + 32], mte[i:i + 32]) for i in range(0, len(yte), 32)])
     return float((out.argmax(-1) == yte).float().mean())
