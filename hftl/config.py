@@ -166,7 +166,8 @@ class TrainConfig:
     backbone_lr_scale: float | None = _f(None, "Backbone learning rate as a multiple of lr (the head's). null: the "
                                               "network's default while train.lr is null too: 0.05 for a pretrained "
                                               "text model under its new head (the head at 1e-3, the encoder at 5e-5, "
-                                              "the rate transformers' Trainer fine-tunes at), 1 otherwise; 1 where "
+                                              "the rate transformers' Trainer fine-tunes at), 0.2 for a pretrained "
+                                              "audio encoder, 1 otherwise; 1 where "
                                               "train.lr is set (one rate for every weight). metrics.json records it.")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to norms and biases).")
     scheduler: str = _f("cosine", "Learning-rate schedule after warmup: cosine, linear or constant.")

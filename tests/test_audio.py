@@ -208,6 +208,22 @@ def test_every_architecture_and_strategy(models, clips, tmp_path, name, strategy
         assert "classifier" in adapter["modules_to_save"]
 
 
+def test_unset_rates_give_a_pretrained_audio_encoder_a_lower_rate_than_its_new_head(models, clips, tmp_path):
+    """train.lr and train.backbone_lr_scale null: a pretrained audio encoder fine-tunes at 2e-4 under its new head's
+    1e-3; from random weights one rate (README, "Learning rate")."""
+    def rates(name, **extra):
+        base = [o for o in overrides(models["whisper"], clips, tmp_path / name, **{"train.epochs": 1})
+                if not o.startswith("train.lr=")]
+        result = hftl.train(None, base + [f"{k}={v}" for k, v in extra.items()])
+        metrics = json.loads((result.output_dir / "metrics.json").read_text())
+        return metrics["lr"], metrics["backbone_lr_scale"], (result.output_dir / "README.md").read_text()
+
+    lr, scale, card = rates("pretrained")
+    assert (lr, scale) == (1e-3, 0.2)
+    assert "0.0002" in card and "0.001" in card  # the card's rate table: encoder groups and the head
+    assert rates("scratch", **{"strategy.name": "scratch"})[:2] == (1e-3, 1.0)
+
+
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert", "ast", "whisper"])
 def test_head_on_features_is_the_forward_pass(models, name):
     """forward_head(forward_features(x)) == forward(x), padding included: what a cached probe relies on.

@@ -102,10 +102,14 @@ class TransferModel(nn.Module):
         collapsed to chance at 3e-3). A backbone overrides it where its own kind measured better."""
         return 1e-3
 
+    # The backbone's rate as a multiple of its new head's, for a pretrained backbone: 1 (one rate for the whole
+    # network) unless a kind of backbone measured better with a lower one (see default_backbone_lr_scale).
+    pretrained_backbone_lr_scale = 1.0
+
     def default_backbone_lr_scale(self, from_scratch: bool) -> float:
         """The backbone's rate as a multiple of the head's when neither ``train.lr`` nor ``train.backbone_lr_scale``
-        is set: 1, one rate for the whole network. A backbone overrides it where its kind measured better."""
-        return 1.0
+        is set: ``pretrained_backbone_lr_scale`` for pretrained weights, 1 from random weights (nothing to keep)."""
+        return 1.0 if from_scratch else self.pretrained_backbone_lr_scale
 
     def default_lora_targets(self) -> list[str]:
         """Module names (inside ``net``) that LoRA adapts by default."""
