@@ -263,6 +263,7 @@ def test_study_writes_json_report_plots_and_model(finished_study):
 
     md = (out / "report.md").read_text()
     assert "| linear_probe | linear_probe |" in md and "Δ accuracy vs scratch" in md
+    assert "(unless an arm overrides it): 1 epoch, global batch 8" in md
     assert re.search(r"(positive transfer|no significant difference|negative transfer)", md)
     assert "## Sample efficiency" in md and "## Every fold" in md and "![metric_by_arm](metric_by_arm.png)" in md
     for name in ("metric_by_arm.png", "sample_efficiency.png"):
@@ -271,6 +272,14 @@ def test_study_writes_json_report_plots_and_model(finished_study):
 
     summary = report.summary()
     assert "finetune" in summary and str(out / "report.md") in summary and "By label budget" in summary
+
+
+def test_the_report_says_what_an_unset_epoch_budget_means():
+    from hftl.config import TrainConfig
+    from hftl.study.report import _epochs
+
+    assert _epochs(TrainConfig()) == "enough epochs for 400 optimizer steps and at least 3 (train.epochs null)"
+    assert _epochs(TrainConfig(epochs=5)) == "5 epochs"
 
 
 def test_winning_model_is_saved_with_the_study_in_its_card(finished_study):

@@ -461,7 +461,7 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               f"- Folds: {report.folds} {report.folds_kind()} (scikit-learn {splitter}, shuffled, seed "
               f"{cfg.study.seed}), the same for every arm; each fold trains on the other folds and is scored on "
               "its own held-out examples (the metric of the final epoch, so no fold is used to pick an epoch).",
-              f"- Training budget per arm and fold (unless an arm overrides it): {base.train.epochs} epochs, global "
+              f"- Training budget per arm and fold (unless an arm overrides it): {_epochs(base.train)}, global "
               f"batch {base.train.global_batch_size}, peak lr {_lr(base.train.lr)}, {base.train.scheduler} schedule, "
               f"seed {base.train.seed} + fold index (the same for every arm).",
               _search_bullet(report, cfg),
@@ -478,7 +478,8 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
         elif c.model.init_from:
             start += f" + the weights of `{c.model.init_from}`"
         lr = "searched" if "train.lr" in arm.grid and len(arm.candidates) > 1 else _lr(c.train.lr)
-        lines.append(f"| {arm.name} | {arm.strategy} | {start} | {c.train.epochs} | {lr} | "
+        epochs = c.train.epochs if c.train.epochs is not None else f"null (at least {c.train.min_steps} steps)"
+        lines.append(f"| {arm.name} | {arm.strategy} | {start} | {epochs} | {lr} | "
                      f"{describe_grid(arm.grid)} |")
     lines += _search_lines(report, all_records)
     lines += _sources_lines(sources, report.metric if report.regression else "accuracy")
@@ -516,6 +517,13 @@ def render_markdown(report: StudyReport, cfg: StudyConfig, all_records: dict, so
               "", f"Made with hftl in {report.seconds:.0f} s ({report.trained} runs trained, {report.skipped} "
               "resumed from records)."]
     return "\n".join(lines) + "\n"
+
+
+def _epochs(train) -> str:
+    """A configured budget, or what train.epochs null means (enough passes for train.min_steps steps)."""
+    if train.epochs is not None:
+        return f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}"
+    return f"enough epochs for {train.min_steps} optimizer steps and at least 3 (train.epochs null)"
 
 
 def _lr(value: float | None) -> str:
