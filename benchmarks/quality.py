@@ -344,7 +344,7 @@ def hftl_run(out: Path, task: str, model_id: str, train: Path, test: Path, strat
     hftl.train(None, overrides)
     record = json.loads((out / "metrics.json").read_text())
     metrics = hftl.evaluate(out, [f"data.id={test}"])
-    facts = {k: record.get(k) for k in ("epochs_run", "kept_epoch", "kept_p", "train_seconds")}
+    facts = {k: record.get(k) for k in ("epochs_run", "kept_epoch", "kept_p", "train_seconds", "refit")}
     if record.get("probe"):
         facts["l2"] = record["probe"].get("l2")
         facts["refit_examples"] = record["probe"].get("refit_examples")  # strategy.probe_refit: every label

@@ -158,21 +158,24 @@ def evaluate(folder: str | Path, overrides: list[str] | None = None, *, trust_re
 
     scored = evaluate_model(cfg, task, model, eval_ds, collate)
     if not whole and _refit_on_validation(folder):
-        logger.warning("%s: its probe was solved again on this validation split too (strategy.probe_refit), so these "
-                       "metrics are optimistic; score data it has not seen (data.id=...) for an unbiased number", folder)
+        logger.warning("%s: it was trained again on this validation split too (strategy.probe_refit or train.refit), "
+                       "so these metrics are optimistic; score data it has not seen (data.id=...) for an unbiased "
+                       "number", folder)
         scored["validation_seen_in_training"] = True
     return scored
 
 
 def _refit_on_validation(folder: Path) -> bool:
-    """Whether the run's solved probe was refitted on training + validation examples (metrics.json says so)."""
+    """Whether the saved weights were trained again on training + validation examples: a solved probe's refit
+    or train.refit (metrics.json says so)."""
     import json
 
     try:
-        probe = json.loads((folder / "metrics.json").read_text()).get("probe") or {}
+        record = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
         return False
-    return any(p.get("refit_examples") for p in ([*probe["tasks"].values()] if "tasks" in probe else [probe]))
+    probe = record.get("probe") or {}
+    return bool(record.get("refit")) or any(p.get("refit_examples") for p in ([*probe["tasks"].values()] if "tasks" in probe else [probe]))
 
 
 def _user_flag(overrides: list[str] | None, key: str) -> bool:

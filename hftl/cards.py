@@ -307,7 +307,17 @@ def probe_text(probe: dict | None, strategy: str | None = None) -> str | None:
 
 
 def epochs_text(info: dict) -> str:
-    """Epochs planned and run, early stopping, and which epoch's weights were kept."""
+    """Epochs planned and run, early stopping, which epoch's weights were kept, and a refit (train.refit)."""
+    text = _first_fit_text(info)
+    refit = info.get("refit")
+    if refit:
+        text += (f". Then trained again from the same start on all {refit['examples']} labelled examples (training "
+                 f"and validation) for {refit['epochs']} epochs (train.refit): the saved weights are that model's; "
+                 "the validation metrics below are the first fit's, which did not train on them")
+    return text
+
+
+def _first_fit_text(info: dict) -> str:
     planned, run, kept = info.get("epochs"), info.get("epochs_run"), info.get("kept_epoch")
     if planned == 0:
         return "none: the head was solved (see Linear probe), then scored once on the validation split"

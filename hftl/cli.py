@@ -248,7 +248,8 @@ def run(argv: list[str]) -> int:
 
 
 def _epochs_summary(output_dir) -> dict:
-    """Epochs planned and run, and the epoch whose weights were kept (1-based, as the card says), from metrics.json."""
+    """Epochs planned and run, the epoch whose weights were kept (1-based, as the card says) and a refit, from
+    metrics.json."""
     from pathlib import Path
 
     try:
@@ -258,7 +259,8 @@ def _epochs_summary(output_dir) -> dict:
     kept = record.get("kept_epoch")
     return {"epochs": {"planned": record.get("epochs_planned"), "run": record.get("epochs_run"),
                        "stopped_early": (record.get("epochs_run") or 0) < (record.get("epochs_planned") or 0),
-                       "kept": None if kept is None else kept + 1}}
+                       "kept": None if kept is None else kept + 1},
+            **({"refit": record["refit"]} if record.get("refit") else {})}  # train.refit: what the saved model learned
 
 
 def _is_rl_study(config: str | None) -> bool:

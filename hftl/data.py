@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,20 @@ class LabelledData:
         target = f"target '{self.label_names[0]}'" if self.regression else f"{len(self.label_names)} classes"
         return (f"{self.source}: {len(self.train)} train / {len(self.validation)} validation examples, "
                 f"{target}{skipped}")
+
+
+def merged_for_refit(data: LabelledData) -> LabelledData:
+    """``data`` with its validation examples added to its training ones (``train.refit``); the validation split
+    stays as it was (the trainer still scores it each epoch, on examples it now trains on)."""
+    import datasets
+
+    train = datasets.concatenate_datasets([data.train, data.validation])
+    origin = data.origin
+    if origin is not None and "validation" in origin.indices:  # a study's rows: features computed once for the pool
+        origin = FoldOrigin(origin.pool, {"train": [*origin.indices["train"], *origin.indices["validation"]],
+                                          "validation": list(origin.indices["validation"])})
+    return replace(data, train=train, fingerprint=f"{data.fingerprint}|refit", carved=False,
+                               origin=origin)
 
 
 @dataclass

@@ -47,17 +47,33 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     The caller (``hftl.train``) has checked and locked the output folder.
     """
     from hftl.chain import chain_card_info
-    from hftl.methods import Setup, active_methods
-    from hftl.methods.strategies import check_base, get_strategy
+    from hftl.methods import active_methods
     from hftl.tasks import get_task_impl
-    from hftl.trainer import Trainer
 
     task = get_task_impl(cfg.task)
     task.spec.check_strategy(cfg.strategy.name)  # config checks it too; a Config built in code may not be
     methods = active_methods(cfg)
     card_info = chain_card_info(cfg, extra_card_info) or {}  # started from an hftl output: the card records the chain
-    torch.manual_seed(cfg.train.seed)
     data = data or task.load_data(cfg)
+    setup, trainer, metrics, facts = fit(cfg, task, data, methods, card_info)
+    refit = None
+    if refit_applies(cfg, data, methods, trainer):
+        setup, refit = refit_on_all(cfg, task, data, methods, card_info, trainer)
+    if trainer.accelerator.is_main_process:
+        write_outputs(cfg, setup.model, setup.ref, data, setup.strategy, trainer, metrics,
+                      {**facts, **setup.card_info}, methods, refit)
+    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+
+
+def fit(cfg: Config, task, data: LabelledData, methods, card_info: dict):
+    """Build the model and its datasets, let the strategy and the methods prepare them, and train: (setup,
+    trainer, metrics, the card's facts of the data). ``cfg.train``'s unset rates are resolved here, for how the
+    model starts."""
+    from hftl.methods import Setup
+    from hftl.methods.strategies import check_base, get_strategy
+    from hftl.trainer import Trainer
+
+    torch.manual_seed(cfg.train.seed)
     model, ref = task.build_model(cfg, data)
     from_scratch = random_init(cfg, ref)
     if cfg.train.backbone_lr_scale is None:  # the network's split goes with its own rate; a rate one sets is for all
@@ -80,11 +96,47 @@ def run(cfg: Config, data: LabelledData | None = None, extra_card_info: dict | N
     metrics = trainer.fit()
     for method in methods:
         metrics.update(method.after_fit(setup, trainer) or {})  # what a method measured on the model as saved
-    if trainer.accelerator.is_main_process:
-        facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds)
-        write_outputs(cfg, setup.model, ref, data, setup.strategy, trainer, metrics, {**facts, **setup.card_info},
-                      methods)
-    return TrainResult(Path(cfg.output_dir), metrics, trainer.history)
+    facts = task.card_facts(cfg, setup.model, data, train_ds, eval_ds) if trainer.accelerator.is_main_process else {}
+    return setup, trainer, metrics, facts
+
+
+def refit_applies(cfg: Config, data: LabelledData, methods, trainer) -> bool:
+    """Whether ``train.refit`` trains the model again on training + validation examples: hftl held the
+    validation split out itself (one the data or a study gave is never trained on), the strategy trains
+    (a solved probe has its own refit, ``strategy.probe_refit``), and no other way to transfer is on (their
+    validation-based steps, such as multi-label thresholds, would then be chosen on examples trained on)."""
+    if not (cfg.train.refit and data.carved and trainer.history and trainer.epochs):
+        return False
+    others = [m.name for m in methods if m.name != "feature_cache"]
+    if others:
+        logger.info("train.refit: not with %s; the model saved is the one trained on the training split",
+                    ", ".join(others))
+        return False
+    return True
+
+
+def refit_on_all(cfg: Config, task, data: LabelledData, methods, card_info: dict, first) -> tuple:
+    """Train again from the same start on training + validation examples, for as many epochs as the first fit's
+    kept epoch, on a schedule planned for them (Goodfellow et al. 2016, section 7.8: the same number of passes):
+    every label is learned from. Returns the refit's setup and what metrics.json and the card say of it."""
+    import copy
+
+    from hftl.data import merged_for_refit
+
+    again = copy.deepcopy(cfg)
+    epochs = first.kept_epoch + 1
+    # A fixed budget, no validation-based choice (the validation examples are trained on), no checkpoints
+    # (train.resume=latest resumes the first fit, which ended: the refit then runs again), no second tracker run.
+    again.train.epochs, again.train.patience, again.train.keep_best = epochs, 0, False
+    again.train.save_checkpoints, again.train.resume, again.train.tracker = False, None, "none"
+    again.output_dir = str(Path(cfg.output_dir) / "refit")  # its own log.jsonl
+    merged = merged_for_refit(data)
+    setup, trainer, _, _ = fit(again, task, merged, methods, card_info)
+    logger.info("train.refit: trained again on all %d training + validation examples for %d epochs (the first fit's "
+                "kept epoch); the reported metrics are the first fit's, on the %d held-out ones", len(merged.train),
+                epochs, len(data.validation))
+    first.rank_checksums = trainer.rank_checksums  # the saved weights are the refit's
+    return setup, {"examples": len(merged.train), "epochs": epochs, "train_seconds": round(trainer.train_seconds, 2)}
 
 
 def random_init(cfg: Config, ref) -> bool:
@@ -124,11 +176,12 @@ def best_epoch(history: list[dict], metric: str, epoch: int | None = None) -> di
 
 
 def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                  extra_info: dict | None = None, methods=()) -> None:
+                  extra_info: dict | None = None, methods=(), refit: dict | None = None) -> None:
     """Weights in the library's layout, hftl.json, the resolved config, metrics.json and the model card.
 
     ``extra_info`` holds the card's facts the task and the ways to transfer give (sizes, classes,
-    a teacher, a chain of runs).
+    a teacher, a chain of runs); ``refit``: what ``train.refit`` trained the saved weights on (``trainer`` is
+    the first fit's, whose validation scores are reported).
 
     A full disk or a read-only folder is one line that says the run can be finished from its last
     checkpoint (``train.resume=latest`` writes the outputs again without training).
@@ -144,7 +197,8 @@ def write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer
     staging = final / f".tmp-outputs-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, methods, staging, final.name)
+        _write_outputs(cfg, model, ref, data, strategy, trainer, metrics, extra_info, methods, staging, final.name,
+                       refit)
         _move_into_place(staging, final)
     except (HubError, OutputError):
         raise
@@ -177,7 +231,7 @@ def _move_into_place(staging: Path, final: Path) -> None:
 
 
 def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, trainer, metrics: dict,
-                   extra_info: dict | None, methods, out: Path, name: str) -> None:
+                   extra_info: dict | None, methods, out: Path, name: str, refit: dict | None = None) -> None:
     from hftl.cards import render_card
     from hftl.tasks import get_task_impl
 
@@ -209,6 +263,8 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
               "lr": cfg.train.lr,  # the peak rate used (train.lr null: the network's default for how it starts)
               "backbone_lr_scale": cfg.train.backbone_lr_scale,  # the backbone's rate / the head's, as resolved
               "probe": probe, "history": trainer.history,
+              # train.refit: the saved weights were trained again on training + validation examples.
+              "refit": refit,
               "train_seconds": round(trainer.train_seconds, 2),
               "skipped_examples": data.skipped, "world_size": trainer.world_size,
               "rank_weight_checksums": trainer.rank_checksums,
@@ -242,6 +298,7 @@ def _write_outputs(cfg: Config, model, ref, data: LabelledData, strategy, traine
         "patience": cfg.train.patience,
         "metric": cfg.train.metric,
         "probe": probe,
+        "refit": refit,
         "global_batch_size": cfg.train.global_batch_size,
         "lr": cfg.train.lr,
         "scheduler": cfg.train.scheduler,

@@ -338,3 +338,33 @@ def test_unset_lr_follows_the_start_and_a_set_one_wins(tmp_path):
     assert used_lr("arch_only", "strategy.name=finetune") == 3e-3  # timm:test_resnet alone is random weights
     assert used_lr("pretrained", f"model.id={weights}", "model.arch=timm:test_resnet") == 1e-3
     assert used_lr("set", "strategy.name=scratch", "train.lr=0.02") == 0.02
+
+
+def test_refit_trains_the_saved_model_again_on_every_label_for_the_kept_epochs(tmp_path):
+    import dataclasses
+
+    from hftl.config import load_config
+    from hftl.data import load_labelled_data, merged_for_refit
+
+    settings = {"train.epochs": 3, "train.patience": 0}
+    once = hftl.train(None, tiny_train_overrides(tmp_path / "once", **settings))
+    refit = hftl.train(None, tiny_train_overrides(tmp_path / "refit", **settings, **{"train.refit": True}))
+    record = json.loads((tmp_path / "refit" / "metrics.json").read_text())
+    assert record["refit"]["examples"] == 96 + 60 and record["refit"]["epochs"] == record["kept_epoch"] + 1 == 3
+    assert refit.metrics == once.metrics  # what is reported is the first fit's, on examples it did not train on
+    assert "Then trained again from the same start on all 156 labelled examples" in \
+        (tmp_path / "refit" / "README.md").read_text()
+    # The saved weights are exactly those of a run on all 156 examples for the kept epochs.
+    cfg = load_config(None, tiny_train_overrides(tmp_path / "all", **settings, **{"train.keep_best": False}))
+    merged = merged_for_refit(load_labelled_data(cfg.data, cfg.task, cfg.train.seed))
+    hftl.train(None, tiny_train_overrides(tmp_path / "all", **settings, **{"train.keep_best": False}), data=merged)
+    saved, plain = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("refit", "all"))
+    assert all(torch.equal(saved[k], plain[k]) for k in plain)
+    assert not all(torch.equal(saved[k], v) for k, v in load_file(str(tmp_path / "once" / "model.safetensors")).items())
+    # It learned the validation examples it now trains on; scoring them says they were seen.
+    scored = hftl.evaluate(tmp_path / "refit")
+    assert scored["validation_seen_in_training"] is True and scored["loss"] < once.metrics["loss"]
+    # A validation split given with the data (a study's fold, a source's own split) is never trained on.
+    given = dataclasses.replace(load_labelled_data(cfg.data, cfg.task, cfg.train.seed), carved=False)
+    hftl.train(None, tiny_train_overrides(tmp_path / "given", **settings, **{"train.refit": True}), data=given)
+    assert json.loads((tmp_path / "given" / "metrics.json").read_text())["refit"] is None
