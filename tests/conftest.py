@@ -90,6 +90,7 @@ def tiny_train_overrides(out, **extra) -> list[str]:
         "train.global_batch_size": 16,
         "train.per_device_batch_size": 16,
         "train.lr": 0.01,
+        "train.refit": False,  # a second training per run would double the suite; tests of the refit switch it on
         "train.progress": False,
         "output_dir": str(out),
     }

@@ -163,6 +163,7 @@ def clf_overrides(model: Path, data: Path, out: Path, **extra) -> list[str]:
         "train.per_device_batch_size": 16,
         "train.lr": 0.003,
         "train.warmup_ratio": 0.0,
+        "train.refit": False,  # the saved model is the one the reported metrics scored (tests compare them)
         "train.progress": False,
         "output_dir": str(out),
     }
