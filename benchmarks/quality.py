@@ -450,7 +450,8 @@ def main() -> None:
             ours, facts = hftl_run(root / f"{name}-{arm}", task, model_id, train, test, strategy, extra + quick)
             row = {"family": family, "data": name, "arm": arm, "plain": round(ref, 4), "plain_same": round(same, 4),
                    "hftl": round(ours, 4), "share": len(share),
-                   "hftl_train": facts.get("refit_examples") or len(share),  # what its saved weights learned from
+                   # What its saved weights learned from: every label after a probe's refit or train.refit.
+                   "hftl_train": facts.get("refit_examples") or (facts.get("refit") or {}).get("examples") or len(share),
                    "plain_s": round(plain_s, 1),
                    "hftl_s": round(time.perf_counter() - started, 1), **facts}
             row["status"] = "PASS" if ours >= ref - GOALS[arm] else "MISS"

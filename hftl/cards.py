@@ -312,15 +312,10 @@ def epochs_text(info: dict) -> str:
     refit = info.get("refit")
     if refit:
         text += (f". Then trained again from the same start on all {refit['examples']} labelled examples (training "
-                 f"and validation) for {refit['epochs']} epochs{_of_planned(refit)} (train.refit): the saved "
-                 "weights are that model's; "
+                 f"and validation) for {refit['epochs']} epochs (train.refit): the saved weights are that "
+                 "model's; "
                  "the validation metrics below are the first fit's, which did not train on them")
     return text
-
-
-def _of_planned(refit: dict) -> str:
-    planned = refit.get("of_planned")
-    return f" of the same {planned}-epoch schedule" if planned and planned != refit["epochs"] else ""
 
 
 def _first_fit_text(info: dict) -> str:

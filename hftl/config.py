@@ -157,10 +157,12 @@ class TrainConfig:
                                "test, p < 0.05: McNemar's exact test for accuracy; metrics with no per-example score, "
                                "such as F1, keep the best outright); else the last epoch's. metrics.json records the "
                                "kept epoch and the test's p-value (kept_p); false always keeps the last epoch's.")
-    refit: bool = _f(True, "Once trained and scored on the validation split hftl held out of the training data, train "
-                           "again from the same start on training + validation examples for as many epochs as the "
-                           "kept epoch, and save that model (every label learned from, as a plain loop on all the "
-                           "data; about twice the training time: false saves the first fit). The reported metrics "
+    refit: bool = _f(True, "Classifiers and regressors: once trained and scored on the validation split hftl held out of "
+                           "the training data, and where the run kept its last planned epoch, train again from the "
+                           "same start on training + validation examples for the same epochs and save that model "
+                           "(every label learned from, as a plain loop on all the data; about twice the training "
+                           "time: false saves the first fit). A kept earlier epoch was chosen on the validation "
+                           "split, which a refit cannot repeat: such a fit is saved as it is. The reported metrics "
                            "stay the first fit's. A split the data or a study's fold gave is never trained on; not "
                            "with distill, domain_adapt, multitask or multi-label tasks; a solved linear probe refits "
                            "by strategy.probe_refit. metrics.json records it (refit).")

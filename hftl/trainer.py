@@ -85,17 +85,14 @@ class Trainer:
             multi-task runs score each task's column).
         collate_fn: batches examples (default: torch's).
         num_workers: data-loading worker processes.
-        stop_after: end after this many epochs, the schedule still planned for ``cfg.epochs`` (a refit replays
-            the first fit's schedule up to its kept epoch).
     """
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, train_dataset, eval_dataset, *,
                  output_dir: str | Path, strategy=None, loss_fn: Callable = classification_loss,
                  metrics: tuple[str, ...] = ("accuracy", "f1"), predictions: Callable | None = argmax_predictions,
                  score: Callable | None = None, collate_fn: Callable | None = None,
-                 num_workers: int = 0, run_config: dict | None = None, stop_after: int | None = None):
+                 num_workers: int = 0, run_config: dict | None = None):
         self.cfg = cfg
-        self.stop_after = stop_after  # end after this many epochs of the planned schedule (train.refit replays one)
         self.model = model
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -279,7 +276,7 @@ class Trainer:
             self.history.append({"epoch": 0, **metrics})
             self._log(acc, {"step": 0, "epoch": 0, **{f"eval/{k}": v for k, v in metrics.items()}})
             return metrics
-        for epoch in range(start_epoch, self.epochs if self.stop_after is None else min(self.epochs, self.stop_after)):
+        for epoch in range(start_epoch, self.epochs):
             if self._stop_early():  # a resumed run stops where the uninterrupted one did
                 break
             if self.strategy:
