@@ -3,11 +3,12 @@
 :func:`run` is what ``hftl.train`` calls once the output folder is checked and locked. It reads
 like a recipe: the task (hftl.tasks) loads its data, builds its model and datasets and says its
 loss and predictions; each way to transfer the config switches on (hftl.methods) changes that
-setup; the strategy prepares the model; the Trainer fits it (``train.refit``: then once more, from
-the same start, on training + validation examples, for the epochs the first fit kept);
-:func:`write_outputs` writes the weights in the library's layout, ``hftl.json``, the resolved
-config, ``metrics.json`` and the model card, whole or not at all, and pushes when the config says so. The one evaluation, the
-Trainer's, is :func:`hftl.trainer.evaluate_model` (``hftl eval`` and the methods call it).
+setup; the strategy prepares the model; the Trainer fits it (``train.refit``: then once more,
+from the same start, on training + validation examples, for the same epochs, where the first fit
+kept its last); :func:`write_outputs` writes the weights in the library's layout, ``hftl.json``,
+the resolved config, ``metrics.json`` and the model card, whole or not at all, and pushes when the
+config says so. The one evaluation, the Trainer's, is :func:`hftl.trainer.evaluate_model`
+(``hftl eval`` and the methods call it).
 
 Example:
     >>> result = run(load_config("recipes/configs/image_classification/resnet18_linear_probe.yaml"))  # doctest: +SKIP
