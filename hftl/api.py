@@ -175,7 +175,8 @@ def _refit_on_validation(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     probe = record.get("probe") or {}
-    return bool(record.get("refit")) or any(p.get("refit_examples") for p in ([*probe["tasks"].values()] if "tasks" in probe else [probe]))
+    probes = [*probe["tasks"].values()] if "tasks" in probe else [probe]
+    return bool(record.get("refit")) or any(p.get("refit_examples") for p in probes)
 
 
 def _user_flag(overrides: list[str] | None, key: str) -> bool:

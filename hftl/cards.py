@@ -313,8 +313,7 @@ def epochs_text(info: dict) -> str:
     if refit:
         text += (f". Then trained again from the same start on all {refit['examples']} labelled examples (training "
                  f"and validation) for {refit['epochs']} epochs (train.refit): the saved weights are that "
-                 "model's; "
-                 "the validation metrics below are the first fit's, which did not train on them")
+                 "model's; the validation metrics below are the first fit's, which did not train on them")
     return text
 
 

@@ -65,8 +65,7 @@ def merged_for_refit(data: LabelledData) -> LabelledData:
     if origin is not None and "validation" in origin.indices:  # a study's rows: features computed once for the pool
         origin = FoldOrigin(origin.pool, {"train": [*origin.indices["train"], *origin.indices["validation"]],
                                           "validation": list(origin.indices["validation"])})
-    return replace(data, train=train, fingerprint=f"{data.fingerprint}|refit", carved=False,
-                               origin=origin)
+    return replace(data, train=train, fingerprint=f"{data.fingerprint}|refit", carved=False, origin=origin)
 
 
 @dataclass

@@ -116,7 +116,7 @@ def refit_applies(cfg: Config, task, data: LabelledData, methods, trainer) -> bo
     """
     if not (cfg.train.refit and data.carved and trainer.history and trainer.epochs):
         return False
-    if not (task.spec.classification or task.spec.regression) or task.spec.multi_label:
+    if not (task.spec.classification or task.spec.regression):  # one label per example (multi-label is neither)
         return False
     others = [m.name for m in methods if m.name != "feature_cache"]
     if others:

@@ -340,7 +340,7 @@ def test_unset_lr_follows_the_start_and_a_set_one_wins(tmp_path):
     assert used_lr("set", "strategy.name=scratch", "train.lr=0.02") == 0.02
 
 
-def test_refit_trains_the_saved_model_again_on_every_label_for_the_kept_epochs(tmp_path):
+def test_refit_trains_the_saved_model_again_on_every_label_for_the_same_epochs(tmp_path):
     import dataclasses
 
     from hftl.config import load_config
@@ -354,7 +354,7 @@ def test_refit_trains_the_saved_model_again_on_every_label_for_the_kept_epochs(t
     assert refit.metrics == once.metrics  # what is reported is the first fit's, on examples it did not train on
     assert "Then trained again from the same start on all 156 labelled examples" in \
         (tmp_path / "refit" / "README.md").read_text()
-    # The saved weights are exactly those of a run on all 156 examples for the kept epochs.
+    # The saved weights are exactly those of a run on all 156 examples for the same epochs.
     cfg = load_config(None, tiny_train_overrides(tmp_path / "all", **settings, **{"train.keep_best": False}))
     merged = merged_for_refit(load_labelled_data(cfg.data, cfg.task, cfg.train.seed))
     hftl.train(None, tiny_train_overrides(tmp_path / "all", **settings, **{"train.keep_best": False}), data=merged)

@@ -209,7 +209,7 @@ class _Study:
         # The pool's rows in order: data.train, then data.validation. The refit at the whole budget trains on
         # that same split, so the saved winner is the model `hftl train` gives with the winning values.
         self.base_split = (list(range(len(data.train))), list(range(len(data.train), len(pool))))
-        self.base_carved = data.carved  # hftl train refits (a solved probe, train.refit) on a validation split only if it carved it
+        self.base_carved = data.carved  # hftl train refits (probe_refit, train.refit) only on a split it carved
         if self.s.max_examples and self.s.max_examples < len(pool):
             self.base_split = None  # a subsample: no split of hftl train's to keep
             keep = stratified_take(self._strata(pool["label"], data.regression), self.s.max_examples, self.s.seed)
