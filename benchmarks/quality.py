@@ -34,7 +34,7 @@ Goals (issue 10): probe >= plain - 0.5 points; finetune and scratch >= plain - 1
 plain variant); the study's winner >= the best plain arm. Each row prints PASS or MISS.
 
 With ``--seeds N`` every trained arm (plain and hftl, not the solved probe) runs with seeds 0..N-1 (the plain
-loop's seed; hftl's ``train.seed``, which also draws its validation share) and each column is the mean, ± the
+loop's seed; hftl's default ``train.seed`` plus the same offset, which also draws its validation share) and each column is the mean, ± the
 standard deviation over seeds; one run of a fine-tune on a few hundred examples can move by several points.
 
 Usage: python benchmarks/quality.py [--families vision,scratch,text,regression] [--arms probe,finetune,scratch]
@@ -423,8 +423,12 @@ def cases(root: Path, families: list[str], quick: bool):
 
 
 def _seeded_run(family, name, task, model_id, train, test, arm, strategy, plain, extra, root, seed) -> dict:
-    """One seed of one row: the plain variants and hftl's defaults, scored on the test split."""
-    share = hftl_training_share(task, train, seed)
+    """One seed of one row: the plain variants and hftl's defaults, scored on the test split. Seed k is the plain
+    loop's seed k and hftl's default ``train.seed`` + k (seed 0: both as without ``--seeds``)."""
+    from hftl.config import Config
+
+    hftl_seed = Config().train.seed + seed
+    share = hftl_training_share(task, train, hftl_seed)
     seeded = {} if arm == "probe" else {"seed": seed}
     started = time.perf_counter()
     run = {"plain": plain(None, **seeded)}
@@ -439,7 +443,7 @@ def _seeded_run(family, name, task, model_id, train, test, arm, strategy, plain,
     started = time.perf_counter()
     tag = f"{name}-{arm}" + (f"-seed{seed}" if seed else "")
     ours, facts = hftl_run(root / tag, task, model_id, train, test, strategy,
-                           extra + ([f"train.seed={seed}"] if seed else []))
+                           extra + ([f"train.seed={hftl_seed}"] if seed else []))
     # What its saved weights learned from: every label after a probe's refit or train.refit.
     learned = facts.get("refit_examples") or (facts.get("refit") or {}).get("examples") or len(share)
     return {**run, "hftl": ours, "share": len(share), "hftl_train": learned,
@@ -486,8 +490,8 @@ def main() -> None:
         for arm, strategy, plain, extra in arms:
             if args.arms and arm not in args.arms.split(","):
                 continue
-            # A trained arm runs once per seed (the plain loop's seed; hftl's train.seed, which also draws its
-            # validation share); a solved probe has nothing random to vary. Each column is the mean over seeds.
+            # A trained arm runs once per seed (the plain loop's seed; hftl's train.seed, offset from its default,
+            # which also draws its validation share); a solved probe has nothing random to vary. Each column is the mean over seeds.
             seeds = list(range(args.seeds)) if arm != "probe" else [0]
             runs = [_seeded_run(family, name, task, model_id, train, test, arm, strategy, plain, extra + quick,
                                 root, seed) for seed in seeds]
